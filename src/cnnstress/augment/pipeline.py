@@ -1,0 +1,76 @@
+"""Compose the configured augmentation ops into one batched, seeded pipeline."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from cnnstress.augment.ops import RandomCrop, RandomHorizontalFlip
+from cnnstress.errors import ConfigError
+
+ImageOp = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+MixOp = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+#: Image ops by config name, in the order they are applied whatever order the config lists.
+IMAGE_OPS: dict[str, type] = {
+    "crop": RandomCrop,
+    "flip": RandomHorizontalFlip,
+}
+#: Batch-mixing ops by config name; they run after every image op and produce soft targets.
+MIX_OPS: dict[str, type] = {}
+
+
+class BatchAugmentation:
+    """Image ops in a fixed order, then at most one batch-mixing op.
+
+    Call with a uint8 batch ``(N, C, H, W)`` and int64 targets ``(N,)``; returns a float batch
+    in ``[0, 1]`` and either ``None`` (targets unchanged) or soft targets ``(N, num_classes)``.
+    """
+
+    def __init__(
+        self, image_ops: list[ImageOp], mix_op: MixOp | None = None, num_classes: int = 10
+    ) -> None:
+        self.image_ops = image_ops
+        self.mix_op = mix_op
+        self.num_classes = num_classes
+
+    def __call__(
+        self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images
+        for op in self.image_ops:
+            x = op(x, generator)
+        if self.mix_op is None:
+            return x, None
+        soft = torch.nn.functional.one_hot(targets, self.num_classes).to(x.dtype)
+        return self.mix_op(x, soft, generator)
+
+
+def _build_op(name: str, cls: type, params: Mapping[str, Any] | None) -> Any:
+    params = dict(params or {})
+    valid = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"augmentation.{name}: unknown parameter(s) {unknown}; valid: {', '.join(valid)}"
+        )
+    return cls(**params)
+
+
+def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> BatchAugmentation:
+    """Build the pipeline from the ``augmentation`` config node (op name -> parameters)."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(IMAGE_OPS) - set(MIX_OPS))
+    if unknown:
+        raise ConfigError(
+            f"unknown augmentation op(s) {unknown}; valid: {', '.join([*IMAGE_OPS, *MIX_OPS])}"
+        )
+    mixes = [name for name in MIX_OPS if name in config]
+    if len(mixes) > 1:
+        raise ConfigError(f"choose at most one batch-mixing op, got {mixes}")
+    image_ops = [_build_op(n, cls, config[n]) for n, cls in IMAGE_OPS.items() if n in config]
+    mix_op = _build_op(mixes[0], MIX_OPS[mixes[0]], config[mixes[0]]) if mixes else None
+    return BatchAugmentation(image_ops, mix_op, num_classes)

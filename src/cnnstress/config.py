@@ -1,0 +1,33 @@
+"""Checks on config values that no constructor checks, with messages naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from cnnstress.errors import ConfigError
+
+
+def _number(cfg: DictConfig, key: str, default: float) -> float:
+    value = OmegaConf.select(cfg, key, default=default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a training config value that cannot work."""
+    if (lr := _number(cfg, "optimizer.lr", 0.0)) <= 0:
+        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
+    if (weight_decay := _number(cfg, "optimizer.weight_decay", 0.0)) < 0:
+        raise ConfigError(f"optimizer.weight_decay must be >= 0, got {weight_decay}")
+    if not 0.0 <= (smoothing := _number(cfg, "loss.label_smoothing", 0.0)) < 1.0:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {smoothing}")
+    if (max_epochs := _number(cfg, "trainer.max_epochs", 1)) < 1:
+        raise ConfigError(f"trainer.max_epochs must be >= 1, got {max_epochs}")
+    for key in ("dataset.batch_size", "dataset.eval_batch_size"):
+        if (size := _number(cfg, key, 1)) < 1 or size != int(size):
+            raise ConfigError(f"{key} must be a positive integer, got {size:g}")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")

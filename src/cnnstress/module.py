@@ -1,0 +1,171 @@
+"""The LightningModule: backbone, loss with hard or soft targets, metrics, per-image outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-image outputs of one evaluation pass, one row per dataset image, sorted by index.
+
+    Attributes:
+        index: ``(N,)`` int64 positions in the evaluated split.
+        target: ``(N,)`` int64 true classes.
+        logits: ``(N, C)`` float32.
+    """
+
+    index: np.ndarray
+    target: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def probs(self) -> np.ndarray:
+        """``(N, C)`` float32 softmax probabilities."""
+        return torch.from_numpy(self.logits).softmax(dim=1).numpy()
+
+
+class ClassifierModule(L.LightningModule):
+    """Train and evaluate an image classifier.
+
+    Batches are dicts from :class:`~cnnstress.data.CIFARDataModule` (normalised ``image``,
+    ``target``, ``index``, and ``soft_target`` when a batch-mixing op ran). The training loss
+    is cross-entropy against ``soft_target`` when present, else ``target``, with optional label
+    smoothing; training accuracy is always measured against the hard ``target``.
+
+    Validation and test metrics are computed from the gathered per-image logits of the whole
+    split (see :meth:`predictions`), so under DDP the padding a distributed sampler adds is
+    never counted: ``{stage}/loss`` is the plain cross-entropy, ``{stage}/acc`` top-1 and
+    ``{stage}/acc_top5`` top-5 accuracy.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.channels_last = channels_last
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self._gathered: dict[str, Predictions] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(N, num_classes)`` for normalised images ``(N, 3, H, W)``."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        target = batch.get("soft_target", batch["target"])
+        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        self.train_acc(logits, batch["target"])
+        size = batch["target"].numel()
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    # -- evaluation: keep per-image logits, compute metrics on the gathered split ------------
+    def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
+        logits = self(batch["image"]).float()
+        self._outputs.setdefault(stage, []).append((batch["index"], batch["target"], logits))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset("test")
+
+    def _reset(self, stage: str) -> None:
+        self._outputs.pop(stage, None)
+        self._gathered.pop(stage, None)
+
+    def predictions(self, stage: str) -> Predictions:
+        """All per-image outputs of the current ``stage`` ("val" or "test") epoch.
+
+        Gathers from every process (a collective: call it on all ranks), drops the duplicates
+        a distributed sampler pads in, and sorts by dataset index. Cached until the next epoch.
+        """
+        if stage not in self._gathered:
+            parts = self._outputs.get(stage, [])
+            if parts:
+                index, target, logits = (torch.cat(column) for column in zip(*parts, strict=True))
+            else:
+                index = target = torch.zeros(0, dtype=torch.long, device=self.device)
+                logits = torch.zeros(0, self.num_classes, device=self.device)
+            if self.trainer.world_size > 1:
+                index, target, logits = (
+                    t.flatten(0, 1) for t in self.all_gather((index, target, logits))
+                )
+            index_np = index.cpu().numpy()
+            unique, first = np.unique(index_np, return_index=True)
+            self._gathered[stage] = Predictions(
+                index=unique.astype(np.int64),
+                target=target.cpu().numpy()[first].astype(np.int64),
+                logits=logits.cpu().numpy()[first].astype(np.float32),
+            )
+        return self._gathered[stage]
+
+    def _log_eval_metrics(self, stage: str) -> None:
+        preds = self.predictions(stage)
+        if preds.index.size == 0:
+            return
+        logits, target = torch.from_numpy(preds.logits), torch.from_numpy(preds.target)
+        top5 = logits.topk(min(5, self.num_classes), dim=1).indices
+        metrics = {
+            f"{stage}/loss": F.cross_entropy(logits, target).item(),
+            f"{stage}/acc": (logits.argmax(1) == target).float().mean().item(),
+            f"{stage}/acc_top5": (top5 == target[:, None]).any(1).float().mean().item(),
+        }
+        # Every rank holds the same gathered values, so no further reduction is needed.
+        self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_metrics("test")
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if getattr(self.scheduler_factory, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }

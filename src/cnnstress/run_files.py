@@ -1,0 +1,65 @@
+"""Write and read the files a finished run leaves in its run directory.
+
+Contract (analysis relies on it):
+
+* ``metrics.json``: flat ``{"group/name": number}``; present only for a finished run.
+* ``predictions.npz``: ``index`` (int64), ``target`` (int64) and ``probs`` (float32, N x C,
+  softmax) for the whole test set, sorted by index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def _atomic_write(path: Path, write: callable) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_metrics(run_dir: str | Path, metrics: Mapping[str, float]) -> Path:
+    """Write ``metrics.json`` atomically (sorted keys, finite numbers or null)."""
+    clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+    path = Path(run_dir) / METRICS_FILE
+    _atomic_write(path, lambda p: p.write_text(json.dumps(clean, indent=2, sort_keys=True)))
+    return path
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, float]:
+    """Read a run's ``metrics.json``."""
+    return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+
+
+def write_predictions(
+    run_dir: str | Path, index: np.ndarray, target: np.ndarray, probs: np.ndarray
+) -> Path:
+    """Write ``predictions.npz`` atomically."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(
+                f,
+                index=index.astype(np.int64),
+                target=target.astype(np.int64),
+                probs=probs.astype(np.float32),
+            )
+
+    _atomic_write(path, write)
+    return path
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """Read a run's ``predictions.npz`` as a dict of arrays (``index``, ``target``, ``probs``)."""
+    with np.load(Path(run_dir) / PREDICTIONS_FILE) as data:
+        return {key: data[key] for key in data.files}
