@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 from pathlib import Path
@@ -19,9 +18,6 @@ from cnnstress.module import ClassifierModule
 from cnnstress.run_files import write_metrics, write_predictions
 
 log = logging.getLogger(__name__)
-
-# MultiStepLR keeps its milestones in a Counter; allow it when checkpoints load weights-only.
-torch.serialization.add_safe_globals([collections.Counter])
 
 
 def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
