@@ -6,6 +6,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
+
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import zipfile
@@ -17,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torchvision.io import encode_png
 
+import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
 from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cnnstress.errors import ConfigError, DataError
 from cnnstress.run_files import read_metrics, read_predictions
 from cnnstress.training import train
-from tests.conftest import ROOT
+from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN
+
+# Metrics that measure the machine, not the model.
+TIMING = ("time/wall_seconds", "train/images_per_sec")
+
+
+def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
 def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path):
@@ -23,10 +30,10 @@ def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path)
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "checkpoints" / "best.ckpt").is_file()
     on_disk = read_metrics(run)
-    assert on_disk == pytest.approx(json.loads(json.dumps(metrics)))
-    for key in ("test/acc", "test/loss", "test/acc_top5", "train/images_per_sec",
-                "time/wall_seconds", "val/acc", "train/loss"):  # fmt: skip
+    assert on_disk == pytest.approx(metrics)
+    for key in ("test/acc", "test/loss", "test/acc_top5", "val/acc", "train/loss", *TIMING):
         assert key in on_disk
+    assert on_disk["train/images_per_sec"] > 0
     preds = read_predictions(run)
     assert preds["probs"].shape == (80, 10) and preds["probs"].dtype == np.float32
     np.testing.assert_array_equal(preds["index"], np.arange(80))
@@ -34,5 +41,117 @@ def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path)
     np.testing.assert_allclose(preds["probs"].sum(1), 1.0, rtol=1e-5)
     accuracy = (preds["probs"].argmax(1) == preds["target"]).mean()
     assert on_disk["test/acc"] == pytest.approx(accuracy)
+    log_probs = np.log(preds["probs"][np.arange(80), preds["target"]])
+    assert on_disk["test/loss"] == pytest.approx(-log_probs.mean(), rel=1e-4)
+
     events = EventAccumulator(str(run / "tensorboard")).Reload()
-    ...
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
+    assert any(tag.startswith("lr-") for tag in scalars)
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+
+def test_same_seed_same_metrics_other_seed_differs(make_config, tiny_cifar10_zip, tmp_path):
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        cfg = make_config(
+            f"dataset.root={tiny_cifar10_zip}", f"seed={seed}", output_dir=tmp_path / name
+        )
+        runs[name] = model_metrics(train(cfg))
+    assert runs["a"] == runs["b"]
+    assert runs["a"]["test/loss"] != runs["c"]["test/loss"]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cifar10_zip, tmp_path):
+    common = (f"dataset.root={tiny_cifar10_zip}", "trainer.max_epochs=3", "dataset.val_size=32")
+    full = model_metrics(train(make_config(*common, output_dir=tmp_path / "full")))
+
+    crashed = tmp_path / "crashed"
+    crash = ("+callbacks.crash._target_=tests.helpers.CrashAtEpoch", "+callbacks.crash.epoch=2")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(make_config(*common, *crash, output_dir=crashed))
+    assert not (crashed / "metrics.json").exists(), "a failed run must not claim success"
+    last = crashed / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+
+    # Resuming continues in the crashed run's directory (see conf/hydra/default.yaml).
+    resumed = model_metrics(train(make_config(*common, f"ckpt_path={last}", output_dir=crashed)))
+    assert resumed == full
+    np.testing.assert_array_equal(
+        read_predictions(crashed)["probs"], read_predictions(tmp_path / "full")["probs"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        ("optimizer.lr=-0.1", ConfigError, "optimizer.lr must be > 0"),
+        ("dataset.batch_size=-4", ConfigError, "dataset.batch_size must be a positive integer"),
+        ("loss.label_smoothing=1.5", ConfigError, "loss.label_smoothing"),
+        ("augmentation.flip.p=1.5", ConfigError, "augmentation.flip.p must be a probability"),
+        ("ckpt_path=/no/such.ckpt", ConfigError, "ckpt_path=/no/such.ckpt does not exist"),
+        ("dataset.root=/no/such/dir", DataError, "pass dataset.root="),
+    ],
+)
+def test_user_mistakes_raise_clear_errors(make_config, tmp_path, override, error, message):
+    cfg = make_config(override)
+    with pytest.raises(error, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def run_train_py(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY_RUN, *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_user_error_is_one_line_without_traceback(tiny_cifar10_zip, tmp_path):
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(tiny_cifar10_zip.read_bytes()[:3000])
+    result = run_train_py(f"dataset.root={corrupt}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cnnstress: error")]
+    assert len(errors) == 1 and "cannot read zip" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_cli_unknown_option_lists_valid_choices(tmp_path):
+    result = run_train_py("model=resnet1000", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "Could not find 'model/resnet1000'" in result.stderr
+    assert "simple_cnn" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_cifar100_run_leaves_every_file(tiny_cifar100_zip, tmp_path):
+    run = tmp_path / "run"
+    result = run_train_py(
+        "dataset=cifar100", f"dataset.root={tiny_cifar100_zip}", "trainer.limit_train_batches=4",
+        f"hydra.run.dir={run}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = read_metrics(run)
+    assert {"test/acc", "test/loss", "test/acc_top5", *TIMING} <= set(metrics)
+    preds = read_predictions(run)
+    assert preds["probs"].shape == (100, 100)
+    np.testing.assert_array_equal(preds["target"], np.arange(100))
+
+
+@pytest.mark.skipif(not REAL_CIFAR10_ZIP.is_file(), reason=NO_REAL_DATA)
+def test_simple_cnn_learns_on_real_images(make_config, real_cifar10_subset_zip):
+    cfg = make_config(
+        f"dataset.root={real_cifar10_subset_zip}", "model.net.width=32", "dataset.batch_size=64"
+    )
+    metrics = train(cfg)
+    # 3,000 real training images, one epoch: chance is 0.10.
+    assert metrics["test/acc"] > 0.25, metrics
+
+
+def test_bad_trainer_argument_is_a_config_error(make_config):
+    with pytest.raises(ConfigError, match="Precision 'foo' is invalid"):
+        train(make_config("trainer.precision=foo"))

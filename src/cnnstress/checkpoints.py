@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cnnstress.config import instantiate
 from cnnstress.errors import DataError
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"

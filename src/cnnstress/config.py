@@ -3,10 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cnnstress.errors import ConfigError
+from cnnstress.errors import ConfigError, UserError
+
+
+def run_dir_of_checkpoint(ckpt_path: str | None, default: str) -> str:
+    """The run directory a ``<run>/checkpoints/*.ckpt`` belongs to, else ``default``.
+
+    Used as ``hydra.run.dir`` so that ``ckpt_path=RUN/checkpoints/last.ckpt`` resumes inside
+    RUN: the checkpoint callback then keeps its best score and best.ckpt across the restart.
+    """
+    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).parent.parent)
+    return default
+
+
+if not OmegaConf.has_resolver("run_dir_of_checkpoint"):
+    OmegaConf.register_new_resolver("run_dir_of_checkpoint", run_dir_of_checkpoint)
+
+
+def instantiate(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that reports a bad config value as a :class:`ConfigError`.
+
+    Hydra wraps every constructor error; a :class:`UserError` from our own code is unwrapped,
+    any other (e.g. Lightning rejecting ``trainer.precision=foo``) becomes one readable line.
+    """
+    try:
+        return hydra_instantiate(config, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise ConfigError(" ".join(str(err).split())) from err
 
 
 def _number(cfg: DictConfig, key: str, default: float) -> float:

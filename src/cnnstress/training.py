@@ -8,11 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnstress.callbacks import TrainSpeed
-from cnnstress.config import validate_config
+from cnnstress.config import instantiate, validate_config
 from cnnstress.data import CIFARDataModule
 from cnnstress.module import ClassifierModule
 from cnnstress.run_files import write_metrics, write_predictions
@@ -74,9 +73,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg, datamodule.has_val)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = _scalar_metrics(trainer)  # last epoch's train/ and val/ values
     test_ckpt = "best" if datamodule.has_val and trainer.checkpoint_callback else None
@@ -86,6 +82,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if speed is not None:
         metrics["train/images_per_sec"] = speed.images_per_sec
     metrics["time/wall_seconds"] = time.perf_counter() - start
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    final = {f"hp/{k.replace('/', '_')}": metrics[k] for k in ("test/acc", "test/loss")}
+    for logger in trainer.loggers:  # the HPARAMS view: config next to the final test metrics
+        logger.log_hyperparams(hparams, final)
     if trainer.is_global_zero:
         run_dir = Path(cfg.paths.output_dir)
         predictions = module.predictions("test")
