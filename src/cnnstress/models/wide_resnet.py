@@ -34,14 +34,13 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-``depth``-``widen``; ``layer1`` .. ``layer3`` give 32x32, 16x16 and 8x8 maps."""
+    """WRN-``depth``-``widen`` (``depth`` = 6n + 4); ``layer1`` .. ``layer3`` give 32x32, 16x16
+    and 8x8 maps."""
 
     def __init__(
         self, depth: int = 28, widen: int = 10, dropout: float = 0.0, num_classes: int = 10
     ) -> None:
         super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError(f"Wide ResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
