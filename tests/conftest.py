@@ -104,11 +104,15 @@ def real_cifar10_subset_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def compose_train_config(
-    output_dir: Path, overrides: Sequence[str] = (), config_name: str = "train"
+    output_dir: Path,
+    overrides: Sequence[str] = (),
+    config_name: str = "train",
+    keep_hydra: bool = False,
 ) -> DictConfig:
     """Compose the real ``conf/`` like ``train.py`` does, writing into ``output_dir``.
 
-    The Hydra config is registered (as during a real run) so ``${hydra:...}`` resolves.
+    The Hydra config is registered (as during a real run) so ``${hydra:...}`` resolves; it is
+    removed from the returned config unless ``keep_hydra``.
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -120,7 +124,8 @@ def compose_train_config(
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
+        if not keep_hydra:
+            del cfg.hydra
     return cfg
 
 

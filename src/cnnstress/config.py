@@ -12,13 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 from cnnstress.errors import ConfigError, UserError
 
 
-def run_dir_of_checkpoint(ckpt_path: str | None, default: str) -> str:
-    """The run directory a ``<run>/checkpoints/*.ckpt`` belongs to, else ``default``.
+def run_dir_of_checkpoint(training: bool, ckpt_path: str | None, default: str) -> str:
+    """When resuming training, the run directory of ``<run>/checkpoints/*.ckpt``; else ``default``.
 
     Used as ``hydra.run.dir`` so that ``ckpt_path=RUN/checkpoints/last.ckpt`` resumes inside
     RUN: the checkpoint callback then keeps its best score and best.ckpt across the restart.
+    An evaluation (``train=false``) gets a directory of its own.
     """
-    if ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+    if training and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).parent.parent)
     return default
 

@@ -13,8 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.config import instantiate, validate_config
 from cnnstress.data import CIFARDataModule
+from cnnstress.distributed import prepare_hydra_relaunch
+from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
-from cnnstress.run_files import write_metrics, write_predictions
+from cnnstress.run_files import METRICS_FILE, read_metrics, write_metrics, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,24 @@ def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
     return instantiate(cfg.dataset, seed=cfg.seed, augmentation=augmentation)
 
 
-def build_module(cfg: DictConfig) -> ClassifierModule:
-    """The LightningModule: ``cfg.model.net`` with ``cfg.optimizer`` and ``cfg.scheduler``."""
+def lr_scale(cfg: DictConfig, effective_batch_size: int) -> float:
+    """Factor applied to ``optimizer.lr``: 1, or effective / reference batch size (linear rule)."""
+    rule = OmegaConf.select(cfg, "lr_scaling.rule", default="none")
+    if rule == "none":
+        return 1.0
+    if rule == "linear":
+        return effective_batch_size / cfg.lr_scaling.reference_batch_size
+    raise ConfigError(f"lr_scaling.rule must be one of none, linear; got {rule!r}")
+
+
+def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
+    """The LightningModule: ``cfg.model.net`` with ``cfg.optimizer`` (its ``lr`` replaced by
+    ``lr`` when given) and ``cfg.scheduler``."""
     scheduler = cfg.get("scheduler") or {}
+    optimizer = instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr}))
     return ClassifierModule(
         net=instantiate(cfg.model.net),
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         scheduler=instantiate(scheduler.schedule) if scheduler.get("schedule") else None,
         scheduler_interval=scheduler.get("interval", "epoch"),
         num_classes=cfg.dataset.num_classes,
@@ -64,18 +78,34 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test, and write ``metrics.json`` and ``predictions.npz`` into the run directory.
 
-    The test uses ``best.ckpt`` when a validation split exists, else the final weights. The
-    run files are written last, so a run that fails leaves no ``metrics.json``.
+    The test uses ``best.ckpt`` when a validation split exists, else the final weights. With
+    ``train=false`` the run only tests the weights in ``ckpt_path``. The run files are written
+    last, so a run that fails leaves no ``metrics.json``; a run directory that already has one
+    is complete and is skipped when ``skip_completed`` is true (re-running a sweep resumes it).
     """
     start = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("skip_completed", False) and (run_dir / METRICS_FILE).is_file():
+        log.info("%s already has %s: skipping this completed run", run_dir, METRICS_FILE)
+        return read_metrics(run_dir)
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg)
     trainer = build_trainer(cfg, datamodule.has_val)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    scale = lr_scale(cfg, batch)
+    module = build_module(cfg, lr=cfg.optimizer.lr * scale)
+    prepare_hydra_relaunch(str(run_dir))  # before fit starts the other DDP processes
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        test_ckpt = "best" if datamodule.has_val and trainer.checkpoint_callback else None
+    elif cfg.get("ckpt_path"):
+        test_ckpt = cfg.ckpt_path
+    else:
+        raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=PATH")
     metrics = _scalar_metrics(trainer)  # last epoch's train/ and val/ values
-    test_ckpt = "best" if datamodule.has_val and trainer.checkpoint_callback else None
+    metrics.update({"train/effective_batch_size": batch, "train/lr": cfg.optimizer.lr * scale})
     trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
     metrics.update(_scalar_metrics(trainer))
     speed = next((c for c in trainer.callbacks if isinstance(c, TrainSpeed)), None)
@@ -87,7 +117,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:  # the HPARAMS view: config next to the final test metrics
         logger.log_hyperparams(hparams, final)
     if trainer.is_global_zero:
-        run_dir = Path(cfg.paths.output_dir)
         predictions = module.predictions("test")
         write_predictions(run_dir, predictions.index, predictions.target, predictions.probs)
         write_metrics(run_dir, metrics)
