@@ -1,0 +1,176 @@
+"""The reference's top test failures, explained by the reference and by each improvement.
+
+Models are rebuilt from their checkpoints (:func:`cnnstress.checkpoints.load_backbone`,
+``weights_only=True``); heatmaps come from :func:`cnnstress.cam.compute_heatmaps`, the same
+code and, unless overridden, the same method and target layer as the run's Grad-CAM callback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnstress.analysis.compare import Comparison, GroupResult
+from cnnstress.analysis.runs import Run
+from cnnstress.cam import SALIENCY, check_method, compute_heatmaps, resolve_layer
+from cnnstress.checkpoints import load_backbone
+from cnnstress.data import class_names, load_split
+from cnnstress.errors import DataError
+
+
+@dataclass(frozen=True)
+class CamColumn:
+    """One model's view of the selected images.
+
+    Attributes:
+        title: group label and seed. method / target_layer: the CAM settings used.
+        pred: ``(N,)`` predicted class. confidence: ``(N,)`` its probability.
+        heatmaps: ``(N, H, W)`` float32 in [0, 1], for the predicted class.
+    """
+
+    title: str
+    method: str
+    target_layer: str | None  # None for saliency
+
+    @property
+    def settings(self) -> str:
+        """``method@layer`` (or just the method for saliency)."""
+        return self.method if self.target_layer is None else f"{self.method}@{self.target_layer}"
+
+    pred: np.ndarray
+    confidence: np.ndarray
+    heatmaps: np.ndarray
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """The reference's top failures of one setting and every compared model's CAMs on them.
+
+    Attributes:
+        images: ``(N, 3, H, W)`` uint8 test images. index: ``(N,)`` their test-set positions.
+        target: ``(N,)`` true classes. columns: reference first, then the improvements.
+    """
+
+    setting: tuple[str, str]
+    classes: tuple[str, ...]
+    index: np.ndarray
+    target: np.ndarray
+    images: np.ndarray
+    columns: list[CamColumn]
+
+
+def cam_settings(
+    cfg: DictConfig, method: str | None = None, target_layer: str | None = None
+) -> tuple[str, str | None]:
+    """The CAM method and target layer a run used in training, unless given here.
+
+    Looks for a callback entry with a ``method`` key (the Grad-CAM callback) in the run's
+    config; falls back to ``gradcam`` and ``model.target_layer``.
+    """
+    found_method = found_layer = None
+    for entry in (cfg.get("callbacks") or {}).values():
+        if isinstance(entry, DictConfig) and "method" in entry:
+            found_method = OmegaConf.select(entry, "method", default=None)
+            found_layer = OmegaConf.select(entry, "target_layer", default=None)
+            break
+    layer = target_layer or found_layer or OmegaConf.select(cfg, "model.target_layer", default=None)
+    return check_method(method or found_method or "gradcam", "gradcam.method"), layer
+
+
+def _test_images(run: Run) -> torch.Tensor:
+    """The run's test split, uint8 ``(N, 3, H, W)``, read from its configured root."""
+    try:
+        root = OmegaConf.select(run.config, "dataset.root", throw_on_resolution_failure=True)
+    except Exception as err:  # an interpolation that only resolves inside training
+        raise DataError(f"cannot resolve dataset.root of {run.path}: {err}") from err
+    return load_split(root, run.key.dataset, "test").images
+
+
+def _normalize(images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    mean = torch.tensor(list(cfg.dataset.mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(list(cfg.dataset.std), dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def _column(
+    run: Run,
+    positions: np.ndarray,
+    images: torch.Tensor,
+    device: str,
+    method: str | None,
+    layer: str | None,
+) -> CamColumn:
+    net, cfg = load_backbone(run.path, device=device)
+    key = "gradcam.target_layer" if layer else f"the target layer of {run.path}"
+    method, layer = cam_settings(cfg, method, layer)
+    module = None if method == SALIENCY else resolve_layer(net, layer, key)
+    pred, conf = run.pred[positions], run.confidence[positions]
+    maps = compute_heatmaps(
+        net, _normalize(images, cfg).to(device), torch.from_numpy(pred), method, module
+    )
+    title = f"{run.key.improvement} (seed {run.seed})"
+    shown_layer = None if module is None else layer
+    return CamColumn(title, method, shown_layer, pred, conf, maps.numpy())
+
+
+def _shared_seed(reference: GroupResult, others: list[GroupResult]) -> int:
+    """The smallest reference seed that most other groups also have."""
+    return max(reference.seeds, key=lambda s: (sum(s in g.seeds for g in others), -s))
+
+
+def side_by_side(
+    comparisons: list[Comparison],
+    top_n: int,
+    device: str = "cpu",
+    method: str | None = None,
+    target_layer: str | None = None,
+) -> SideBySide | None:
+    """CAMs of the reference's ``top_n`` most confident test failures, one column per model.
+
+    ``comparisons`` all share one reference (one setting). The reference run and the compared
+    runs use the same seed where they have it. Returns ``None`` when the reference has no
+    failure.
+
+    Raises:
+        DataError: a checkpoint or the test images cannot be read.
+        ConfigError: a bad CAM method or target layer.
+    """
+    reference = comparisons[0].reference
+    seed = _shared_seed(reference, [c.other for c in comparisons])
+    ref_run = reference.run(seed)
+    wrong = np.flatnonzero(~ref_run.correct)
+    if wrong.size == 0:
+        return None
+    # Most confident failures first; ties broken by test-set position.
+    order = np.lexsort((ref_run.index[wrong], -ref_run.confidence[wrong]))
+    positions = wrong[order][:top_n]
+    split = _test_images(ref_run)
+    index = ref_run.index[positions]
+    if index.max() >= len(split):
+        raise DataError(f"{ref_run.path}: predictions index {index.max()} beyond the test split")
+    images = split[torch.from_numpy(index)]
+    columns = [_column(ref_run, positions, images, device, method, target_layer)]
+    for comparison in comparisons:
+        group = comparison.other
+        run = group.run(seed) if seed in group.seeds else group.runs[0]
+        if not np.array_equal(run.index, ref_run.index):
+            raise DataError(f"{run.path} was tested on other images than {ref_run.path}")
+        columns.append(_column(run, positions, images, device, method, target_layer))
+    return SideBySide(
+        setting=reference.key.setting,
+        classes=class_names(reference.key.dataset),
+        index=index,
+        target=ref_run.target[positions],
+        images=images.numpy(),
+        columns=columns,
+    )
+
+
+def default_filename(setting: tuple[str, str], several: bool) -> str:
+    """``gradcam_side_by_side.png``, or with ``_<dataset>_<model>`` when several settings."""
+    if several:
+        return f"gradcam_side_by_side_{setting[0]}_{setting[1]}.png"
+    return "gradcam_side_by_side.png"

@@ -1,0 +1,470 @@
+"""Write the analysis: ``summary.md``, ``summary.csv``, ``transitions.csv``, ``report.md`` and a
+self-contained ``report.html`` (figures embedded as base64 PNG, no server, no external file).
+
+The report is built once as a list of blocks and rendered to Markdown and to HTML; a
+Markdown-to-HTML library would add a dependency for the handful of constructs used here.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from cnnstress.analysis.compare import (
+    MCNEMAR_EXACT_BELOW,
+    Analysis,
+    Comparison,
+    Estimate,
+    GroupResult,
+    Transitions,
+)
+from cnnstress.data import class_names
+
+NA = "n/a"
+
+
+# -- blocks -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Heading:
+    """A section title (level 1-3)."""
+
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """Plain text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    """An unordered list."""
+
+    items: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of strings."""
+
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A PNG in the output directory, shown with a caption."""
+
+    filename: str
+    caption: str
+
+
+Block = Heading | Paragraph | Bullets | Table | Image
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    """Render blocks as GitHub-flavoured Markdown (images linked by relative path)."""
+
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Paragraph):
+            out.append(block.text)
+        elif isinstance(block, Bullets):
+            out.append("\n".join(f"- {item}" for item in block.items))
+        elif isinstance(block, Table):
+            lines = [
+                "| " + " | ".join(map(cell, block.headers)) + " |",
+                "|" + "|".join("---" for _ in block.headers) + "|",
+                *("| " + " | ".join(map(cell, row)) + " |" for row in block.rows),
+            ]
+            out.append("\n".join(lines))
+        elif isinstance(block, Image):
+            out.append(f"![{block.caption}]({block.filename})\n\n*{block.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:0.88em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}
+figcaption{font-style:italic;color:#555}code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def to_html(blocks: Sequence[Block], directory: Path, title: str) -> str:
+    """Render blocks as one HTML page; every image is read from ``directory`` and embedded."""
+    esc = html.escape
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            body.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            body.append(f"<p>{esc(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            items = "".join(f"<li>{esc(i)}</li>" for i in block.items)
+            body.append(f"<ul>{items}</ul>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{esc(h)}</th>" for h in block.headers)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
+                for row in block.rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Image):
+            data = base64.b64encode((directory / block.filename).read_bytes()).decode("ascii")
+            body.append(
+                f'<figure><img alt="{esc(block.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(block.caption)}</figcaption></figure>"
+            )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+# -- number formatting ------------------------------------------------------------------------
+def _num(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NA
+    return f"{value * scale:.{digits}f}"
+
+
+def _mean_std(e: Estimate, scale: float = 1.0, digits: int = 2) -> str:
+    if e.std is None:
+        return _num(e.mean, scale, digits)
+    return f"{_num(e.mean, scale, digits)} ± {_num(e.std, scale, digits)}"
+
+
+def _ci(e: Estimate, scale: float = 1.0, digits: int = 2) -> str:
+    if e.ci_low is None:
+        return NA
+    return f"[{_num(e.ci_low, scale, digits)}, {_num(e.ci_high, scale, digits)}]"
+
+
+def _p(value: float | None) -> str:
+    return NA if value is None else f"{value:.3g}"
+
+
+def _threshold(t: float) -> str:
+    return f"{t:g}"
+
+
+# -- content ----------------------------------------------------------------------------------
+def _delta_cells(comparison: Comparison | None) -> list[str]:
+    if comparison is None:
+        return ["reference", "", ""]
+    paired = comparison.paired
+    if paired.delta.n >= 2:
+        delta = f"{_mean_std(paired.delta, 100)} {_ci(paired.delta, 100)}"
+        test = f"{_p(paired.pvalue)} (t={_num(paired.t)}, {paired.delta.n} pairs)"
+    else:
+        delta = f"{_num(comparison.delta_mean, 100)} (difference of means)"
+        test = f"{NA} ({paired.delta.n} shared seed(s))"
+    pooled = comparison.pooled
+    moved = NA if pooled is None else f"+{pooled.corrected} / -{pooled.worsened}"
+    return [delta, test, moved]
+
+
+def summary_table(analysis: Analysis) -> Table:
+    """One row per group: accuracy over seeds, ECE, high-confidence errors, delta to reference."""
+    headers = [
+        "group", "seeds", "test acc % (mean ± std)", "95% CI", "ECE",
+        *(f"HCE≥{_threshold(t)}" for t in analysis.thresholds),
+        "Δ acc vs ref (pp) [95% CI]", "paired t-test p", "corrected / worsened (pooled)",
+    ]  # fmt: skip
+    rows = []
+    for group in analysis.groups:
+        acc = group.accuracy
+        rows.append(
+            [
+                group.key.label + (" (reference)" if analysis.is_reference(group.key) else ""),
+                f"n={acc.n} ({', '.join(map(str, group.seeds))})",
+                _mean_std(acc, 100),
+                _ci(acc, 100),
+                _mean_std(group.ece, 1, 4),
+                *(f"{group.high_conf[:, i].mean():.1f}" for i in range(len(analysis.thresholds))),
+                *_delta_cells(analysis.comparison_for(group.key)),
+            ]
+        )
+    return Table(headers, rows)
+
+
+def _opt(value: float | None) -> str | float:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def write_summary_csv(analysis: Analysis, path: Path) -> Path:
+    """``summary.csv``: one row per group, raw fractions, empty cells where not defined."""
+    header = [
+        "dataset", "model", "improvement", "label", "is_reference", "n_seeds", "seeds",
+        "acc_mean", "acc_std", "acc_ci_low", "acc_ci_high",
+        "ece_mean", "ece_std", "ece_ci_low", "ece_ci_high",
+    ]  # fmt: skip
+    for t in analysis.thresholds:
+        header += [f"hce_mean@{_threshold(t)}", f"hce_std@{_threshold(t)}"]
+    header += [
+        "reference", "delta_acc_of_means", "paired_n", "paired_delta_mean", "paired_delta_std",
+        "paired_delta_ci_low", "paired_delta_ci_high", "paired_t", "paired_p",
+        "pooled_corrected", "pooled_worsened", "pooled_both_wrong", "pooled_both_right",
+        "pooled_mcnemar_method", "pooled_mcnemar_statistic", "pooled_mcnemar_p",
+    ]  # fmt: skip
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for g in analysis.groups:
+            acc, ece = g.accuracy, g.ece
+            row: list[object] = [
+                g.key.dataset, g.key.model, g.key.improvement, g.key.label,
+                int(analysis.is_reference(g.key)), acc.n, ";".join(map(str, g.seeds)),
+                acc.mean, _opt(acc.std), _opt(acc.ci_low), _opt(acc.ci_high),
+                ece.mean, _opt(ece.std), _opt(ece.ci_low), _opt(ece.ci_high),
+            ]  # fmt: skip
+            for i in range(len(analysis.thresholds)):
+                h = g.high_conf_estimate(i)
+                row += [h.mean, _opt(h.std)]
+            c = analysis.comparison_for(g.key)
+            if c is None:
+                row += [""] * 16
+            else:
+                d, pooled = c.paired.delta, c.pooled
+                row += [
+                    c.reference.key.label, c.delta_mean, d.n, _opt(d.mean), _opt(d.std),
+                    _opt(d.ci_low), _opt(d.ci_high), _opt(c.paired.t), _opt(c.paired.pvalue),
+                ]  # fmt: skip
+                if pooled is None:
+                    row += [""] * 7
+                else:
+                    m = pooled.mcnemar
+                    row += [pooled.corrected, pooled.worsened, pooled.both_wrong,
+                            pooled.both_right, m.method, m.statistic, m.pvalue]  # fmt: skip
+            writer.writerow(row)
+    return path
+
+
+def _transition_row(name: str, t: Transitions) -> list[str]:
+    m = t.mcnemar
+    statistic = f"{m.statistic:.0f}" if m.method == "exact" else f"{m.statistic:.3f}"
+    return [
+        name, str(t.corrected), str(t.worsened), str(t.both_wrong), str(t.both_right),
+        str(t.total), m.method, statistic, _p(m.pvalue),
+    ]  # fmt: skip
+
+
+TRANSITION_HEADERS = [
+    "seed", "corrected", "worsened", "both wrong", "both right", "images",
+    "McNemar test", "statistic", "p",
+]  # fmt: skip
+
+
+def write_transitions_csv(analysis: Analysis, path: Path) -> Path:
+    """``transitions.csv``: one row per comparison and seed, plus a ``pooled`` row each."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["reference", "group", *(h.replace(" ", "_") for h in TRANSITION_HEADERS)])
+        for c in analysis.comparisons:
+            tables = [*((str(s), t) for s, t in c.transitions.items())]
+            if c.pooled is not None:
+                tables.append(("pooled", c.pooled))
+            for name, table in tables:
+                m = table.mcnemar
+                writer.writerow([
+                    c.reference.key.label, c.other.key.label, name, table.corrected,
+                    table.worsened, table.both_wrong, table.both_right, table.total,
+                    m.method, m.statistic, m.pvalue,
+                ])  # fmt: skip
+    return path
+
+
+def _per_class_lines(c: Comparison, k: int = 5) -> list[str]:
+    names = class_names(c.reference.key.dataset)
+    delta = np.nan_to_num(c.per_class_delta, nan=0.0)
+    order = np.argsort(delta, kind="stable")
+    gains = [i for i in order[::-1][:k] if delta[i] > 0]
+    losses = [i for i in order[:k] if delta[i] < 0]
+
+    def fmt(indices: list[int]) -> str:
+        return ", ".join(f"{names[i]} {delta[i] * 100:+.1f} pp" for i in indices) or "none"
+
+    return [f"per-class gains: {fmt(gains)}", f"per-class losses: {fmt(losses)}"]
+
+
+METHOD_NOTES = [
+    "Every number is computed from the runs' predictions.npz (test set), not copied from "
+    "metrics.json; accuracy is top-1.",
+    "Mean ± sample standard deviation (ddof=1) over seeds; 95% CI = mean ± t(0.975, n-1) · "
+    "std / √n (not clipped to [0, 100]). A group with one seed has no std or interval "
+    "(n/a), not a zero.",
+    "Δ acc vs ref: mean of the per-seed differences over seeds both groups have, with the "
+    "paired t-test (scipy.stats.ttest_rel); with fewer than two shared seeds only the "
+    "difference of the means is given and no test.",
+    "Transitions on the same test images: corrected = the reference wrong and the group right, "
+    "worsened = the reference right and the group wrong.",
+    f"McNemar's test on (corrected, worsened): exact two-sided binomial test when "
+    f"corrected + worsened < {MCNEMAR_EXACT_BELOW} (statistic = min of the two), else "
+    "chi-square with continuity correction, 1 dof (statistic = (|b-c|-1)^2/(b+c)). The pooled "
+    "row sums the per-seed tables and treats image-seed pairs as independent, which they "
+    "are not: read its p-value as indicative, the per-seed tests as the valid ones.",
+    "HCE≥t: wrong predictions with top-1 confidence ≥ t, counted per run, mean over seeds.",
+    "ECE: top-1 expected calibration error, 15 equal-width bins, L1 (torchmetrics).",
+    "Groups are (dataset, model, improvement) from each run's .hydra/config.yaml; runs of "
+    "different datasets or models are never pooled or compared.",
+]
+
+
+def build_blocks(
+    analysis: Analysis,
+    figures: dict[str, list[str]],
+    sources: Sequence[str],
+    gradcam_notes: Sequence[str] = (),
+) -> list[Block]:
+    """The report's content. ``figures`` maps a section name (``transitions``, ``confidence``,
+    ``high_conf_errors``, ``per_class_delta``, ``reliability``, ``gradcam``) to PNG names."""
+    blocks: list[Block] = [
+        Heading(1, "cnnstress analysis"),
+        Paragraph(
+            f"Generated {datetime.now().isoformat(timespec='seconds')} from "
+            f"{'; '.join(sources)}. Reference: {analysis.reference}. "
+            f"{sum(len(g.runs) for g in analysis.groups)} runs in {len(analysis.groups)} "
+            f"groups, {len(analysis.skipped)} skipped."
+        ),
+    ]
+    notes = [*analysis.notes, *(n for c in analysis.comparisons for n in
+                                (f"{c.other.key.label}: {x}" for x in c.notes))]  # fmt: skip
+    if notes:
+        blocks += [Heading(2, "Warnings"), Bullets(notes)]
+    blocks += [Heading(2, "Summary"), summary_table(analysis)]
+
+    blocks.append(Heading(2, "Transitions against the reference"))
+    if not analysis.comparisons:
+        blocks.append(Paragraph("No group to compare with a reference."))
+    for c in analysis.comparisons:
+        blocks.append(Heading(3, f"{c.other.key.label} vs {c.reference.key.label}"))
+        rows = [_transition_row(str(s), t) for s, t in c.transitions.items()]
+        if c.pooled is not None:
+            rows.append(_transition_row("pooled", c.pooled))
+        blocks.append(Table(TRANSITION_HEADERS, rows) if rows else Paragraph("No shared seed."))
+        blocks.append(Bullets(_per_class_lines(c)))
+    blocks += [Image(f, "Transitions per seed and pooled") for f in figures.get("transitions", [])]
+
+    blocks += [Heading(2, "High-confidence errors")]
+    blocks.append(
+        Table(
+            ["group", *(f"≥{_threshold(t)}" for t in analysis.thresholds)],
+            [
+                [g.key.label, *(_mean_std(g.high_conf_estimate(i), 1, 1)
+                                for i in range(len(analysis.thresholds)))]
+                for g in analysis.groups
+            ],
+        )
+    )  # fmt: skip
+    captions = {
+        "high_conf_errors": "High-confidence error count against threshold (mean ± std)",
+        "confidence": "Confidence of correct and wrong predictions, all seeds",
+        "reliability": "Reliability diagrams, all seeds pooled per group",
+        "per_class_delta": "Per-class accuracy change against the reference",
+    }
+    for section, title in [
+        ("high_conf_errors", None),
+        ("confidence", "Confidence"),
+        ("reliability", "Calibration"),
+        ("per_class_delta", "Per-class accuracy change"),
+    ]:
+        if title:
+            blocks.append(Heading(2, title))
+        blocks += [Image(f, captions[section]) for f in figures.get(section, [])]
+
+    blocks.append(Heading(2, "Grad-CAM: the reference's most confident failures"))
+    if gradcam_notes:
+        blocks.append(Bullets(list(gradcam_notes)))
+    blocks += [
+        Image(f, "Each model's CAM for its own prediction (green: right, red: wrong)")
+        for f in figures.get("gradcam", [])
+    ]
+
+    blocks += [Heading(2, "Runs"), _runs_table(analysis.groups)]
+    if analysis.skipped:
+        blocks += [
+            Heading(2, "Skipped run directories"),
+            Table(["path", "reason"], [[str(s.path), s.reason] for s in analysis.skipped]),
+        ]
+    blocks += [Heading(2, "How the numbers are computed"), Bullets(METHOD_NOTES)]
+    return blocks
+
+
+def _runs_table(groups: Sequence[GroupResult]) -> Table:
+    rows = [
+        [g.key.label, str(r.seed), _num(g.accuracy_by_seed[r.seed], 100),
+         _num(g.ece_by_seed[r.seed], 1, 4), str(r.path)]
+        for g in groups
+        for r in g.runs
+    ]  # fmt: skip
+    return Table(["group", "seed", "test acc %", "ECE", "path"], rows)
+
+
+@dataclass
+class ReportFiles:
+    """Paths of the written files."""
+
+    summary_md: Path
+    summary_csv: Path
+    transitions_csv: Path
+    report_md: Path
+    report_html: Path
+    figures: dict[str, list[str]] = field(default_factory=dict)
+
+
+def write_report(
+    analysis: Analysis,
+    out_dir: str | Path,
+    figures: dict[str, list[str]],
+    sources: Sequence[str],
+    gradcam_notes: Sequence[str] = (),
+) -> ReportFiles:
+    """Write every text file of the analysis into ``out_dir`` (figures must already be there)."""
+    out = Path(out_dir)
+    summary = [
+        Heading(1, "cnnstress summary"),
+        Paragraph(f"Reference: {analysis.reference}. Sources: {'; '.join(sources)}."),
+        summary_table(analysis),
+    ]
+    if analysis.skipped:
+        summary += [
+            Heading(2, "Skipped run directories"),
+            Table(["path", "reason"], [[str(s.path), s.reason] for s in analysis.skipped]),
+        ]
+    if analysis.notes:
+        summary += [Heading(2, "Warnings"), Bullets(analysis.notes)]
+    summary += [Heading(2, "How the numbers are computed"), Bullets(METHOD_NOTES)]
+    (out / "summary.md").write_text(to_markdown(summary))
+    blocks = build_blocks(analysis, figures, sources, gradcam_notes)
+    (out / "report.md").write_text(to_markdown(blocks))
+    (out / "report.html").write_text(to_html(blocks, out, "cnnstress analysis"))
+    return ReportFiles(
+        summary_md=out / "summary.md",
+        summary_csv=write_summary_csv(analysis, out / "summary.csv"),
+        transitions_csv=write_transitions_csv(analysis, out / "transitions.csv"),
+        report_md=out / "report.md",
+        report_html=out / "report.html",
+        figures=figures,
+    )

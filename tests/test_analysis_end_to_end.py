@@ -1,0 +1,312 @@
+"""analyze.py on real tiny runs: numbers checked against the runs' predictions.npz directly.
+
+Four runs are trained once per module (two improvements x two seeds, simple_cnn for two
+epochs on a generated CIFAR-10-layout zip) into one sweep folder, each with the
+``.hydra/config.yaml`` Hydra would have written, plus one copied run without
+``metrics.json`` (an incomplete run). The images carry extra noise so that the two
+improvements disagree on some test images (the plain tiny zip is learnt perfectly by both).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from scipy import stats
+from torchvision.io import encode_png
+
+from cnnstress.analysis import analyse, analyze, collect_runs
+from cnnstress.analysis.gradcam import side_by_side
+from cnnstress.data.classes import CIFAR10_CLASSES
+from cnnstress.errors import ConfigError, DataError
+from cnnstress.training import train
+from tests.conftest import CONF_DIR, ROOT, TINY_RUN, class_pattern_image, compose_train_config
+
+SEEDS = (1, 2)
+IMPROVEMENTS = ("baseline", "label_smoothing")
+# Two epochs on 160 images leave the top-1 confidences between about 0.1 and 0.3.
+THRESHOLDS = (0.0, 0.15, 0.2, 0.5)
+# The training callbacks the analysis needs: the checkpoint (for Grad-CAM).
+KEEP_CALLBACKS = ("model_checkpoint",)
+
+
+def noisy_zip(path: Path, per_class: dict[str, int], noise: float = 80.0) -> Path:
+    """CIFAR-10-layout zip of the conftest class patterns plus Gaussian noise of std ``noise``."""
+    rng, gen = random.Random(0), torch.Generator().manual_seed(0)
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, count in per_class.items():
+            for label, name in enumerate(CIFAR10_CLASSES):
+                for i in range(count):
+                    image = class_pattern_image(label, rng).float()
+                    image += torch.randn(image.shape, generator=gen) * noise
+                    png = encode_png(image.clamp(0, 255).to(torch.uint8)).numpy().tobytes()
+                    archive.writestr(f"{split}/{name}/{i:04d}.png", png)
+    return path
+
+
+def _improvement_overrides(name: str) -> list[str]:
+    if name == "baseline" or (CONF_DIR / "improvement" / f"{name}.yaml").is_file():
+        return [f"improvement={name}"]
+    return ["improvement=baseline"]
+
+
+def _train_run(out: Path, zip_path: Path, improvement: str, seed: int) -> Path:
+    overrides = [*TINY_RUN, "trainer.max_epochs=2", f"dataset.root={zip_path}",
+                 f"seed={seed}", *_improvement_overrides(improvement)]  # fmt: skip
+    cfg = compose_train_config(out, overrides)
+    with open_dict(cfg):
+        # Stress callbacks only cost time here: the analysis reads the run files.
+        cfg.callbacks = {k: v for k, v in cfg.callbacks.items() if k in KEEP_CALLBACKS}
+        if cfg.improvement != improvement:
+            # conf/improvement/label_smoothing.yaml is not in this tree: make its change by
+            # hand so the group still differs from the baseline in that one key.
+            cfg.improvement = improvement
+            cfg.loss.label_smoothing = 0.1
+    train(cfg)
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # what Hydra saves for a real run
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep folder: <improvement>_<seed>/ for every pair, and incomplete/ (no metrics)."""
+    data = noisy_zip(tmp_path_factory.mktemp("data") / "noisy.zip", {"train": 16, "test": 8})
+    root = tmp_path_factory.mktemp("sweep")
+    threads = torch.get_num_threads()
+    # Width-8 convolutions gain nothing from threads, and on a busy 2-core machine the
+    # spinning intra-op threads made these four runs 30x slower (0.6 s -> 20 s each).
+    torch.set_num_threads(1)
+    try:
+        for improvement in IMPROVEMENTS:
+            for seed in SEEDS:
+                _train_run(root / f"{improvement}_{seed}", data, improvement, seed)
+    finally:
+        torch.set_num_threads(threads)
+    shutil.copytree(root / "baseline_1", root / "incomplete")
+    (root / "incomplete" / "metrics.json").unlink()
+    return root
+
+
+def _predictions(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "predictions.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def _correct(run_dir: Path) -> np.ndarray:
+    p = _predictions(run_dir)
+    return p["probs"].argmax(1) == p["target"]
+
+
+def _analysis_config(out: Path, *overrides: str):
+    return compose_train_config(out, overrides, config_name="analyze")
+
+
+def test_runs_are_grouped_and_incomplete_run_is_skipped(sweep):
+    collection = collect_runs(sweep=sweep)
+    assert sorted((r.key.improvement, r.seed) for r in collection.runs) == [
+        (i, s) for i in IMPROVEMENTS for s in SEEDS
+    ]
+    assert [s.path for s in collection.skipped] == [sweep / "incomplete"]
+    assert "metrics.json" in collection.skipped[0].reason
+
+
+def test_accuracies_and_intervals_match_predictions(sweep):
+    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    assert [g.key.label for g in analysis.groups] == [
+        "cifar10/simple_cnn/baseline", "cifar10/simple_cnn/label_smoothing"
+    ]  # fmt: skip
+    for group in analysis.groups:
+        accs = [_correct(sweep / f"{group.key.improvement}_{s}").mean() for s in SEEDS]
+        metrics = [r.metrics["test/acc"] for r in group.runs]
+        assert metrics == pytest.approx(accs, abs=1e-6)
+        est = group.accuracy
+        half = stats.t.ppf(0.975, 1) * np.std(accs, ddof=1) / np.sqrt(2)
+        assert (est.mean, est.std, est.n) == pytest.approx((np.mean(accs), np.std(accs, ddof=1), 2))
+        assert (est.ci_low, est.ci_high) == pytest.approx(
+            (np.mean(accs) - half, np.mean(accs) + half)
+        )
+
+
+def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
+    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    (comparison,) = analysis.comparisons
+    assert comparison.reference.key.improvement == "baseline"
+    b_sum = c_sum = 0
+    for seed in SEEDS:
+        ref, other = (
+            _correct(sweep / f"baseline_{seed}"),
+            _correct(sweep / f"label_smoothing_{seed}"),
+        )
+        table = comparison.transitions[seed]
+        expected = (
+            (~ref & other).sum(),
+            (ref & ~other).sum(),
+            (~ref & ~other).sum(),
+            (ref & other).sum(),
+        )
+        assert (table.corrected, table.worsened, table.both_wrong, table.both_right) == expected
+        assert table.total == 80
+        b_sum, c_sum = b_sum + expected[0], c_sum + expected[1]
+    pooled = comparison.pooled
+    assert (pooled.corrected, pooled.worsened) == (b_sum, c_sum)
+    n = b_sum + c_sum
+    if n >= 25:  # chi-square with continuity correction, by hand
+        assert pooled.mcnemar.method == "chi2-cc"
+        assert pooled.mcnemar.statistic == pytest.approx((abs(b_sum - c_sum) - 1) ** 2 / n)
+    else:  # exact: two-sided binomial tail, by hand
+        k = min(b_sum, c_sum)
+        tail = sum(stats.binom.pmf(i, n, 0.5) for i in range(k + 1))
+        assert pooled.mcnemar.method == "exact"
+        assert pooled.mcnemar.pvalue == pytest.approx(min(1.0, 2 * tail))
+    ref_acc = [_correct(sweep / f"baseline_{s}").mean() for s in SEEDS]
+    ls_acc = [_correct(sweep / f"label_smoothing_{s}").mean() for s in SEEDS]
+    diffs = np.subtract(ls_acc, ref_acc)
+    assert comparison.paired.delta.mean == pytest.approx(diffs.mean())
+    if np.ptp(diffs) > 0:
+        assert comparison.paired.pvalue == pytest.approx(stats.ttest_rel(ls_acc, ref_acc).pvalue)
+
+
+def test_threshold_curve_matches_predictions(sweep):
+    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    for group in analysis.groups:
+        for row, seed in enumerate(group.seeds):
+            p = _predictions(sweep / f"{group.key.improvement}_{seed}")
+            conf, wrong = p["probs"].max(1), p["probs"].argmax(1) != p["target"]
+            expected = [int((wrong & (conf >= t)).sum()) for t in THRESHOLDS]
+            assert group.high_conf[row].tolist() == expected
+            assert expected[0] == wrong.sum()  # threshold 0 counts every error
+
+
+def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
+    out = tmp_path / "analysis"
+    cfg = _analysis_config(out, f"sweep={sweep}", "gradcam.top_n=3")
+    assert analyze(cfg) == out
+    for name in ("summary.md", "summary.csv", "transitions.csv", "report.md", "report.html",
+                 "transitions.png", "confidence.png", "high_conf_errors.png",
+                 "per_class_delta.png", "reliability.png", "gradcam_side_by_side.png"):  # fmt: skip
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    images = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    assert len(images) == 6 and all(s.startswith("data:image/png;base64,") for s in images)
+    md = (out / "report.md").read_text()
+    assert str(sweep / "incomplete") in md and "no metrics.json" in md
+    assert str(sweep / "incomplete") in (out / "summary.md").read_text()
+    rows = {r["improvement"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    for improvement in IMPROVEMENTS:
+        accs = [_correct(sweep / f"{improvement}_{s}").mean() for s in SEEDS]
+        assert float(rows[improvement]["acc_mean"]) == pytest.approx(np.mean(accs))
+        assert rows[improvement]["n_seeds"] == "2"
+    assert rows["label_smoothing"]["reference"] == "cifar10/simple_cnn/baseline"
+
+
+def test_gradcam_shows_the_reference_top_failures(sweep):
+    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    side = side_by_side(analysis.comparisons, top_n=3)
+    p = _predictions(sweep / "baseline_1")  # seed 1: the smallest seed both groups have
+    conf, wrong = p["probs"].max(1), p["probs"].argmax(1) != p["target"]
+    expected = sorted(np.flatnonzero(wrong), key=lambda i: (-conf[i], i))[:3]
+    assert side.index.tolist() == [int(p["index"][i]) for i in expected]
+    assert side.target.tolist() == p["target"][expected].tolist()
+    assert [c.title for c in side.columns] == ["baseline (seed 1)", "label_smoothing (seed 1)"]
+    ls = _predictions(sweep / "label_smoothing_1")
+    assert side.columns[1].pred.tolist() == ls["probs"].argmax(1)[expected].tolist()
+    for column in side.columns:
+        assert column.heatmaps.shape == (3, 32, 32)
+        assert column.heatmaps.min() >= 0 and column.heatmaps.max() <= 1
+        assert (column.method, column.target_layer) == ("gradcam", "block3")
+
+
+def test_one_seed_reports_no_spread(sweep, tmp_path):
+    out = tmp_path / "analysis"
+    runs = f"runs=[{sweep / 'baseline_1'},{sweep / 'label_smoothing_1'}]"
+    analyze(_analysis_config(out, runs, "gradcam.top_n=0"))
+    rows = {r["improvement"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    for row in rows.values():
+        assert row["n_seeds"] == "1"
+        assert row["acc_std"] == row["acc_ci_low"] == row["acc_ci_high"] == ""
+    assert rows["label_smoothing"]["paired_p"] == ""
+    assert "n/a" in (out / "summary.md").read_text()
+
+
+def test_other_model_is_never_pooled(sweep, tmp_path):
+    other = tmp_path / "other_model"
+    shutil.copytree(sweep / "baseline_2", other)
+    cfg = OmegaConf.load(other / ".hydra" / "config.yaml")
+    cfg.model.name = "other_cnn"
+    OmegaConf.save(cfg, other / ".hydra" / "config.yaml")
+    analysis = analyse(collect_runs([other], sweep=sweep), "baseline", THRESHOLDS)
+    labels = {g.key.label: len(g.runs) for g in analysis.groups}
+    assert labels == {
+        "cifar10/simple_cnn/baseline": 2,
+        "cifar10/simple_cnn/label_smoothing": 2,
+        "cifar10/other_cnn/baseline": 1,
+    }
+    assert all(c.reference.key.model == c.other.key.model for c in analysis.comparisons)
+
+
+def test_group_pooling_different_settings_is_flagged(sweep, tmp_path):
+    other = tmp_path / "other_lr"
+    shutil.copytree(sweep / "baseline_2", other)
+    cfg = OmegaConf.load(other / ".hydra" / "config.yaml")
+    cfg.seed, cfg.optimizer.lr = 3, 0.5
+    OmegaConf.save(cfg, other / ".hydra" / "config.yaml")
+    analysis = analyse(collect_runs([other], sweep=sweep), "baseline", THRESHOLDS)
+    assert analysis.groups[0].seeds == [1, 2, 3]
+    assert analysis.notes == [
+        "cifar10/simple_cnn/baseline pools runs whose configs differ in: optimizer.lr"
+    ]
+
+
+def test_second_run_of_a_seed_is_skipped_with_reason(sweep, tmp_path):
+    copy = tmp_path / "again"
+    shutil.copytree(sweep / "label_smoothing_2", copy)
+    collection = collect_runs([copy], sweep=sweep)
+    assert len(collection.runs) == 4
+    duplicate = next(s for s in collection.skipped if s.path == sweep / "label_smoothing_2")
+    assert f"seed 2 of cifar10/simple_cnn/label_smoothing already analysed from {copy}" in (
+        duplicate.reason
+    )
+
+
+def test_bad_reference_and_no_runs_are_one_line_errors(sweep, tmp_path):
+    with pytest.raises(ConfigError, match="reference=cutmixx matches no group"):
+        analyse(collect_runs(sweep=sweep), "cutmixx", THRESHOLDS)
+    with pytest.raises(DataError, match="no run directories"):
+        collect_runs(sweep=tmp_path)
+    with pytest.raises(ConfigError, match="runs=\\[DIR"):
+        collect_runs()
+
+
+def test_cli_on_sweep_and_on_empty_folder(sweep, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see the sweep fixture
+    out = tmp_path / "cli"
+    ok = subprocess.run(
+        [sys.executable, "analyze.py", f"sweep={sweep}", f"hydra.run.dir={out}", "gradcam.top_n=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "report.html").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run(
+        [sys.executable, "analyze.py", f"sweep={empty}", f"hydra.run.dir={tmp_path / 'x'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert (
+        lines[-1]
+        == f"cnnstress: error: no run directories (with .hydra/config.yaml) below sweep={empty}"
+    )

@@ -1,0 +1,138 @@
+"""The statistics and the report rendering of the analysis, on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from cnnstress.analysis.compare import (
+    estimate,
+    expected_calibration_error,
+    high_conf_errors,
+    mcnemar,
+    paired_test,
+    per_class_accuracy,
+    pool_transitions,
+    transitions,
+)
+from cnnstress.analysis.gradcam import cam_settings
+from cnnstress.analysis.plots import per_class_selection
+from cnnstress.analysis.report import Heading, Image, Paragraph, Table, to_html, to_markdown
+from cnnstress.errors import ConfigError
+from tests.conftest import TINY_RUN, compose_train_config
+
+
+def test_mcnemar_exact_by_hand():
+    # b=3, c=10: p = 2 * P(X <= 3), X ~ Bin(13, 1/2) = 2 * (1 + 13 + 78 + 286) / 2**13
+    result = mcnemar(3, 10)
+    assert result.method == "exact"
+    assert result.statistic == 3
+    assert result.pvalue == pytest.approx(2 * 378 / 8192)
+    assert mcnemar(0, 0).pvalue == 1.0
+    assert mcnemar(5, 5).pvalue == pytest.approx(1.0)
+
+
+def test_mcnemar_chi_square_with_continuity_correction_by_hand():
+    # b=30, c=12: (|30 - 12| - 1)^2 / 42 = 289 / 42; p from chi-square with 1 dof
+    result = mcnemar(30, 12)
+    assert result.method == "chi2-cc"
+    assert result.statistic == pytest.approx(289 / 42)
+    assert result.pvalue == pytest.approx(math.erfc(math.sqrt(289 / 42 / 2)))  # chi2(1) tail
+    assert mcnemar(12, 12).method == "exact"  # 24 discordant pairs: still exact
+    assert mcnemar(13, 12).method == "chi2-cc"
+
+
+def test_transitions_count_each_cell_and_pool():
+    ref = np.array([1, 1, 0, 0, 0, 1], bool)
+    other = np.array([1, 0, 1, 1, 0, 1], bool)
+    t = transitions(ref, other)
+    assert (t.corrected, t.worsened, t.both_wrong, t.both_right, t.total) == (2, 1, 1, 2, 6)
+    pooled = pool_transitions([t, t])
+    assert (pooled.corrected, pooled.worsened, pooled.both_right) == (4, 2, 4)
+    assert pooled.mcnemar.pvalue == pytest.approx(stats.binomtest(4, 6).pvalue)
+
+
+def test_estimate_one_seed_has_no_spread_and_three_seeds_a_t_interval():
+    one = estimate([0.9])
+    assert (one.mean, one.std, one.ci_low, one.ci_high, one.n) == (0.9, None, None, None, 1)
+    three = estimate([0.80, 0.82, 0.87])
+    std = math.sqrt(((0.80 - 0.83) ** 2 + (0.82 - 0.83) ** 2 + (0.87 - 0.83) ** 2) / 2)
+    half = 4.302652729911275 * std / math.sqrt(3)  # t(0.975, 2)
+    assert (three.mean, three.std) == pytest.approx((0.83, std))
+    assert (three.ci_low, three.ci_high) == pytest.approx((0.83 - half, 0.83 + half))
+
+
+def test_paired_test_pairs_by_seed():
+    ref = {1: 0.80, 2: 0.82, 3: 0.85, 9: 0.5}
+    other = {3: 0.88, 1: 0.84, 2: 0.83, 7: 0.1}
+    result = paired_test(ref, other)
+    assert result.seeds == (1, 2, 3)
+    assert result.delta.mean == pytest.approx((0.04 + 0.01 + 0.03) / 3)
+    expected = stats.ttest_rel([0.84, 0.83, 0.88], [0.80, 0.82, 0.85])
+    assert (result.t, result.pvalue) == pytest.approx((expected.statistic, expected.pvalue))
+    single = paired_test({1: 0.8}, {1: 0.9})
+    assert single.t is None and single.pvalue is None and single.delta.std is None
+
+
+def test_high_conf_errors_include_the_threshold():
+    probs = np.array([[0.8, 0.2], [0.5, 0.5], [0.1, 0.9], [0.3, 0.7]], np.float32)
+    target = np.array([1, 1, 1, 0])  # wrong: rows 0 (conf 0.8), 1 (0.5, argmax 0), 3 (0.7)
+    assert high_conf_errors(probs, target, [0.5, 0.7, 0.8, 0.81]).tolist() == [3, 2, 1, 0]
+
+
+def test_per_class_accuracy_and_absent_class():
+    probs = np.eye(3, dtype=np.float32)[[0, 0, 1, 0]]
+    acc = per_class_accuracy(probs, np.array([0, 1, 1, 0]), 3)
+    assert acc[:2].tolist() == [1.0, 0.5] and math.isnan(acc[2])
+
+
+def test_ece_is_torchmetrics_ece():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.randn(200, 10, generator=gen).mul(3).softmax(1)
+    target = torch.randint(0, 10, (200,), generator=gen)
+    expected = multiclass_calibration_error(probs, target, 10, n_bins=15, norm="l1")
+    assert expected_calibration_error(probs.numpy(), target.numpy()) == pytest.approx(
+        float(expected)
+    )
+
+
+def test_per_class_selection_keeps_100_classes_readable():
+    delta = np.zeros(100)
+    delta[[3, 50, 70]] = [-0.2, 0.1, 0.3]
+    delta[5] = np.nan
+    order, subtitle = per_class_selection(delta)
+    assert order == [3, 50, 70] and "of 99 classes (96 unchanged)" in subtitle
+    small, _ = per_class_selection(np.array([0.1, -0.2, 0.0]))
+    assert small == [1, 2, 0]
+
+
+def test_cam_settings_follow_the_run_config(tmp_path):
+    cfg = compose_train_config(tmp_path, [*TINY_RUN])
+    method, layer = cam_settings(cfg)
+    gradcam = cfg.callbacks.get("gradcam")
+    if gradcam is not None:  # the Grad-CAM callback's settings, as in training
+        assert (method, layer) == (gradcam.method, gradcam.target_layer)
+    else:
+        assert (method, layer) == ("gradcam", cfg.model.target_layer)
+    assert cam_settings(cfg, "gradcam++", "block2") == ("gradcam++", "block2")
+    with pytest.raises(ConfigError, match=r"gradcam\.method"):
+        cam_settings(cfg, "gradcamm")
+
+
+def test_report_renders_markdown_and_self_contained_html(tmp_path):
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    blocks = [Heading(1, "T <x>"), Paragraph("a & b"), Table(["g", "v|w"], [["1", "2"]]),
+              Image("a.png", "cap")]  # fmt: skip
+    md = to_markdown(blocks)
+    assert "# T <x>" in md and "| g | v\\|w |" in md and "![cap](a.png)" in md
+    html = to_html(blocks, tmp_path, "t")
+    assert "T &lt;x&gt;" in html and "a &amp; b" in html
+    (src,) = re.findall(r'src="([^"]+)"', html)
+    assert src == "data:image/png;base64,iVBORw0KGgpmYWtl"
