@@ -155,3 +155,9 @@ def test_simple_cnn_learns_on_real_images(make_config, real_cifar10_subset_zip):
 def test_bad_trainer_argument_is_a_config_error(make_config):
     with pytest.raises(ConfigError, match="Precision 'foo' is invalid"):
         train(make_config("trainer.precision=foo"))
+
+
+def test_run_without_logger_still_writes_run_files(make_config, tiny_cifar10_zip, tmp_path):
+    train(make_config(f"dataset.root={tiny_cifar10_zip}", "~logger"))
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert not (tmp_path / "run" / "tensorboard").exists()

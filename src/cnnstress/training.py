@@ -60,8 +60,10 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
     if checkpoint is not None and not has_val:
         # Without a validation split there is nothing to select on: keep only last.ckpt.
         checkpoint.update(monitor=None, save_top_k=0)
-    callbacks = [instantiate(c) for c in callback_cfgs.values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger (e.g. `~logger`)
+        callback_cfgs.pop("learning_rate_monitor", None)
+    callbacks = [instantiate(c) for c in callback_cfgs.values() if c]
     # Without a validation split, switch the validation loop off instead of feeding it nothing.
     no_val = {} if has_val else {"limit_val_batches": 0}
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_val)
