@@ -1,5 +1,28 @@
-"""Batched, per-sample augmentation that runs on the training device."""
+"""Batched, per-sample augmentation that runs on the training device (order: see pipeline)."""
 
+from cnnstress.augment.mix import CutMix, MixUp, sample_beta
+from cnnstress.augment.ops import (
+    ColorJitter,
+    Cutout,
+    RandomCrop,
+    RandomErasing,
+    RandomHorizontalFlip,
+    RandomRotation,
+)
 from cnnstress.augment.pipeline import IMAGE_OPS, MIX_OPS, BatchAugmentation, build_augmentation
 
-__all__ = ["IMAGE_OPS", "MIX_OPS", "BatchAugmentation", "build_augmentation"]
+__all__ = [
+    "IMAGE_OPS",
+    "MIX_OPS",
+    "BatchAugmentation",
+    "ColorJitter",
+    "CutMix",
+    "Cutout",
+    "MixUp",
+    "RandomCrop",
+    "RandomErasing",
+    "RandomHorizontalFlip",
+    "RandomRotation",
+    "build_augmentation",
+    "sample_beta",
+]

@@ -1,4 +1,21 @@
-"""Compose the configured augmentation ops into one batched, seeded pipeline."""
+"""Compose the configured augmentation ops into one batched, seeded pipeline.
+
+The ``augmentation`` config node maps op names to their parameters, e.g.
+``{"crop": {"padding": 4, "p": 1.0}, "cutout": {"size": 16, "p": 1.0, "fill": 0.0}}``; on
+the command line, ``augmentation=[crop,flip,cutout]`` picks the ops (one file per op in
+``conf/augmentation/``) and ``augmentation.cutout.size=8`` sets a parameter.
+
+Order of application is fixed, whatever order the config lists the ops in:
+
+1. geometry: ``crop``, ``flip``, ``rotation``;
+2. colour: ``color_jitter``;
+3. occlusion: ``cutout``, ``erasing`` (after geometry, so holes stay axis-aligned squares and
+   rectangles of exactly the fill value);
+4. at most one batch-mixing op, ``cutmix`` or ``mixup``, last, so a pasted or blended
+   partner carries its own augmentation; it adds soft targets.
+
+All ops run in pixel space (float in ``[0, 1]``) before normalisation.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +25,15 @@ from typing import Any
 
 import torch
 
-from cnnstress.augment.ops import RandomCrop, RandomHorizontalFlip
+from cnnstress.augment.mix import CutMix, MixUp
+from cnnstress.augment.ops import (
+    ColorJitter,
+    Cutout,
+    RandomCrop,
+    RandomErasing,
+    RandomHorizontalFlip,
+    RandomRotation,
+)
 from cnnstress.errors import ConfigError
 
 ImageOp = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -18,16 +43,24 @@ MixOp = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tens
 IMAGE_OPS: dict[str, type] = {
     "crop": RandomCrop,
     "flip": RandomHorizontalFlip,
+    "rotation": RandomRotation,
+    "color_jitter": ColorJitter,
+    "cutout": Cutout,
+    "erasing": RandomErasing,
 }
 #: Batch-mixing ops by config name; they run after every image op and produce soft targets.
-MIX_OPS: dict[str, type] = {}
+MIX_OPS: dict[str, type] = {
+    "cutmix": CutMix,
+    "mixup": MixUp,
+}
 
 
 class BatchAugmentation:
     """Image ops in a fixed order, then at most one batch-mixing op.
 
-    Call with a uint8 batch ``(N, C, H, W)`` and int64 targets ``(N,)``; returns a float batch
-    in ``[0, 1]`` and either ``None`` (targets unchanged) or soft targets ``(N, num_classes)``.
+    Call with a uint8 batch ``(N, C, H, W)`` (or float in ``[0, 1]``) and int64 targets
+    ``(N,)``; returns a float batch in ``[0, 1]`` and either ``None`` (targets unchanged) or
+    float soft targets ``(N, num_classes)``.
     """
 
     def __init__(
@@ -49,8 +82,12 @@ class BatchAugmentation:
         return self.mix_op(x, soft, generator)
 
 
-def _build_op(name: str, cls: type, params: Mapping[str, Any] | None) -> Any:
-    params = dict(params or {})
+def _build_op(name: str, cls: type, params: Any) -> Any:
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"augmentation.{name} must be a mapping of parameters, got {params!r}")
+    params = dict(params)
     valid = [p for p in inspect.signature(cls).parameters if p != "self"]
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -61,7 +98,11 @@ def _build_op(name: str, cls: type, params: Mapping[str, Any] | None) -> Any:
 
 
 def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> BatchAugmentation:
-    """Build the pipeline from the ``augmentation`` config node (op name -> parameters)."""
+    """Build the pipeline from the ``augmentation`` config node (op name -> parameters).
+
+    Raises :class:`ConfigError` for an unknown op or parameter, an invalid value, or more than
+    one batch-mixing op.
+    """
     config = dict(config or {})
     unknown = sorted(set(config) - set(IMAGE_OPS) - set(MIX_OPS))
     if unknown:
@@ -70,7 +111,9 @@ def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> Ba
         )
     mixes = [name for name in MIX_OPS if name in config]
     if len(mixes) > 1:
-        raise ConfigError(f"choose at most one batch-mixing op, got {mixes}")
+        raise ConfigError(
+            f"augmentation: choose at most one batch-mixing op of {', '.join(MIX_OPS)}, got {mixes}"
+        )
     image_ops = [_build_op(n, cls, config[n]) for n, cls in IMAGE_OPS.items() if n in config]
     mix_op = _build_op(mixes[0], MIX_OPS[mixes[0]], config[mixes[0]]) if mixes else None
     return BatchAugmentation(image_ops, mix_op, num_classes)
