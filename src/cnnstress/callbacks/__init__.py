@@ -1,5 +1,8 @@
 """Lightning callbacks: training speed, and the stress-test collectors."""
 
+from cnnstress.callbacks.evaluation import ConfusionCalibration
+from cnnstress.callbacks.failures import HighConfidenceFailures
+from cnnstress.callbacks.gradcam import GradCAMGrids
 from cnnstress.callbacks.speed import TrainSpeed
 
-__all__ = ["TrainSpeed"]
+__all__ = ["ConfusionCalibration", "GradCAMGrids", "HighConfidenceFailures", "TrainSpeed"]

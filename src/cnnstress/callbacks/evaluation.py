@@ -1,0 +1,97 @@
+"""Test-time confusion matrix, per-class accuracy and calibration (ECE, reliability diagram)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+)
+
+from cnnstress.callbacks.failures import (
+    check_count,
+    class_names,
+    output_dir,
+    tensorboard_writer,
+    write_json,
+)
+from cnnstress.plots import (
+    confusion_matrix_figure,
+    figure_to_array,
+    reliability_bins,
+    reliability_figure,
+    save_png,
+)
+
+
+class ConfusionCalibration(L.Callback):
+    """At the end of the test, from the whole gathered test split (every rank calls the gather):
+
+    * logs ``test/ece`` (expected calibration error, torchmetrics, ``n_bins`` equal-width bins,
+      L1 norm) and ``test/acc_class/<class name>`` (per-class accuracy = recall), which land in
+      ``metrics.json``;
+    * on global rank 0 writes ``confusion_matrix.json`` (``classes`` in the dataset's official
+      order, ``matrix[true][predicted]`` counts), ``confusion_matrix.png``,
+      ``reliability.json`` (per-bin count, accuracy, mean confidence) and ``reliability.png``
+      into ``dirpath``, and logs both figures to TensorBoard (``test/confusion_matrix``,
+      ``test/reliability``).
+
+    Args:
+        n_bins: calibration bins (15 is the usual choice for ECE).
+        dirpath: output folder (default ``trainer.default_root_dir``, the run directory).
+    """
+
+    def __init__(self, n_bins: int = 15, dirpath: str | None = None) -> None:
+        self.n_bins = check_count(n_bins, "callbacks.evaluation.n_bins", 1)
+        self.dirpath = dirpath
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        preds = pl_module.predictions("test")  # a collective: every rank calls it
+        if preds.index.size == 0:
+            return
+        logits, target = torch.from_numpy(preds.logits), torch.from_numpy(preds.target)
+        num_classes = logits.shape[1]
+        probs = logits.softmax(1)
+        matrix = multiclass_confusion_matrix(logits, target, num_classes).numpy()
+        ece = float(multiclass_calibration_error(probs, target, num_classes, self.n_bins, "l1"))
+        names = class_names(trainer, num_classes)
+        support = matrix.sum(1)
+        per_class = np.where(support > 0, np.diag(matrix) / np.maximum(support, 1), np.nan)
+        metrics = {"test/ece": ece}
+        metrics |= {f"test/acc_class/{n}": float(a) for n, a in zip(names, per_class, strict=True)}
+        pl_module.log_dict(metrics, sync_dist=False)  # same gathered values on every rank
+        if not trainer.is_global_zero:
+            return
+        folder = output_dir(trainer, self.dirpath, "")
+        write_json(
+            folder / "confusion_matrix.json",
+            {
+                "classes": names,
+                "rows": "true class",
+                "columns": "predicted class",
+                "matrix": matrix.astype(int).tolist(),
+            },
+        )
+        confidence, predicted = probs.max(1)
+        correct = (predicted == target).numpy()
+        bins = reliability_bins(confidence.numpy(), correct, self.n_bins)
+        write_json(
+            folder / "reliability.json",
+            {
+                "ece": ece,
+                "n_bins": self.n_bins,
+                **{key: value.tolist() for key, value in bins.items()},
+            },
+        )
+        writer = tensorboard_writer(trainer)
+        figures = {
+            "confusion_matrix": confusion_matrix_figure(matrix, names),
+            "reliability": reliability_figure(confidence.numpy(), correct, self.n_bins, ece),
+        }
+        for name, figure in figures.items():
+            array = figure_to_array(figure)
+            save_png(array, folder / f"{name}.png")
+            if writer is not None:
+                writer.add_image(f"test/{name}", array, trainer.global_step, dataformats="HWC")

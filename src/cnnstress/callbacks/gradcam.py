@@ -1,0 +1,219 @@
+"""Grad-CAM grids of the current high-confidence failures (and of fixed images) during training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from cnnstress.callbacks.failures import (
+    check_count,
+    check_threshold,
+    class_names,
+    find_failures,
+    output_dir,
+    split_images,
+    tensorboard_writer,
+)
+from cnnstress.cam import (
+    SALIENCY,
+    check_method,
+    compute_heatmaps,
+    predict_probs,
+    resolve_layer,
+)
+from cnnstress.errors import ConfigError
+from cnnstress.plots import image_grid, overlay, save_png, to_hwc
+
+KEY = "callbacks.gradcam"
+
+
+def explained_model(pl_module: L.LightningModule) -> nn.Module:
+    """The backbone whose layers ``target_layer`` names (``pl_module.net``, else the module)."""
+    net = getattr(pl_module, "net", None)
+    return net if isinstance(net, nn.Module) else pl_module
+
+
+class GradCAMGrids(L.Callback):
+    """Render, per image: the image, the CAM of the predicted class and the CAM of the true class.
+
+    Which images: the ``top_n`` most confident validation failures (wrong with confidence
+    ``>= threshold``) of the latest validation epoch, followed by the official *test* images
+    at ``indices`` (the same images every time, to follow them across epochs).
+
+    When: at the end of every ``every_n_epochs``-th validation epoch, at the end of training
+    (unless that epoch was just rendered), and, with ``on_test``, at the end of the test with
+    the test failures. Files: ``<dirpath>/epoch_XXX.png`` (XXX = the epoch the weights come
+    from, 0-based) and ``<dirpath>/test.png``; TensorBoard tags ``val/gradcam`` and
+    ``test/gradcam``. Without a validation split, the training-time grids show only
+    ``indices`` (none are written when that is empty).
+
+    The model is left exactly as found (:func:`cnnstress.cam.compute_heatmaps`): mode,
+    ``requires_grad``, gradients, hooks and the RNG stream. CAMs are computed in float32 with
+    autocast off, outside inference mode, in the module's memory format. Only global rank 0
+    computes and writes; the gathering of predictions runs on every rank.
+
+    Args:
+        method: one of :data:`cnnstress.cam.METHODS` (``"saliency"`` = input gradients).
+        target_layer: dotted path of a backbone module (``model.target_layer`` by default in
+            the config); checked at setup.
+        every_n_epochs: validation epochs between grids (0 = only at the end of training).
+        top_n: failures per grid. threshold: confidence from which a failure counts.
+        indices: official test-split indices always shown.
+        on_test: also render the test failures at the end of the test.
+        dirpath: output folder (default ``<default_root_dir>/gradcam``).
+        examples_per_row: images (each three panels) per grid row.
+        alpha: heatmap weight in the overlays.
+    """
+
+    def __init__(
+        self,
+        method: str = "gradcam",
+        target_layer: str | None = None,
+        every_n_epochs: int = 5,
+        top_n: int = 8,
+        threshold: float = 0.8,
+        indices: Sequence[int] = (),
+        on_test: bool = True,
+        dirpath: str | None = None,
+        examples_per_row: int = 2,
+        alpha: float = 0.5,
+    ) -> None:
+        self.method = check_method(method, f"{KEY}.method")
+        if self.method != SALIENCY and not target_layer:
+            raise ConfigError(f"{KEY}.target_layer is required for method={self.method!r}")
+        self.target_layer = target_layer
+        self.every_n_epochs = check_count(every_n_epochs, f"{KEY}.every_n_epochs")
+        self.top_n = check_count(top_n, f"{KEY}.top_n")
+        self.threshold = check_threshold(threshold, f"{KEY}.threshold")
+        self.indices = [check_count(i, f"{KEY}.indices[]") for i in (indices or ())]
+        self.on_test = bool(on_test)
+        self.dirpath = dirpath
+        self.examples_per_row = check_count(examples_per_row, f"{KEY}.examples_per_row", 1)
+        self.alpha = check_threshold(alpha, f"{KEY}.alpha")
+        self._rendered_step: int | None = None
+        self.written: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.target_layer:
+            resolve_layer(explained_model(pl_module), self.target_layer, f"{KEY}.target_layer")
+        test_set = getattr(trainer.datamodule, "test_set", None) if trainer.datamodule else None
+        if test_set is not None and self.indices:
+            bad = [i for i in self.indices if i >= len(test_set.images)]
+            if bad:
+                raise ConfigError(
+                    f"{KEY}.indices {bad} out of range: the test split has "
+                    f"{len(test_set.images)} images (valid 0..{len(test_set.images) - 1})"
+                )
+
+    # -- hooks ------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_epochs == 0:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._render(trainer, pl_module, "val", f"epoch_{trainer.current_epoch:03d}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._rendered_step == trainer.global_step:
+            return  # the last validation epoch was just rendered with these weights
+        epoch = max(trainer.current_epoch - 1, 0)  # the loop has moved past the last epoch
+        self._render(trainer, pl_module, "val", f"epoch_{epoch:03d}")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_test:
+            self._render(trainer, pl_module, "test", "test")
+
+    # -- rendering --------------------------------------------------------------------------
+    def _examples(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Labels, uint8 images ``(N, 3, H, W)`` and true classes ``(N,)`` to render."""
+        labels, images, targets = [], [], []
+        # No validation split: nothing to gather (the same answer on every rank).
+        has_split = stage != "val" or getattr(trainer.datamodule, "has_val", True)
+        preds = pl_module.predictions(stage) if has_split else None  # collective: all ranks
+        if preds is not None and preds.index.size and self.top_n:
+            rows = find_failures(preds.index, preds.target, preds.probs, self.threshold)
+            rows = rows[: self.top_n]
+            found = split_images(trainer, stage, preds.index[rows])
+            if found is not None and rows.size:
+                labels += [f"{stage} #{i}" for i in preds.index[rows]]
+                images.append(found)
+                targets.append(torch.from_numpy(preds.target[rows]))
+        if self.indices:
+            fixed = np.asarray(self.indices, dtype=np.int64)
+            found = split_images(trainer, "test", fixed)
+            if found is not None:
+                labels += [f"test #{i} (fixed)" for i in fixed]
+                images.append(found)
+                targets.append(trainer.datamodule.test_set.labels[torch.from_numpy(fixed)])
+        if not images:
+            return [], torch.zeros(0), torch.zeros(0)
+        return labels, torch.cat(images), torch.cat(targets).long()
+
+    def _render(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, name: str
+    ) -> None:
+        labels, images, targets = self._examples(trainer, pl_module, stage)
+        if not trainer.is_global_zero or not labels:
+            return
+        array = self.grid(trainer, pl_module, images, targets, labels, title_suffix=name)
+        path = save_png(array, output_dir(trainer, self.dirpath, "gradcam") / f"{name}.png")
+        self.written.append(str(path))
+        self._rendered_step = trainer.global_step
+        writer = tensorboard_writer(trainer)
+        if writer is not None:
+            tag = "test/gradcam" if stage == "test" else "val/gradcam"
+            writer.add_image(tag, array, trainer.global_step, dataformats="HWC")
+
+    def grid(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        labels: Sequence[str],
+        title_suffix: str = "",
+    ) -> np.ndarray:
+        """Rendered grid ``(H, W, 3)`` uint8 for uint8 ``images`` ``(N, 3, h, w)``."""
+        net = explained_model(pl_module)
+        channels_last = bool(getattr(pl_module, "channels_last", False))
+        x = trainer.datamodule.normalize(images.to(pl_module.device))
+        probs = predict_probs(net, x, channels_last=channels_last)
+        pred = probs.argmax(1)
+        conf = probs.gather(1, pred[:, None])[:, 0]
+        n = len(labels)
+        heat = compute_heatmaps(
+            net,
+            torch.cat([x, x]),
+            torch.cat([pred, targets]),
+            self.method,
+            self.target_layer,
+            channels_last=channels_last,
+        )
+        rgb = to_hwc(images)
+        tiles = np.stack(
+            [rgb, overlay(rgb, heat[:n], self.alpha), overlay(rgb, heat[n:], self.alpha)], axis=1
+        )
+        names = class_names(trainer, probs.shape[1])
+        captions: list[str] = []
+        for i, label in enumerate(labels):
+            p, t = int(pred[i]), int(targets[i])
+            captions += [
+                f"{label}\n{names[t]} -> {names[p]}\n({conf[i]:.2f})",
+                f"{self.method}\npredicted: {names[p]}",
+                f"{self.method}\ntrue: {names[t]}",
+            ]
+        layer = "" if self.method == SALIENCY else f" at {self.target_layer}"
+        title = f"{self.method}{layer}, {title_suffix}: image | predicted class | true class"
+        return image_grid(
+            tiles.reshape(-1, *tiles.shape[2:]),
+            captions,
+            3 * self.examples_per_row,
+            title,
+            scale=4,
+            caption_lines=3,
+        )

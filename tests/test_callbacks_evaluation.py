@@ -1,0 +1,67 @@
+"""Test-time confusion matrix, per-class accuracy, ECE and reliability diagram."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.functional.classification import multiclass_calibration_error
+from torchvision.io import read_image
+
+from cnnstress.config import instantiate
+from cnnstress.data.classes import CIFAR10_CLASSES
+from cnnstress.errors import ConfigError
+from cnnstress.module import ClassifierModule
+from cnnstress.plots import reliability_bins
+from cnnstress.training import build_datamodule, build_trainer
+from tests.test_callbacks_failures import ConstantLogits
+
+
+def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip, tmp_path):
+    cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null")
+    module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
+    trainer = build_trainer(cfg, has_val=False)
+    trainer.test(module, datamodule=build_datamodule(cfg))
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    # Every image is called "airplane" with probability 0.99; 8 test images per class.
+    assert metrics["test/acc_class/airplane"] == 1.0
+    for name in CIFAR10_CLASSES[1:]:
+        assert metrics[f"test/acc_class/{name}"] == 0.0
+    assert metrics["test/ece"] == pytest.approx(0.99 - 0.1, abs=1e-5)
+
+    run = tmp_path / "run"
+    confusion = json.loads((run / "confusion_matrix.json").read_text())
+    assert confusion["classes"] == list(CIFAR10_CLASSES)
+    expected = np.zeros((10, 10), dtype=int)
+    expected[:, 0] = 8
+    assert confusion["matrix"] == expected.tolist()
+    reliability = json.loads((run / "reliability.json").read_text())
+    assert reliability["n_bins"] == 15 and len(reliability["count"]) == 15
+    assert reliability["count"][14] == 80 and reliability["accuracy"][14] == pytest.approx(0.1)
+    for name in ("confusion_matrix.png", "reliability.png"):
+        image = read_image(str(run / name))
+        assert image.shape[0] in (3, 4) and min(image.shape[1:]) > 300
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert {"test/ece", "test/acc_class/cat"} <= set(events.Tags()["scalars"])
+    assert {"test/confusion_matrix", "test/reliability"} <= set(events.Tags()["images"])
+
+
+def test_reliability_bins_give_torchmetrics_ece():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.randn(500, 10, generator=gen).mul(2).softmax(1)
+    target = torch.randint(0, 10, (500,), generator=gen)
+    confidence, predicted = probs.max(1)
+    bins = reliability_bins(confidence.numpy(), (predicted == target).numpy(), 15)
+    ece = np.sum(np.abs(bins["accuracy"] - bins["confidence"]) * bins["count"]) / 500
+    expected = multiclass_calibration_error(probs, target, 10, n_bins=15, norm="l1")
+    assert ece == pytest.approx(float(expected), abs=1e-6)
+    assert bins["count"].sum() == 500
+
+
+def test_bad_bin_count_is_a_config_error(make_config):
+    with pytest.raises(ConfigError, match=r"callbacks.evaluation.n_bins must be an integer >= 1"):
+        build_trainer(make_config("callbacks.evaluation.n_bins=0"), has_val=False)
