@@ -18,7 +18,6 @@ alongside.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -28,27 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as T
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from cnnstress.augment import build_augmentation
-from cnnstress.config import instantiate
+from cnnstress.config import compose_config, instantiate
 
-ROOT = Path(__file__).resolve().parents[1]
 IMPROVEMENTS = ["baseline", "cutout", "cutmix", "mixup", "augment", "label_smoothing"]
-
-
-def compose_config(overrides: list[str], out: Path):
-    """The real ``conf/train.yaml`` composed with ``overrides``, as train.py would."""
-    os.environ.setdefault("CNNSTRESS_ROOT", str(ROOT))
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [*overrides, f"hydra.run.dir={out}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
 
 
 def torchvision_v2(augmentation: dict, num_classes: int) -> tuple[T.Transform, T.Transform | None]:
@@ -132,7 +116,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfgs = {
-            name: compose_config([f"model={args.model}", f"improvement={name}"], Path(tmp) / name)
+            name: compose_config(Path(tmp) / name, [f"model={args.model}", f"improvement={name}"])
             for name in IMPROVEMENTS
         }
     cfg = cfgs["baseline"]

@@ -20,36 +20,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
 from cnnstress.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
+from cnnstress.config import compose_config
 from cnnstress.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
 STRESS = (HighConfidenceFailures, GradCAMGrids, ConfusionCalibration)
 STRESS_KEYS = ("high_conf_failures", "gradcam", "evaluation")
 HOOKS = ("setup", "on_validation_epoch_end", "on_train_end", "on_test_epoch_end")
-
-
-def compose_config(overrides: list[str], out: Path):
-    os.environ.setdefault("CNNSTRESS_ROOT", str(ROOT))
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [*overrides, f"hydra.run.dir={out}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
 
 
 def _sync(device: torch.device) -> float:
@@ -111,7 +95,7 @@ TIMERS: list[StageTimer] = []  # every StageTimer the configs instantiate, in or
 def run_once(overrides: list[str], out: Path, stress: bool) -> StageTimer:
     off = [] if stress else [f"callbacks.{key}=null" for key in STRESS_KEYS]
     timer = [f"+callbacks.stage_timer._target_={__name__}.StageTimer"]
-    train(compose_config([*overrides, *off, *timer], out))
+    train(compose_config(out, [*overrides, *off, *timer]))
     return TIMERS[-1]
 
 
@@ -141,7 +125,7 @@ def main() -> None:
                 f"{stress[-1].epoch_seconds[0]:.2f} s with the stress callbacks; test "
                 f"{plain[-1].test_seconds:.2f} s / {stress[-1].test_seconds:.2f} s"
             )
-    cfg = compose_config(overrides, Path(tmp))
+    cfg = compose_config(Path(tmp), overrides)
     every = cfg.callbacks.gradcam.every_n_epochs
     epoch_plain = min(t.epoch_seconds[0] for t in plain)
     epoch_stress = min(t.epoch_seconds[0] for t in stress)

@@ -13,33 +13,16 @@ Extra arguments are Hydra overrides of conf/train.yaml.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
-from cnnstress.config import instantiate
+from cnnstress.config import compose_config, instantiate
 from cnnstress.training import build_datamodule, train
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def compose_config(overrides: list[str], out: Path):
-    os.environ.setdefault("CNNSTRESS_ROOT", str(ROOT))
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [*overrides, f"hydra.run.dir={out}"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
 
 
 def plain_loop(cfg, steps: int, device: torch.device) -> float:
@@ -99,9 +82,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = []
         for r in range(args.repeats):  # alternate, so drift in machine load hits both alike
-            cfg = compose_config(overrides, Path(tmp) / f"run{r}")
+            cfg = compose_config(Path(tmp) / f"run{r}", overrides)
             plain = plain_loop(cfg, args.steps, device)
-            fw = framework(compose_config(overrides, Path(tmp) / f"fw{r}"), args.steps)
+            fw = framework(compose_config(Path(tmp) / f"fw{r}", overrides), args.steps)
             results.append((plain, fw))
             print(f"repeat {r}: plain {plain:8.1f} img/s   cnnstress {fw:8.1f} img/s")
     plain = max(p for p, _ in results)

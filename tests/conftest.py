@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torchvision.io import encode_png
 
-import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
+from cnnstress.config import compose_config
 from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,24 +106,8 @@ def compose_train_config(
     config_name: str = "train",
     keep_hydra: bool = False,
 ) -> DictConfig:
-    """Compose the real ``conf/`` like ``train.py`` does, writing into ``output_dir``.
-
-    The Hydra config is registered (as during a real run) so ``${hydra:...}`` resolves; it is
-    removed from the returned config unless ``keep_hydra``.
-    """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[*overrides, f"hydra.run.dir={output_dir}"],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        if not keep_hydra:
-            del cfg.hydra
-    return cfg
+    """Compose the real ``conf/`` like the entry points do (see ``cnnstress.config``)."""
+    return compose_config(output_dir, overrides, config_name, keep_hydra)
 
 
 @pytest.fixture

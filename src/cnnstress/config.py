@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnstress.errors import ConfigError, UserError
 
@@ -26,6 +31,39 @@ def run_dir_of_checkpoint(training: bool, ckpt_path: str | None, default: str) -
 
 if not OmegaConf.has_resolver("run_dir_of_checkpoint"):
     OmegaConf.register_new_resolver("run_dir_of_checkpoint", run_dir_of_checkpoint)
+
+
+def project_root() -> Path:
+    """The project root holding ``conf/``: ``$CNNSTRESS_ROOT``, else this source checkout."""
+    return Path(os.environ.get("CNNSTRESS_ROOT", Path(__file__).resolve().parents[2]))
+
+
+def compose_config(
+    output_dir: str | Path,
+    overrides: Sequence[str] = (),
+    config_name: str = "train",
+    keep_hydra: bool = False,
+) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` outside a Hydra app (tests, benchmarks, notebooks).
+
+    The result is what the entry point would see, writing into ``output_dir``: the Hydra config
+    is registered so ``${hydra:...}`` resolves, and is removed from the result unless
+    ``keep_hydra``.
+    """
+    os.environ.setdefault("CNNSTRESS_ROOT", str(project_root()))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[*overrides, f"hydra.run.dir={output_dir}"],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        if not keep_hydra:
+            del cfg.hydra
+    return cfg
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:
