@@ -1,0 +1,187 @@
+"""Temperature scaling (Guo et al. 2017): ECE and NLL before and after, reliability diagrams.
+
+The temperature is fitted by minimising the NLL over ``log T`` with L-BFGS on held-out logits:
+
+* the run's validation split when it has one (``dataset.val_size > 0``); every test image is
+  then reported (``calibration/fit_split = "val"``);
+* otherwise a fixed random half of the test split (``split_seed``), and only the other half is
+  reported, before and after (``calibration/fit_split = "test_half"``).
+
+Keys written: ``calibration/temperature``, ``calibration/ece_before``,
+``calibration/ece_after``, ``calibration/nll_before``, ``calibration/nll_after``,
+``calibration/acc`` (reported images), ``calibration/fit_images``,
+``calibration/eval_images``, and the string ``calibration/fit_split``. ECE is torchmetrics'
+``MulticlassCalibrationError`` (``n_bins`` equal-width bins, L1 norm); torchmetrics has no
+reliability diagram, so :func:`reliability_bins` computes its bars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from cnnstress.stress.context import StressContext, check_int, parse_settings
+
+PLOT_FILE = "stress_calibration.png"
+
+
+@dataclasses.dataclass
+class CalibrationSettings:
+    """Knobs of ``stress.calibration`` (conf/stress/calibration.yaml)."""
+
+    n_bins: int = 15
+    # the test half used for fitting when the run has no validation split (fixed across runs)
+    split_seed: int = 0
+    # L-BFGS iterations
+    max_iter: int = 100
+
+    def validate(self, key: str) -> None:
+        """Raise :class:`~cnnstress.errors.ConfigError` for an invalid knob."""
+        self.n_bins = check_int(self.n_bins, f"{key}.n_bins")
+        self.split_seed = check_int(self.split_seed, f"{key}.split_seed", minimum=0)
+        self.max_iter = check_int(self.max_iter, f"{key}.max_iter")
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
+    """The temperature ``T > 0`` minimising ``NLL(softmax(logits / T), labels)``.
+
+    Args:
+        logits: ``(N, C)``; labels: int64 ``(N,)``. Fitted in float64 on the CPU.
+    """
+    logits = logits.detach().double().cpu().clone()
+    labels = labels.detach().cpu().clone()
+    with torch.inference_mode(False), torch.enable_grad():
+        log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS(
+            [log_t],
+            lr=1.0,
+            max_iter=max_iter,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-10,
+            tolerance_change=1e-12,
+        )
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), labels)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error (torchmetrics, equal-width bins, L1) of ``softmax(logits)``."""
+    probs = logits.float().softmax(1)
+    return float(
+        multiclass_calibration_error(probs, labels, probs.shape[1], n_bins=n_bins, norm="l1")
+    )
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(logits)``."""
+    return float(F.cross_entropy(logits.double(), labels))
+
+
+def reliability_bins(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
+) -> dict[str, np.ndarray]:
+    """Per confidence bin (equal width on [0, 1], as torchmetrics): ``confidence`` (mean top-1
+    probability), ``accuracy`` and ``count``, each ``(n_bins,)``; empty bins hold NaN."""
+    probs = logits.float().softmax(1)
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).double()
+    bins = torch.bucketize(
+        confidence.double(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1], right=True
+    )
+    count = torch.bincount(bins, minlength=n_bins).double()
+    sum_conf = torch.bincount(bins, weights=confidence.double(), minlength=n_bins)
+    sum_acc = torch.bincount(bins, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "confidence": (sum_conf / count).numpy(),
+            "accuracy": (sum_acc / count).numpy(),
+            "count": count.numpy(),
+        }
+
+
+def plot_reliability(
+    before: Mapping[str, np.ndarray],
+    after: Mapping[str, np.ndarray],
+    path: str | Path,
+    titles: tuple[str, str] = ("before", "after"),
+) -> Path:
+    """Two reliability diagrams side by side: accuracy per confidence bin (blue) and its gap to
+    the bin's mean confidence (red); ``before``/``after`` from :func:`reliability_bins`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, bins, title in zip(axes, (before, after), titles, strict=True):
+        n_bins = len(bins["count"])
+        centres = (np.arange(n_bins) + 0.5) / n_bins
+        filled = bins["count"] > 0  # empty bins draw nothing
+        acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
+        ax.bar(
+            centres[filled], acc, width=1 / n_bins, edgecolor="black", color="tab:blue",
+            label="accuracy",
+        )  # fmt: skip
+        ax.bar(
+            centres[filled], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=1 / n_bins,
+            color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to mean confidence",
+        )  # fmt: skip
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=8)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fit a temperature, report ECE/NLL before and after, draw ``stress_calibration.png``."""
+    s = parse_settings(CalibrationSettings, settings, "stress.calibration")
+    logits, labels = ctx.clean_logits(), ctx.test.labels
+    val = ctx.val_split()
+    if val is not None:
+        fit_logits, fit_labels, split = ctx.logits(val.images), val.labels, "val"
+    else:
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(s.split_seed))
+        fit, kept = order[: len(labels) // 2], order[len(labels) // 2 :].sort().values
+        fit_logits, fit_labels, split = logits[fit], labels[fit], "test_half"
+        logits, labels = logits[kept], labels[kept]
+    temperature = fit_temperature(fit_logits, fit_labels, s.max_iter)
+    scaled = logits / temperature
+    out = {
+        "calibration/fit_split": split,
+        "calibration/fit_images": len(fit_labels),
+        "calibration/eval_images": len(labels),
+        "calibration/temperature": temperature,
+        "calibration/acc": float((logits.argmax(1) == labels).float().mean()),
+        "calibration/ece_before": calibration_error(logits, labels, s.n_bins),
+        "calibration/ece_after": calibration_error(scaled, labels, s.n_bins),
+        "calibration/nll_before": nll(logits, labels),
+        "calibration/nll_after": nll(scaled, labels),
+    }
+    plot_reliability(
+        reliability_bins(logits, labels, s.n_bins),
+        reliability_bins(scaled, labels, s.n_bins),
+        ctx.run_dir / PLOT_FILE,
+        titles=(
+            f"before: ECE {out['calibration/ece_before']:.3f}",
+            f"after T={temperature:.2f} (fit on {split}): ECE {out['calibration/ece_after']:.3f}",
+        ),
+    )
+    return out

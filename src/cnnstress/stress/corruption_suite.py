@@ -1,0 +1,376 @@
+"""Accuracy under the CIFAR-10-C / CIFAR-100-C corruptions, published files or generated.
+
+Keys written (``<type>`` a corruption name, ``<s>`` a severity 1-5):
+
+* ``corruptions/<type>/<s>/acc``: top-1 accuracy on the corrupted images;
+* ``corruptions/<type>/mean_acc``: mean over the evaluated severities;
+* ``corruptions/mean_acc``: mean over every evaluated type and severity;
+* ``corruptions/clean_acc``: accuracy on the same images uncorrupted (generated), or on the
+  run's whole test split (published files, whose image order and encoding differ);
+* ``corruptions/num_images`` (per type and severity), ``corruptions/num_types``,
+  ``corruptions/seed`` (generated only), ``corruptions/seconds``, and the string
+  ``corruptions/source`` (``"generated"`` or ``"files"``).
+
+The corruption error relative to a baseline run (mCE) needs two runs: :func:`mce`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnstress.data.sources import LabeledImages
+from cnnstress.errors import ConfigError, DataError
+from cnnstress.stress.context import (
+    StressContext,
+    accuracy,
+    check_int,
+    parse_settings,
+    seeded_subset,
+)
+from cnnstress.stress.corruptions import (
+    BENCHMARK_TYPES,
+    CORRUPTIONS,
+    GENERATED_BENCHMARK_TYPES,
+    PUBLISHED_TYPES,
+    SEVERITIES,
+    check_severity,
+    check_type,
+    corrupt,
+)
+
+PLOT_FILE = "stress_corruptions.png"
+LABELS_FILE = "labels.npy"
+
+
+@dataclasses.dataclass
+class CorruptionSettings:
+    """Knobs of ``stress.corruptions`` (conf/stress/corruptions.yaml)."""
+
+    # folder of the published <type>.npy + labels.npy; null: generate from the test split
+    root: str | None = None
+    # "all" (every type available), "benchmark" (the paper's 15, those available), or a list
+    types: str | list[str] = "all"
+    severities: list[int] = dataclasses.field(default_factory=lambda: list(SEVERITIES))
+    batch_size: int = 1000
+    # a fixed random subset of this many images (per type and severity); null: all
+    max_images: int | None = None
+    # generated corruptions: fixed across runs (like dataset.val_seed), not the run's seed
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        """Raise :class:`ConfigError` for an invalid knob."""
+        if not self.severities:
+            raise ConfigError(f"{key}.severities must not be empty")
+        self.severities = [check_severity(s) for s in self.severities]
+        self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
+        self.max_images = check_int(self.max_images, f"{key}.max_images", allow_none=True)
+        self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
+        if isinstance(self.types, str) and self.types not in ("all", "benchmark"):
+            self.types = [self.types]
+        if not isinstance(self.types, str) and not self.types:
+            raise ConfigError(f"{key}.types must be 'all', 'benchmark' or a non-empty list")
+
+
+# -- generated --------------------------------------------------------------------------------
+def batch_seed(seed: int, name: str, severity: int, start: int) -> int:
+    """Seed of the batch starting at image ``start``, stable across type lists and runs."""
+    key = [seed, zlib.crc32(name.encode()), severity, start]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def iter_corrupted(
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+) -> Iterator[torch.Tensor]:
+    """Yield the corrupted ``images`` batch by batch, uint8 ``(B, 3, 32, 32)`` on ``device``.
+
+    Deterministic for a given ``(seed, batch_size, device type)``: each batch draws from its
+    own generator seeded by :func:`batch_seed`.
+    """
+    device = torch.device(device)
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        generator = torch.Generator(device=device).manual_seed(
+            batch_seed(seed, name, severity, start)
+        )
+        yield corrupt(batch, name, severity, generator)
+
+
+def _generated(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> dict[str, Any]:
+    subset = seeded_subset(len(ctx.test), s.max_images, s.seed)
+    images, labels = ctx.test.images[subset], ctx.test.labels[subset]
+    out: dict[str, Any] = {
+        "corruptions/source": "generated",
+        "corruptions/seed": s.seed,
+        "corruptions/clean_acc": accuracy(ctx.clean_logits()[subset], labels),
+        "corruptions/num_images": len(subset),
+    }
+    for name in types:
+        for severity in s.severities:
+            correct = 0
+            start = 0
+            for batch in iter_corrupted(images, name, severity, s.seed, s.batch_size, ctx.device):
+                logits = ctx.logits(batch, s.batch_size)
+                correct += (logits.argmax(1) == labels[start : start + len(batch)]).sum().item()
+                start += len(batch)
+            out[f"corruptions/{name}/{severity}/acc"] = correct / max(len(labels), 1)
+    return out
+
+
+# -- published files --------------------------------------------------------------------------
+def published_types(root: str | Path) -> list[str]:
+    """The published corruption types with a ``<type>.npy`` in ``root``, in the paper's order."""
+    return [t for t in PUBLISHED_TYPES if (Path(root) / f"{t}.npy").is_file()]
+
+
+def _open(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+
+
+def load_published(
+    root: str | Path, name: str, severity: int, indices: torch.Tensor | None = None
+) -> LabeledImages:
+    """One severity of a published ``<name>.npy`` (CIFAR-10-C / CIFAR-100-C layout).
+
+    Layout: ``<name>.npy`` uint8 ``(5 k, 32, 32, 3)``, severities 1-5 in blocks of ``k``
+    (``k = 10000`` for the published files); ``labels.npy`` ``(5 k,)`` or ``(k,)``.
+
+    Args:
+        indices: rows within the severity block (default: the whole block).
+
+    Returns:
+        uint8 ``(n, 3, 32, 32)`` images and int64 labels.
+    """
+    root = Path(root)
+    check_severity(severity)
+    path = root / f"{name}.npy"
+    if not path.is_file():
+        found = ", ".join(published_types(root)) or "none"
+        raise DataError(f"no {name}.npy in {root} (corruption files found: {found})")
+    data = _open(path)
+    if data.ndim != 4 or data.shape[1:] != (32, 32, 3) or data.dtype != np.uint8:
+        raise DataError(f"{path} is {data.dtype} {data.shape}; expected uint8 (5 x N, 32, 32, 3)")
+    if data.shape[0] % len(SEVERITIES):
+        raise DataError(f"{path} has {data.shape[0]} images, not 5 severities of equal size")
+    block = data.shape[0] // len(SEVERITIES)
+    labels_path = root / LABELS_FILE
+    if not labels_path.is_file():
+        raise DataError(f"no {LABELS_FILE} in {root}")
+    labels = _open(labels_path).reshape(-1)
+    if labels.shape[0] not in (data.shape[0], block):
+        raise DataError(
+            f"{labels_path} has {labels.shape[0]} labels for {data.shape[0]} images in {path}"
+        )
+    rows = np.arange(block) if indices is None else np.asarray(indices, dtype=np.int64)
+    offset = (severity - 1) * block
+    images = torch.from_numpy(np.ascontiguousarray(data[offset + rows])).permute(0, 3, 1, 2)
+    label_rows = offset + rows if labels.shape[0] == data.shape[0] else rows
+    return LabeledImages(images.contiguous(), torch.from_numpy(labels[label_rows].astype(np.int64)))
+
+
+def _from_files(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> dict[str, Any]:
+    first = _open(Path(s.root) / f"{types[0]}.npy")
+    block = first.shape[0] // len(SEVERITIES)
+    subset = seeded_subset(block, s.max_images, s.seed)
+    out: dict[str, Any] = {
+        "corruptions/source": "files",
+        "corruptions/clean_acc": ctx.clean_acc(),
+        "corruptions/num_images": len(subset),
+    }
+    for name in types:
+        for severity in s.severities:
+            data = load_published(s.root, name, severity, subset)
+            if int(data.labels.max()) >= ctx.num_classes:
+                raise DataError(
+                    f"{s.root}/{LABELS_FILE} has class {int(data.labels.max())}, but the run "
+                    f"has {ctx.num_classes} classes (CIFAR-10-C files for a CIFAR-100 run?)"
+                )
+            logits = ctx.logits(data.images, s.batch_size)
+            out[f"corruptions/{name}/{severity}/acc"] = accuracy(logits, data.labels)
+    return out
+
+
+# -- the stress -------------------------------------------------------------------------------
+def _select_types(s: CorruptionSettings, key: str) -> list[str]:
+    if s.root is not None:
+        if not Path(s.root).is_dir():
+            raise DataError(f"{key}.root={s.root} is not a directory")
+        available = published_types(s.root)
+        if not available:
+            raise DataError(
+                f"{key}.root={s.root} holds none of the published files "
+                f"({', '.join(f'{t}.npy' for t in PUBLISHED_TYPES[:3])}, ...)"
+            )
+        benchmark = [t for t in BENCHMARK_TYPES if t in available]
+    else:
+        available, benchmark = list(CORRUPTIONS), list(GENERATED_BENCHMARK_TYPES)
+    if s.types == "all":
+        return available
+    if s.types == "benchmark":
+        return benchmark
+    if s.root is not None:
+        for name in s.types:
+            check_type(name, PUBLISHED_TYPES)
+            if name not in available:
+                raise DataError(f"{key}.types has {name}, but {s.root}/{name}.npy is missing")
+        return list(s.types)
+    return [check_type(name) for name in s.types]
+
+
+def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the corruption stress on a run and draw ``stress_corruptions.png`` in its directory."""
+    key = "stress.corruptions"
+    s = parse_settings(CorruptionSettings, settings, key)
+    types = _select_types(s, key)
+    start = time.perf_counter()
+    out = _from_files(ctx, s, types) if s.root is not None else _generated(ctx, s, types)
+    table = corruption_accuracies(out)
+    for name, by_severity in table.items():
+        out[f"corruptions/{name}/mean_acc"] = float(np.mean(list(by_severity.values())))
+    out["corruptions/mean_acc"] = float(np.mean([a for t in table.values() for a in t.values()]))
+    out["corruptions/num_types"] = len(table)
+    out["corruptions/seconds"] = time.perf_counter() - start
+    plot_corruption_heatmap(
+        table,
+        ctx.run_dir / PLOT_FILE,
+        clean_acc=out["corruptions/clean_acc"],
+        title=f"{ctx.run_dir.name}: corruption accuracy ({out['corruptions/source']})",
+    )
+    return out
+
+
+# -- reading results and comparing runs ---------------------------------------------------------
+def corruption_accuracies(stress: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    """``{type: {severity: acc}}`` from flat ``corruptions/<type>/<s>/acc`` keys."""
+    table: dict[str, dict[int, float]] = {}
+    for key, value in stress.items():
+        parts = key.split("/")
+        is_acc = len(parts) == 4 and parts[0] == "corruptions" and parts[3] == "acc"
+        if is_acc and parts[2].isdigit() and value is not None:
+            table.setdefault(parts[1], {})[int(parts[2])] = float(value)
+    order = {name: i for i, name in enumerate(PUBLISHED_TYPES)}
+    return {
+        t: dict(sorted(table[t].items())) for t in sorted(table, key=lambda t: order.get(t, 99))
+    }
+
+
+def corruption_errors(stress: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    """``{type: {severity: top-1 error}}`` from a run's ``stress.json`` contents."""
+    return {
+        t: {s: 1.0 - a for s, a in by_severity.items()}
+        for t, by_severity in corruption_accuracies(stress).items()
+    }
+
+
+def mce(
+    errors: Mapping[str, Mapping[int, float]],
+    baseline_errors: Mapping[str, Mapping[int, float]],
+    clean_error: float | None = None,
+    baseline_clean_error: float | None = None,
+) -> dict[str, float]:
+    """Corruption errors relative to a baseline (Hendrycks & Dietterich 2019, Sec. 3).
+
+    ``CE_c = sum_s E_{s,c} / sum_s B_{s,c}`` and ``mCE = mean_c CE_c``, over the types (and,
+    per type, the severities) present in both; with both clean errors also the relative
+    ``rCE_c = sum_s (E_{s,c} - E_clean) / sum_s (B_{s,c} - B_clean)`` and its mean. Values are
+    ratios (1.0 = as the baseline; the paper prints them in %). The paper normalises by AlexNet
+    over all 15 types; here the baseline is whatever run is passed, over the common types, so
+    numbers compare only within one study.
+
+    Args:
+        errors: ``{type: {severity: error}}`` of the evaluated run (:func:`corruption_errors`).
+        baseline_errors: the same for the baseline run.
+        clean_error, baseline_clean_error: clean test errors (``1 - corruptions/clean_acc``).
+
+    Returns:
+        ``corruptions/<type>/ce``, ``corruptions/mce``; with clean errors also
+        ``corruptions/<type>/relative_ce`` and ``corruptions/relative_mce``. A type whose
+        baseline denominator is 0 gets NaN.
+    """
+    common = [t for t in errors if t in baseline_errors]
+    if not common:
+        raise ValueError(
+            f"no corruption type in common (run: {sorted(errors)}, "
+            f"baseline: {sorted(baseline_errors)})"
+        )
+    relative = clean_error is not None and baseline_clean_error is not None
+    out: dict[str, float] = {}
+    ces, rces = [], []
+    for name in common:
+        severities = sorted(set(errors[name]) & set(baseline_errors[name]))
+        if not severities:
+            raise ValueError(f"no severity of {name} in common between the run and the baseline")
+        run = np.array([errors[name][s] for s in severities], dtype=np.float64)
+        base = np.array([baseline_errors[name][s] for s in severities], dtype=np.float64)
+        ce = _ratio(run.sum(), base.sum())
+        out[f"corruptions/{name}/ce"] = ce
+        ces.append(ce)
+        if relative:
+            rce = _ratio((run - clean_error).sum(), (base - baseline_clean_error).sum())
+            out[f"corruptions/{name}/relative_ce"] = rce
+            rces.append(rce)
+    out["corruptions/mce"] = float(np.mean(ces))
+    if relative:
+        out["corruptions/relative_mce"] = float(np.mean(rces))
+    return out
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator != 0 else float("nan")
+
+
+def plot_corruption_heatmap(
+    table: Mapping[str, Mapping[int, float]],
+    path: str | Path,
+    clean_acc: float | None = None,
+    title: str = "corruption accuracy",
+) -> Path:
+    """Heat-map of accuracy, corruption type (rows) x severity (columns), saved as PNG.
+
+    ``table``: ``{type: {severity: acc}}`` (:func:`corruption_accuracies`); a ``clean`` column
+    comes first when ``clean_acc`` is given.
+    """
+    from matplotlib.figure import Figure
+
+    types = list(table)
+    severities: Sequence[int] = sorted({s for t in table.values() for s in t})
+    columns = (["clean"] if clean_acc is not None else []) + [str(s) for s in severities]
+    grid = np.full((len(types), len(columns)), np.nan)
+    for i, name in enumerate(types):
+        if clean_acc is not None:
+            grid[i, 0] = clean_acc
+        for j, s in enumerate(severities):
+            grid[i, j + len(columns) - len(severities)] = table[name].get(s, np.nan)
+    fig = Figure(figsize=(1.0 + 0.75 * len(columns), 1.2 + 0.32 * len(types)), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(types)), types)
+    ax.set_xlabel("severity")
+    ax.set_title(title, fontsize=9)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                colour = "black" if grid[i, j] > 0.6 else "white"
+                ax.text(
+                    j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
+                )
+    fig.colorbar(image, ax=ax, label="top-1 accuracy")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,135 @@
+"""Run named stresses on a run's checkpoint and keep the results in ``stress.json``.
+
+One implementation serves ``analyze.py stress=[...]`` and the end of training
+(``train.py stress=[...]``): :func:`run_stress` needs no Hydra state, only the run directory
+(or an already built backbone and config) and the stress settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cnnstress.errors import ConfigError
+from cnnstress.stress import adversarial, calibration, corruption_suite, faithfulness, shift
+from cnnstress.stress.context import StressContext, load_context
+
+STRESS_FILE = "stress.json"
+
+StressFn = Callable[[StressContext, Mapping[str, Any] | None], dict[str, Any]]
+
+# In the order they run when several are asked for.
+STRESSES: dict[str, StressFn] = {
+    "corruptions": corruption_suite.evaluate,
+    "shift": shift.evaluate,
+    "adversarial": adversarial.evaluate,
+    "calibration": calibration.evaluate,
+    "faithfulness": faithfulness.evaluate,
+}
+
+
+def check_names(names: Sequence[str]) -> list[str]:
+    """The requested stress names, or :class:`ConfigError` naming the valid ones."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    for name in names:
+        if name not in STRESSES:
+            raise ConfigError(f"unknown stress {name!r}; valid stresses: {', '.join(STRESSES)}")
+    return names
+
+
+def run_stress(
+    run_dir: str | Path,
+    names: Sequence[str],
+    stress_cfg: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    net: nn.Module | None = None,
+    cfg: DictConfig | None = None,
+    data_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's checkpoint under the named stresses; update ``stress.json``.
+
+    Args:
+        run_dir: the run directory (``.hydra/config.yaml`` and ``checkpoints/``; results and
+            ``stress_*.png`` are written there).
+        names: stresses to run, from :data:`STRESSES` (corruptions, shift, adversarial,
+            calibration, faithfulness).
+        stress_cfg: ``{name: {knob: value}}``, e.g. the composed ``cfg.stress``; missing
+            stresses or knobs take the defaults of ``conf/stress/<name>.yaml``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        net, cfg: an already built backbone and the run's config (e.g. at the end of
+            training); by default rebuilt from the run's checkpoint by
+            :func:`cnnstress.checkpoints.load_backbone`.
+        data_root: read the test (and validation) split from here instead of the run's
+            ``dataset.root``.
+
+    Returns:
+        Everything now in ``stress.json``: earlier results of other stresses are kept, those of
+        the stresses run now are replaced. Values are numbers (NaN written as null), except a
+        few descriptive strings (``*/source``, ``*/version``, ``calibration/fit_split``,
+        ``faithfulness/method``, ``faithfulness/target_layer``).
+
+    Raises:
+        ConfigError: unknown stress or knob, or a knob with an invalid value.
+        DataError: missing or malformed data files.
+    """
+    names = check_names(names)
+    if isinstance(stress_cfg, DictConfig):
+        stress_cfg = OmegaConf.to_container(stress_cfg, resolve=True)
+    stress_cfg = dict(stress_cfg or {})
+    for name in stress_cfg:
+        if name not in STRESSES:
+            raise ConfigError(
+                f"unknown stress section {name!r}; valid stresses: {', '.join(STRESSES)}"
+            )
+    ctx = load_context(run_dir, device, net=net, cfg=cfg, data_root=data_root)
+    results: dict[str, Any] = {}
+    for name in STRESSES:
+        if name in names:
+            results.update(STRESSES[name](ctx, stress_cfg.get(name)))
+    return write_stress(run_dir, results, replace=names)
+
+
+def read_stress(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``stress.json`` (empty when it has none)."""
+    path = Path(run_dir) / STRESS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return _clean(value.item())
+    return value
+
+
+def write_stress(
+    run_dir: str | Path, results: Mapping[str, Any], replace: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Merge ``results`` into ``stress.json`` atomically and return the merged contents.
+
+    Keys of the stresses in ``replace`` (prefix ``<name>/``) are dropped first, so a re-run
+    leaves no stale keys.
+    """
+    merged = {
+        k: v for k, v in read_stress(run_dir).items() if k.split("/", 1)[0] not in set(replace)
+    }
+    merged.update({k: _clean(v) for k, v in results.items()})
+    path = Path(run_dir) / STRESS_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(dict(sorted(merged.items())), indent=2))
+    os.replace(tmp, path)
+    return dict(sorted(merged.items()))
