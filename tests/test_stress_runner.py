@@ -169,3 +169,20 @@ def test_randomisation_touches_only_the_listed_layers_and_identity_correlates_fu
     flat = np.zeros((3, 8, 8), np.float32)
     assert np.allclose(rank_correlations(maps, maps), 1.0)
     assert np.isnan(rank_correlations(maps, flat)).all()
+
+
+def test_train_py_stress_option_writes_stress_json_at_the_end(
+    make_config, tiny_cifar10_zip, tmp_path
+):
+    from cnnstress.stress import read_stress
+    from cnnstress.training import train
+
+    cfg = make_config(
+        f"dataset.root={tiny_cifar10_zip}", "stress=[calibration,adversarial]",
+        "stress.adversarial.max_images=16", "stress.adversarial.pgd_steps=2",
+    )  # fmt: skip
+    train(cfg)
+    stress = read_stress(tmp_path / "run")
+    assert stress["calibration/fit_split"] == "test_half"
+    assert 0.0 <= stress["adversarial/pgd/eps8/acc"] <= stress["adversarial/clean_acc"]
+    assert (tmp_path / "run" / "metrics.json").is_file()

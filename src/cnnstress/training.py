@@ -17,6 +17,7 @@ from cnnstress.distributed import prepare_hydra_relaunch
 from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
 from cnnstress.run_files import METRICS_FILE, read_metrics, write_metrics, write_predictions
+from cnnstress.stress import run_stress
 
 log = logging.getLogger(__name__)
 
@@ -122,5 +123,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         predictions = module.predictions("test")
         write_predictions(run_dir, predictions.index, predictions.target, predictions.probs)
         write_metrics(run_dir, metrics)
+        if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
+            names = list(cfg.stress)
+            run_stress(run_dir, names, cfg.stress, module.device, net=module.net, cfg=cfg)
         log.info("test/acc=%.4f; run files in %s", metrics.get("test/acc", float("nan")), run_dir)
     return metrics
