@@ -35,41 +35,20 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from pytorch_grad_cam import (
-    EigenCAM,
-    EigenGradCAM,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.metrics.road import (
     ROADLeastRelevantFirstAverage,
     ROADMostRelevantFirstAverage,
 )
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
-    ClassifierOutputTarget,
 )
 from scipy.stats import spearmanr
 from torch import nn
 
+from cnnstress.cam import check_method, compute_heatmaps, resolve_layer
 from cnnstress.errors import ConfigError
 from cnnstress.stress.context import StressContext, check_int, parse_settings, seeded_subset
 
-CAM_METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "eigengradcam": EigenGradCAM,
-    "gradcamelementwise": GradCAMElementWise,
-}
 HEAD = "head"  # in `randomize`: the last nn.Linear of the backbone
 TARGET = "target_layer"  # in `randomize`: the CAM's target layer
 
@@ -94,8 +73,8 @@ class FaithfulnessSettings:
 
     def validate(self, key: str) -> None:
         """Raise :class:`ConfigError` for an invalid knob."""
-        if self.method is not None and self.method not in CAM_METHODS:
-            raise ConfigError(f"{key}.method={self.method!r}; valid: {', '.join(CAM_METHODS)}")
+        if self.method is not None:
+            check_method(self.method, f"{key}.method")
         self.num_failures = check_int(self.num_failures, f"{key}.num_failures", minimum=0)
         self.num_images = check_int(self.num_images, f"{key}.num_images", minimum=0)
         self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
@@ -106,17 +85,6 @@ class FaithfulnessSettings:
             raise ConfigError(f"{key}.randomize must list at least one layer")
 
 
-def get_module(net: nn.Module, path: str, key: str) -> nn.Module:
-    """The submodule at dotted ``path``, or :class:`ConfigError` listing the top-level ones."""
-    try:
-        return net.get_submodule(path)
-    except AttributeError:
-        names = ", ".join(name for name, _ in net.named_children())
-        raise ConfigError(
-            f"{key}={path!r} is not a module of the model; top level: {names}"
-        ) from None
-
-
 def head_name(net: nn.Module) -> str:
     """Dotted path of the last ``nn.Linear`` (the classifier head)."""
     names = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
@@ -125,51 +93,17 @@ def head_name(net: nn.Module) -> str:
     return names[-1]
 
 
-def compute_cams(
+def heatmaps(
     model: nn.Module,
-    layer: nn.Module,
-    images: torch.Tensor,
-    classes: Sequence[int],
-    method: str = "gradcam",
-    batch_size: int = 64,
-) -> np.ndarray:
-    """CAMs ``(N, H, W)`` float32 in [0, 1] (pytorch-grad-cam), one target class per image.
-
-    ``images``: normalised float ``(N, 3, H, W)`` on the model's device. ``model`` is put in
-    eval mode by pytorch-grad-cam; its hooks are removed on exit (context manager).
-    """
-    out = []
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    for p in params:  # gradients reach the layer through the input; keep .grad of weights empty
-        p.requires_grad_(False)
-    try:
-        _cams_into(out, model, layer, images, classes, method, batch_size)
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[-2:]), np.float32)
-
-
-def _cams_into(
-    out: list[np.ndarray],
-    model: nn.Module,
-    layer: nn.Module,
     images: torch.Tensor,
     classes: Sequence[int],
     method: str,
+    layer: str,
     batch_size: int,
-) -> None:
-    with torch.inference_mode(False), torch.enable_grad():
-        for start in range(0, images.shape[0], batch_size):
-            chunk = images[start : start + batch_size].clone().requires_grad_(True)
-            targets = [ClassifierOutputTarget(int(c)) for c in classes[start : start + batch_size]]
-            result = None
-            with CAM_METHODS[method](model=model, target_layers=[layer]) as cam:
-                result = cam(chunk, targets=targets)
-            if result is None:  # BaseCAM.__exit__ swallows IndexError
-                raise RuntimeError(f"{method} failed inside pytorch-grad-cam")
-            out.append(np.asarray(result, dtype=np.float32))
+) -> np.ndarray:
+    """``(N, H, W)`` float32 maps in [0, 1] from :func:`cnnstress.cam.compute_heatmaps`."""
+    maps = compute_heatmaps(model, images, classes, method, layer, batch_size=batch_size)
+    return maps.numpy()
 
 
 def road_scores(
@@ -221,12 +155,7 @@ def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _run_cam_settings(ctx: StressContext, s: FaithfulnessSettings) -> tuple[str, str]:
     method = s.method or OmegaConf.select(ctx.cfg, "callbacks.gradcam.method", default=None)
-    method = str(method or "gradcam").lower()
-    if method not in CAM_METHODS:
-        raise ConfigError(
-            f"the run's CAM method {method!r} is not supported here; set "
-            f"stress.faithfulness.method to one of {', '.join(CAM_METHODS)}"
-        )
+    method = check_method(method or "gradcam", "stress.faithfulness.method")
     layer = (
         s.target_layer
         or OmegaConf.select(ctx.cfg, "callbacks.gradcam.target_layer", default=None)
@@ -243,7 +172,7 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     s = parse_settings(FaithfulnessSettings, settings, key)
     method, layer_path = _run_cam_settings(ctx, s)
     net = ctx.net.eval()
-    layer = get_module(net, layer_path, f"{key}.target_layer")
+    resolve_layer(net, layer_path, f"{key}.target_layer")
     mean = torch.tensor(list(ctx.cfg.dataset.mean)).view(1, -1, 1, 1)
     std = torch.tensor(list(ctx.cfg.dataset.std)).view(1, -1, 1, 1)
 
@@ -263,7 +192,7 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     if len(failures):
         images = normalised(failures)
         classes = predicted[failures].tolist()
-        cams = compute_cams(net, layer, images, classes, method, s.batch_size)
+        cams = heatmaps(net, images, classes, method, layer_path, s.batch_size)
         scores = road_scores(net, images, cams, classes, s.road_percentiles, s.seed)
         for name, values in scores.items():
             out[f"faithfulness/road/{name}"] = float(np.mean(values))
@@ -272,17 +201,15 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     subset = seeded_subset(len(labels), s.num_images, s.seed)
     images = normalised(subset)
     classes = predicted[subset].tolist()
-    trained = compute_cams(net, layer, images, classes, method, s.batch_size)
+    trained = heatmaps(net, images, classes, method, layer_path, s.batch_size)
     cascade: list[str] = []
     out["faithfulness/num_images"] = len(subset)
     for entry in s.randomize:
         path = head_name(net) if entry == HEAD else layer_path if entry == TARGET else entry
-        get_module(net, path, f"{key}.randomize")
+        resolve_layer(net, path, f"{key}.randomize")
         cascade.append(path)
         randomized = randomized_copy(net, cascade, s.seed)
-        cams = compute_cams(
-            randomized, randomized.get_submodule(layer_path), images, classes, method, s.batch_size
-        )
+        cams = heatmaps(randomized, images, classes, method, layer_path, s.batch_size)
         rho = rank_correlations(trained, cams)
         name = "+".join(cascade)
         defined = np.isfinite(rho)
