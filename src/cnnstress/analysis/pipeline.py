@@ -13,6 +13,7 @@ from cnnstress.analysis.compare import Analysis, analyse
 from cnnstress.analysis.gradcam import default_filename, side_by_side
 from cnnstress.analysis.report import write_report
 from cnnstress.analysis.runs import collect_runs
+from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names, summarise_stress
 from cnnstress.cam import check_method
 from cnnstress.errors import ConfigError, UserError
 
@@ -53,9 +54,7 @@ def check_config(cfg: DictConfig) -> None:
         check_method(method, "gradcam.method")
     if not isinstance(cfg.get("reference"), str) or not cfg.reference:
         raise ConfigError("reference must be an improvement name or dataset/model/improvement")
-    if cfg.get("stress"):
-        # Placeholder until cnnstress.stress is wired in here (issue 7).
-        raise ConfigError(f"stress={list(cfg.stress)} is not available yet; valid: stress=[]")
+    stress_names(cfg)  # unknown stress sections; their knobs are checked by each stress
 
 
 def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
@@ -115,11 +114,37 @@ def _gradcam(cfg: DictConfig, analysis: Analysis, out: Path) -> tuple[list[str],
     return files, notes
 
 
+def _stress(cfg: DictConfig, analysis: Analysis, out: Path) -> StressSummary | None:
+    """Run ``cfg.stress`` on every run, aggregate, draw; ``None`` when no stress is asked for."""
+    names = stress_names(cfg)
+    if not names:
+        return None
+    results, notes = run_stresses(cfg, analysis, _device(cfg))
+    summary = summarise_stress(analysis, results, names)
+    summary.notes = notes
+    return summary
+
+
+def _draw_stress(stress: StressSummary, out: Path) -> dict[str, list[str]]:
+    figures: dict[str, list[str]] = {}
+    for name, make in {
+        "stress_corruptions": plots.stress_corruptions_figure,
+        "stress_adversarial": plots.stress_adversarial_figure,
+    }.items():
+        fig = make(stress)
+        if fig is not None:
+            plots.save_figure(fig, out / f"{name}.png")
+            figures[name] = [f"{name}.png"]
+    return figures
+
+
 def analyze(cfg: DictConfig) -> Path:
     """Analyse the runs of ``cfg.runs`` and ``cfg.sweep``; return the output directory.
 
     Writes summary.md, summary.csv, transitions.csv, report.md, report.html and the figures
-    into ``cfg.paths.output_dir``. Never trains; loads checkpoints only for Grad-CAM.
+    into ``cfg.paths.output_dir``. Never trains; loads checkpoints only for Grad-CAM and for
+    the stresses of ``stress=[...]`` (each run's ``stress.json``; aggregated in stress.csv,
+    ``stress_*.png`` and the reports' "Stress" section).
 
     Raises:
         ConfigError: a bad setting (thresholds, device, gradcam.*, reference, stress).
@@ -136,9 +161,12 @@ def analyze(cfg: DictConfig) -> Path:
     gradcam_files, gradcam_notes = _gradcam(cfg, analysis, out)
     if gradcam_files:
         figures["gradcam"] = gradcam_files
+    stress = _stress(cfg, analysis, out)
+    if stress is not None:
+        figures.update(_draw_stress(stress, out))
     sources = [f"runs={runs}"] if runs else []
     if sweep is not None:
         sources.append(f"sweep={sweep}")
-    files = write_report(analysis, out, figures, sources, gradcam_notes)
+    files = write_report(analysis, out, figures, sources, gradcam_notes, stress)
     log.info("analysis of %d runs written to %s", len(collection.runs), files.report_html)
     return out

@@ -7,6 +7,7 @@ overlays; reliability bins), so training and analysis draw the same way.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from matplotlib.figure import Figure
 
 from cnnstress.analysis.compare import ECE_BINS, Analysis, Comparison
 from cnnstress.analysis.gradcam import SideBySide
+from cnnstress.analysis.stress import StressSummary
 from cnnstress.data import class_names
 from cnnstress.plots import new_figure, overlay, reliability_bins, to_hwc
+from cnnstress.stress import corruption_accuracies
 
 CORRECTED, WORSENED, BOTH_WRONG = "tab:green", "tab:red", "tab:gray"
 # Per-class panels with more classes than this show only the largest gains and losses.
@@ -205,5 +208,80 @@ def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.suptitle(f"{'/'.join(side.setting)}: reference's most confident test failures", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
+    """Per setting: accuracy against corruption severity per group (mean over types, then
+    mean ± std over seeds), with the clean accuracy of the same images at severity 0."""
+    shown = [g for g in stress.groups if any(m.startswith("corruptions/") for m in g.values)]
+    if not shown:
+        return None
+    settings = sorted({g.key.setting for g in shown})
+    fig, axes = _grid(len(settings), 2, (5.5, 4.0))
+    for ax, setting in zip(axes, settings, strict=True):
+        for group in (g for g in shown if g.key.setting == setting):
+            per_seed = {}  # seed -> {severity: mean accuracy over types}
+            seeds = sorted({s for m, v in group.values.items() for s in v})
+            for seed in seeds:
+                numbers = {m: v[seed] for m, v in group.values.items() if seed in v}
+                table = corruption_accuracies(numbers)
+                by_severity: dict[int, list[float]] = {}
+                for accs in table.values():
+                    for severity, acc in accs.items():
+                        by_severity.setdefault(severity, []).append(acc)
+                row = {s: float(np.mean(a)) for s, a in by_severity.items()}
+                if "corruptions/clean_acc" in numbers:
+                    row[0] = numbers["corruptions/clean_acc"]
+                per_seed[seed] = row
+            severities = sorted({s for row in per_seed.values() for s in row})
+            grid = np.array([[row.get(s, np.nan) for s in severities] for row in per_seed.values()])
+            std = np.nanstd(grid, 0, ddof=1) if len(grid) > 1 else None
+            style = "--" if group.key in stress.reference_keys else "-"
+            ax.errorbar(severities, np.nanmean(grid, 0), yerr=std, fmt=style + "o", capsize=3,
+                        markersize=4, label=f"{group.key.improvement} (n={len(grid)})")  # fmt: skip
+            ax.set_xticks(severities, ["clean" if s == 0 else str(s) for s in severities])
+        ax.set_xlabel("corruption severity")
+        ax.set_ylabel("top-1 accuracy (mean over corruption types)")
+        ax.set_ylim(0, 1)
+        ax.set_title("/".join(setting), fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
+    """Per setting: robust accuracy against eps per group and attack (mean ± std over seeds)."""
+    pattern = re.compile(r"adversarial/([^/]+)/eps([^/]+)/acc")
+    shown = [g for g in stress.groups if any(pattern.fullmatch(m) for m in g.values)]
+    if not shown:
+        return None
+    settings = sorted({g.key.setting for g in shown})
+    fig, axes = _grid(len(settings), 2, (5.5, 4.0))
+    for ax, setting in zip(axes, settings, strict=True):
+        for group in (g for g in shown if g.key.setting == setting):
+            curves: dict[str, list[tuple[float, str]]] = {}
+            for metric in group.values:
+                if match := pattern.fullmatch(metric):
+                    try:
+                        eps = float(match.group(2))
+                    except ValueError:
+                        continue
+                    curves.setdefault(match.group(1), []).append((eps, metric))
+            for attack, points in sorted(curves.items()):
+                points.sort()
+                est = [group.estimate(m) for _, m in points]
+                std = [e.std for e in est] if all(e.std is not None for e in est) else None
+                ax.errorbar([p for p, _ in points], [e.mean for e in est], yerr=std,
+                            fmt="o-", capsize=3, markersize=4,
+                            label=f"{group.key.improvement} {attack}")  # fmt: skip
+        ax.set_xlabel("eps (x 1/255, L-inf, pixel space)")
+        ax.set_ylabel("robust accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title("/".join(setting), fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -26,6 +26,7 @@ from cnnstress.analysis.compare import (
     GroupResult,
     Transitions,
 )
+from cnnstress.analysis.stress import StressSummary
 from cnnstress.data import class_names
 
 NA = "n/a"
@@ -262,6 +263,108 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
     return path
 
 
+STRESS_NOTES = [
+    "Each run's checkpoint is evaluated by cnnstress.stress.run_stress (results in the run's "
+    "stress.json, recomputed on every analysis); numbers are fractions (accuracy 0.91 = 91%), "
+    "mean ± std (ddof=1) over seeds, n/a for one seed.",
+    "Δ vs ref: difference of the group means (other - reference); paired p: paired t-test over "
+    "the seeds both groups have (n/a with fewer than two or no spread).",
+    "mCE / relative mCE (Hendrycks & Dietterich 2019): corruption error summed over severities, "
+    "divided by the reference group's (its errors averaged over its seeds), averaged over the "
+    "corruption types; 1.0 = as the reference, below 1 = more robust. The paper's AlexNet "
+    "normalisation is not used, so values compare only within this analysis.",
+]
+
+
+def stress_tables(stress: StressSummary) -> list[Block]:
+    """Per (dataset, model) setting: one row per headline stress number, one column per group
+    (mean ± std over seeds), then for each non-reference group its difference to the reference."""
+    blocks: list[Block] = []
+    for setting in sorted({g.key.setting for g in stress.groups}):
+        groups = [g for g in stress.groups if g.key.setting == setting]
+        others = [g for g in groups if g.reference is not None]
+        headers = ["metric"]
+        for g in groups:
+            ref = " (reference)" if g.key in stress.reference_keys else ""
+            headers.append(f"{g.key.improvement}{ref} (n={len(g.seeds)})")
+        headers += [f"Δ {g.key.improvement} vs ref (paired p)" for g in others]
+        rows = []
+        for metric in stress.headline:
+            if not any(metric in g.values for g in groups):
+                continue
+            row = [metric]
+            row += [_mean_std(g.estimate(metric), 1, 4) if metric in g.values else NA
+                    for g in groups]  # fmt: skip
+            for g in others:
+                delta = g.delta_of_means(metric)
+                test = g.paired(metric)
+                p = NA if test is None else _p(test.pvalue)
+                row.append(NA if delta is None else f"{delta:+.4f} (p={p})")
+            rows.append(row)
+        blocks += [Heading(3, "/".join(setting)), Table(headers, rows)]
+    return blocks
+
+
+def write_stress_csv(stress: StressSummary, path: Path) -> Path:
+    """``stress.csv``: one row per group and stress metric (headline and per-type details)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([
+            "dataset", "model", "improvement", "label", "is_reference", "metric", "headline",
+            "n_seeds", "seeds", "mean", "std", "ci_low", "ci_high", "reference",
+            "delta_of_means", "paired_n", "paired_delta_mean", "paired_delta_std", "paired_t",
+            "paired_p",
+        ])  # fmt: skip
+        for g in stress.groups:
+            for metric in stress.metrics:
+                if metric not in g.values:
+                    continue
+                e = g.estimate(metric)
+                row: list[object] = [
+                    g.key.dataset, g.key.model, g.key.improvement, g.key.label,
+                    int(g.key in stress.reference_keys), metric,
+                    int(metric in stress.headline), e.n,
+                    ";".join(map(str, sorted(g.values[metric]))), e.mean, _opt(e.std),
+                    _opt(e.ci_low), _opt(e.ci_high),
+                ]  # fmt: skip
+                test = g.paired(metric)
+                if test is None:
+                    row += [""] * 7
+                else:
+                    d = test.delta
+                    row += [g.reference.key.label, g.delta_of_means(metric), d.n, _opt(d.mean),
+                            _opt(d.std), _opt(test.t), _opt(test.pvalue)]  # fmt: skip
+                writer.writerow(row)
+    return path
+
+
+def stress_blocks(stress: StressSummary | None, figures: dict[str, list[str]]) -> list[Block]:
+    """The report's "Stress" section (nothing when no stress was asked for)."""
+    if stress is None:
+        return []
+    blocks: list[Block] = [
+        Heading(2, "Stress"),
+        Paragraph(
+            f"Stresses: {', '.join(stress.names)}. Per-run numbers in each run's "
+            "stress.json, all of them aggregated in stress.csv."
+        ),
+    ]
+    if stress.notes:
+        blocks.append(Bullets(stress.notes))
+    if not stress.groups:
+        blocks.append(Paragraph("No run has stress results."))
+    blocks += stress_tables(stress)
+    captions = {
+        "stress_corruptions": "Accuracy against corruption severity (mean over types; "
+        "mean ± std over seeds; clean = same images uncorrupted)",
+        "stress_adversarial": "Robust accuracy against eps (FGSM / PGD, mean ± std over seeds)",
+    }
+    for section, caption in captions.items():
+        blocks += [Image(f, caption) for f in figures.get(section, [])]
+    blocks.append(Bullets(STRESS_NOTES))
+    return blocks
+
+
 def _transition_row(name: str, t: Transitions) -> list[str]:
     m = t.mcnemar
     statistic = f"{m.statistic:.0f}" if m.method == "exact" else f"{m.statistic:.3f}"
@@ -337,9 +440,11 @@ def build_blocks(
     figures: dict[str, list[str]],
     sources: Sequence[str],
     gradcam_notes: Sequence[str] = (),
+    stress: StressSummary | None = None,
 ) -> list[Block]:
-    """The report's content. ``figures`` maps a section name (``transitions``, ``confidence``,
-    ``high_conf_errors``, ``per_class_delta``, ``reliability``, ``gradcam``) to PNG names."""
+    """The report's content (a "Stress" section when ``stress`` is given). ``figures`` maps a
+    section name (``transitions``, ``confidence``, ``high_conf_errors``, ``per_class_delta``,
+    ``reliability``, ``gradcam``, ``stress_corruptions``, ``stress_adversarial``) to PNG names."""
     blocks: list[Block] = [
         Heading(1, "cnnstress analysis"),
         Paragraph(
@@ -394,6 +499,8 @@ def build_blocks(
             blocks.append(Heading(2, title))
         blocks += [Image(f, captions[section]) for f in figures.get(section, [])]
 
+    blocks += stress_blocks(stress, figures)
+
     blocks.append(Heading(2, "Grad-CAM: the reference's most confident failures"))
     if gradcam_notes:
         blocks.append(Bullets(list(gradcam_notes)))
@@ -432,6 +539,7 @@ class ReportFiles:
     report_md: Path
     report_html: Path
     figures: dict[str, list[str]] = field(default_factory=dict)
+    stress_csv: Path | None = None
 
 
 def write_report(
@@ -440,8 +548,10 @@ def write_report(
     figures: dict[str, list[str]],
     sources: Sequence[str],
     gradcam_notes: Sequence[str] = (),
+    stress: StressSummary | None = None,
 ) -> ReportFiles:
-    """Write every text file of the analysis into ``out_dir`` (figures must already be there)."""
+    """Write every text file of the analysis into ``out_dir`` (figures must already be there);
+    with ``stress`` also ``stress.csv`` and a "Stress" section in summary.md and the report."""
     out = Path(out_dir)
     summary = [
         Heading(1, "cnnstress summary"),
@@ -455,9 +565,11 @@ def write_report(
         ]
     if analysis.notes:
         summary += [Heading(2, "Warnings"), Bullets(analysis.notes)]
+    if stress is not None:
+        summary += [Heading(2, "Stress"), *stress_tables(stress), Bullets(STRESS_NOTES)]
     summary += [Heading(2, "How the numbers are computed"), Bullets(METHOD_NOTES)]
     (out / "summary.md").write_text(to_markdown(summary))
-    blocks = build_blocks(analysis, figures, sources, gradcam_notes)
+    blocks = build_blocks(analysis, figures, sources, gradcam_notes, stress)
     (out / "report.md").write_text(to_markdown(blocks))
     (out / "report.html").write_text(to_html(blocks, out, "cnnstress analysis"))
     return ReportFiles(
@@ -465,6 +577,7 @@ def write_report(
         summary_csv=write_summary_csv(analysis, out / "summary.csv"),
         transitions_csv=write_transitions_csv(analysis, out / "transitions.csv"),
         report_md=out / "report.md",
+        stress_csv=None if stress is None else write_stress_csv(stress, out / "stress.csv"),
         report_html=out / "report.html",
         figures=figures,
     )

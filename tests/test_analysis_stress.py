@@ -1,0 +1,173 @@
+"""analyze.py stress=[...] on tiny trained runs: per-run stress.json, seed aggregates, mCE,
+the report's Stress section, and the command line (composition and unknown names)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+
+from cnnstress.analysis import analyze
+from cnnstress.errors import ConfigError
+from tests.conftest import ROOT, compose_train_config
+from tests.test_analysis_end_to_end import _train_run, noisy_zip
+
+SEEDS = (1, 2)
+IMPROVEMENTS = ("baseline", "label_smoothing")
+TYPES = ("gaussian_noise", "brightness")
+STRESS = (
+    "stress=[corruptions,adversarial,calibration]",
+    "stress.corruptions.max_images=40",
+    f"stress.corruptions.types=[{','.join(TYPES)}]",
+    "stress.corruptions.severities=[1,5]",
+    "stress.adversarial.max_images=40",
+    "stress.adversarial.pgd_steps=2",
+    "stress.calibration.max_iter=20",
+    "gradcam.top_n=0",
+)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Four tiny runs (two improvements x two seeds) analysed with three stresses."""
+    data = noisy_zip(tmp_path_factory.mktemp("data") / "noisy.zip", {"train": 16, "test": 8})
+    sweep = tmp_path_factory.mktemp("sweep")
+    out = tmp_path_factory.mktemp("analysis")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: see tests/test_analysis_end_to_end.py
+    try:
+        for improvement in IMPROVEMENTS:
+            for seed in SEEDS:
+                _train_run(sweep / f"{improvement}_{seed}", data, improvement, seed)
+        analyze(compose_train_config(out, [f"sweep={sweep}", *STRESS], config_name="analyze"))
+    finally:
+        torch.set_num_threads(threads)
+    return sweep, out
+
+
+def _stress(sweep: Path, improvement: str, seed: int) -> dict:
+    return json.loads((sweep / f"{improvement}_{seed}" / "stress.json").read_text())
+
+
+def _rows(out: Path) -> dict[tuple[str, str], dict[str, str]]:
+    rows = csv.DictReader((out / "stress.csv").open())
+    return {(r["improvement"], r["metric"]): r for r in rows}
+
+
+def test_every_run_has_its_stress_json(analysed):
+    sweep, _ = analysed
+    for improvement in IMPROVEMENTS:
+        for seed in SEEDS:
+            stress = _stress(sweep, improvement, seed)
+            for severity in (1, 5):
+                for name in TYPES:
+                    assert 0 <= stress[f"corruptions/{name}/{severity}/acc"] <= 1
+            assert stress["corruptions/num_images"] == 40
+            assert {"adversarial/fgsm/eps8/acc", "adversarial/pgd/eps8/acc"} <= set(stress)
+            assert stress["calibration/temperature"] > 0
+            assert (sweep / f"{improvement}_{seed}" / "stress_corruptions.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "metric",
+    ["corruptions/mean_acc", "corruptions/brightness/5/acc", "adversarial/pgd/eps8/acc",
+     "adversarial/fgsm/eps1/acc", "calibration/ece_after", "calibration/nll_before",
+     "calibration/temperature"],
+)  # fmt: skip
+def test_summary_is_the_mean_over_seeds_of_stress_json(analysed, metric):
+    sweep, out = analysed
+    rows = _rows(out)
+    for improvement in IMPROVEMENTS:
+        values = [_stress(sweep, improvement, s)[metric] for s in SEEDS]
+        row = rows[(improvement, metric)]
+        assert float(row["mean"]) == pytest.approx(np.mean(values))
+        assert float(row["std"]) == pytest.approx(np.std(values, ddof=1))
+        assert row["n_seeds"] == "2"
+    ref = np.mean([_stress(sweep, "baseline", s)[metric] for s in SEEDS])
+    other = rows[("label_smoothing", metric)]
+    assert float(other["delta_of_means"]) == pytest.approx(float(other["mean"]) - ref)
+    assert other["reference"] == "cifar10/simple_cnn/baseline"
+    assert rows[("baseline", metric)]["reference"] == ""
+
+
+def test_mce_is_relative_to_the_reference_group(analysed):
+    sweep, out = analysed
+    rows = _rows(out)
+    assert float(rows[("baseline", "corruptions/mce")]["mean"]) == pytest.approx(1.0)
+
+    def errors(improvement: str, seed: int, name: str) -> np.ndarray:
+        stress = _stress(sweep, improvement, seed)
+        return np.array([1 - stress[f"corruptions/{name}/{s}/acc"] for s in (1, 5)])
+
+    # By hand: CE_c = sum over severities of the run's errors / the same sum of the
+    # reference's errors averaged over its seeds; mCE = mean over types; then mean over seeds.
+    base = {n: np.mean([errors("baseline", s, n) for s in SEEDS], axis=0).sum() for n in TYPES}
+    ces = [[errors("label_smoothing", s, n).sum() / base[n] for n in TYPES] for s in SEEDS]
+    mces = [np.mean(per_type) for per_type in ces]
+    row = rows[("label_smoothing", "corruptions/mce")]
+    assert float(row["mean"]) == pytest.approx(np.mean(mces))
+    assert row["seeds"] == "1;2"
+
+
+def test_report_has_the_stress_section_and_figures(analysed):
+    _, out = analysed
+    md = (out / "report.md").read_text()
+    assert "## Stress" in md and "corruptions/mce" in md and "adversarial/pgd/eps8/acc" in md
+    assert "stress_corruptions.png" in md and "stress_adversarial.png" in md
+    assert "## Stress" in (out / "summary.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "<h2>Stress</h2>" in html
+    # five analysis figures (no Grad-CAM) plus the two stress figures, all embedded
+    images = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    assert len(images) == 7 and all(s.startswith("data:image/png;base64,") for s in images)
+    assert (out / "stress_corruptions.png").stat().st_size > 0
+
+
+def test_unknown_stress_section_is_a_config_error(analysed, tmp_path):
+    sweep, _ = analysed
+    cfg = compose_train_config(tmp_path, [f"sweep={sweep}", "stress=[calibration]"], "analyze")
+    with open_dict(cfg):
+        cfg.stress["nope"] = {}
+    with pytest.raises(ConfigError, match="unknown stress 'nope'; valid stresses: corruptions"):
+        analyze(cfg)
+
+
+def test_cli_composes_one_stress_and_rejects_unknown_names(analysed, tmp_path):
+    sweep, _ = analysed
+    copies = tmp_path / "runs"  # a copy: the fixture's stress.json files stay as analysed
+    for name in ("baseline_1", "label_smoothing_1"):
+        shutil.copytree(sweep / name, copies / name)
+    out = tmp_path / "cli"
+    runs = f"runs=[{copies / 'baseline_1'},{copies / 'label_smoothing_1'}]"
+    ok = subprocess.run(
+        [sys.executable, "analyze.py", runs, f"hydra.run.dir={out}", "gradcam.top_n=0",
+         "stress=[corruptions]", "stress.corruptions.max_images=20",
+         "stress.corruptions.types=[brightness]", "stress.corruptions.severities=[2]"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    rows = _rows(out)
+    assert rows[("baseline", "corruptions/mce")]["mean"] == "1.0"
+    assert rows[("label_smoothing", "corruptions/mean_acc")]["n_seeds"] == "1"
+    assert rows[("label_smoothing", "corruptions/mean_acc")]["std"] == ""
+    stress = _stress(copies, "baseline", 1)
+    assert stress["corruptions/num_types"] == 1 and "adversarial/pgd/eps8/acc" in stress
+    bad = subprocess.run(
+        [sys.executable, "analyze.py", "stress=[nope]", f"sweep={sweep}",
+         f"hydra.run.dir={tmp_path / 'bad'}"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    # Hydra composes conf/stress/<name>.yaml before analyze() runs: its own error, exit 1.
+    assert bad.returncode == 1
+    assert "Could not load 'stress/nope'" in bad.stderr
