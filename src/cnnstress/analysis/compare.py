@@ -151,7 +151,8 @@ def paired_test(reference: Mapping[int, float], other: Mapping[int, float]) -> P
     oth = np.array([other[s] for s in seeds], dtype=np.float64)
     delta = estimate(oth - ref)
     t = p = None
-    if len(seeds) >= 2 and np.ptp(oth - ref) > 0:
+    # Differences that agree to rounding error have no spread to test (t would be noise).
+    if len(seeds) >= 2 and np.ptp(oth - ref) > 1e-12:
         result = stats.ttest_rel(oth, ref)
         t, p = float(result.statistic), float(result.pvalue)
     return PairedTest(seeds, delta, t, p)
