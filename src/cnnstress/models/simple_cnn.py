@@ -19,8 +19,8 @@ class SimpleCNN(nn.Module):
     """Three conv-BN-ReLU-maxpool blocks and a linear head.
 
     Input ``(N, 3, 32, 32)``; the blocks give ``(N, w, 16, 16)``, ``(N, 2w, 8, 8)`` and
-    ``(N, 4w, 4, 4)``; global average pooling feeds the linear head. ``width=32`` gives the
-    32/64/128-channel model.
+    ``(N, 4w, 4, 4)``, flattened into the linear head. ``width=32`` gives the 32/64/128-channel
+    model.
     """
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
@@ -28,9 +28,8 @@ class SimpleCNN(nn.Module):
         self.block1 = _block(3, width)
         self.block2 = _block(width, 2 * width)
         self.block3 = _block(2 * width, 4 * width)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4 * width, num_classes)
+        self.fc = nn.Linear(4 * width * 4 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(torch.flatten(x, 1))
