@@ -2,12 +2,14 @@
 `python analyze.py runs=[RUN_DIR,RUN_DIR]`; writes a report into its own output directory."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
+from cnnstress.config import check_group_choices  # also registers the config resolvers
+from cnnstress.errors import exit_on_user_error
 
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 
@@ -16,11 +18,11 @@ os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> None:
     """Read the runs, compare them, and print where the report is."""
     from cnnstress.analysis import analyze
-    from cnnstress.errors import exit_on_user_error
 
     out = exit_on_user_error(analyze, cfg)
     print(f"cnnstress: report in {out / 'report.html'}")
 
 
 if __name__ == "__main__":
+    exit_on_user_error(check_group_choices, sys.argv[1:])
     main()

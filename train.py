@@ -1,12 +1,14 @@
 """Train one model: `python train.py model=simple_cnn dataset=cifar10 improvement=baseline`."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-import cnnstress.config  # noqa: F401  (registers the resolvers the configs use)
+from cnnstress.config import check_group_choices  # also registers the config resolvers
+from cnnstress.errors import exit_on_user_error
 
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 
@@ -14,11 +16,11 @@ os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train, test and write the run directory; return test accuracy (for sweepers)."""
-    from cnnstress.errors import exit_on_user_error
     from cnnstress.training import train
 
     return exit_on_user_error(train, cfg).get("test/acc", float("nan"))
 
 
 if __name__ == "__main__":
+    exit_on_user_error(check_group_choices, sys.argv[1:])
     main()

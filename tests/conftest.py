@@ -120,3 +120,13 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_train_config(out, [*TINY_RUN, *overrides])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny-tensor tests: avoids spin-wait stalls when the
+    two cores are shared with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

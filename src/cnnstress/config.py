@@ -66,6 +66,27 @@ def compose_config(
     return cfg
 
 
+def check_group_choices(args: Sequence[str], conf_dir: Path | None = None) -> None:
+    """Reject a command-line ``group=option`` (or ``group=[a,b]``, ``group=a,b``) naming an
+    option ``conf/<group>/`` does not have, listing the valid ones.
+
+    Hydra says so itself for a single option, but for a list (``augmentation=[crop,blur]``) it
+    only says it "could not load" the option. Plugin groups (``hydra/...``) are left to Hydra.
+    """
+    conf_dir = conf_dir or project_root() / "conf"
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        group = conf_dir / key
+        if not sep or "/" in key or "." in key or "(" in value or not group.is_dir():
+            continue
+        options = sorted(path.stem for path in group.glob("*.yaml"))
+        for option in value.strip("[] ").split(","):
+            if option.strip() not in ("", "null", *options):
+                raise ConfigError(
+                    f"unknown {key} option {option.strip()!r}; valid choices: {', '.join(options)}"
+                )
+
+
 def instantiate(config: Any, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that reports a bad config value as a :class:`ConfigError`.
 
