@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from cnnstress.analysis import analyze
 from cnnstress.run_files import read_metrics, read_predictions
 from cnnstress.training import train
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
@@ -87,6 +89,13 @@ def test_multirun_sweep_runs_every_job_and_resumes(tiny_cifar10_zip, tmp_path):
         + result.stdout.count("skipping this completed run")
         == 3
     )
+
+    # analyze.py reads the sweep directory: two groups of two seeds.
+    report = analyze(compose_train_config(tmp_path / "report", [f"sweep={sweep}"], "analyze"))
+    with (report / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["improvement"] for row in rows) == ["baseline", "label_smoothing"]
+    assert {row["n_seeds"] for row in rows} == {"2"}
 
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "slurm", "local_parallel"])
