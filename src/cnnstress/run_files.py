@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,18 +22,25 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 
 
-def _atomic_write(path: Path, write: callable) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` to ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
+def write_json(path: str | Path, data: Any, sort_keys: bool = False) -> Path:
+    """Write ``data`` as indented JSON atomically, creating the parent directory."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys)))
+    return path
+
+
 def write_metrics(run_dir: str | Path, metrics: Mapping[str, float]) -> Path:
     """Write ``metrics.json`` atomically (sorted keys, finite numbers or null)."""
     clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
-    path = Path(run_dir) / METRICS_FILE
-    _atomic_write(path, lambda p: p.write_text(json.dumps(clean, indent=2, sort_keys=True)))
-    return path
+    return write_json(Path(run_dir) / METRICS_FILE, clean, sort_keys=True)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, float]:

@@ -242,14 +242,20 @@ def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
             ax.errorbar(severities, np.nanmean(grid, 0), yerr=std, fmt=style + "o", capsize=3,
                         markersize=4, label=f"{group.key.improvement} (n={len(grid)})")  # fmt: skip
             ax.set_xticks(severities, ["clean" if s == 0 else str(s) for s in severities])
-        ax.set_xlabel("corruption severity")
-        ax.set_ylabel("top-1 accuracy (mean over corruption types)")
-        ax.set_ylim(0, 1)
-        ax.set_title("/".join(setting), fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _label_accuracy_axes(
+            ax, setting, "corruption severity", "top-1 accuracy (mean over corruption types)"
+        )
     fig.tight_layout()
     return fig
+
+
+def _label_accuracy_axes(ax: Axes, setting: tuple[str, ...], xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title("/".join(setting), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
@@ -277,11 +283,6 @@ def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
                 ax.errorbar([p for p, _ in points], [e.mean for e in est], yerr=std,
                             fmt="o-", capsize=3, markersize=4,
                             label=f"{group.key.improvement} {attack}")  # fmt: skip
-        ax.set_xlabel("eps (x 1/255, L-inf, pixel space)")
-        ax.set_ylabel("robust accuracy")
-        ax.set_ylim(0, 1)
-        ax.set_title("/".join(setting), fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _label_accuracy_axes(ax, setting, "eps (x 1/255, L-inf, pixel space)", "robust accuracy")
     fig.tight_layout()
     return fig

@@ -15,7 +15,6 @@ from cnnstress.callbacks.failures import (
     class_names,
     output_dir,
     tensorboard_writer,
-    write_json,
 )
 from cnnstress.plots import (
     confusion_matrix_figure,
@@ -24,6 +23,7 @@ from cnnstress.plots import (
     reliability_figure,
     save_png,
 )
+from cnnstress.run_files import write_json
 
 
 class ConfusionCalibration(L.Callback):

@@ -6,7 +6,6 @@ the TensorBoard writer, the run directory).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from cnnstress.errors import ConfigError
 from cnnstress.plots import image_grid, save_png, to_hwc
+from cnnstress.run_files import write_json
 
 # --- shared helpers ------------------------------------------------------------------------
 
@@ -56,15 +56,6 @@ def tensorboard_writer(trainer: L.Trainer) -> Any | None:
 def output_dir(trainer: L.Trainer, dirpath: str | os.PathLike | None, default: str) -> Path:
     """``dirpath`` if given, else ``<trainer.default_root_dir>/<default>``."""
     return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / default
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically, creating the parent directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
 
 
 def check_threshold(threshold: float, key: str) -> float:

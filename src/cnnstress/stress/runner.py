@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnstress.errors import ConfigError
+from cnnstress.run_files import write_json
 from cnnstress.stress import adversarial, calibration, corruption_suite, faithfulness, shift
 from cnnstress.stress.context import StressContext, load_context
 
@@ -128,8 +128,5 @@ def write_stress(
         k: v for k, v in read_stress(run_dir).items() if k.split("/", 1)[0] not in set(replace)
     }
     merged.update({k: _clean(v) for k, v in results.items()})
-    path = Path(run_dir) / STRESS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(dict(sorted(merged.items())), indent=2))
-    os.replace(tmp, path)
+    write_json(Path(run_dir) / STRESS_FILE, merged, sort_keys=True)
     return dict(sorted(merged.items()))
