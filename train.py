@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cnnstress.config import check_group_choices  # also registers the config resolvers
-from cnnstress.errors import exit_on_user_error
+from cnnstress.errors import exit_on_user_error, run_hydra_task
 
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 
@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float:
     """Train, test and write the run directory; return test accuracy (for sweepers)."""
     from cnnstress.training import train
 
-    return exit_on_user_error(train, cfg).get("test/acc", float("nan"))
+    return run_hydra_task(train, cfg).get("test/acc", float("nan"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ improvements disagree on some test images (the plain tiny zip is learnt perfectl
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import re
@@ -28,6 +29,7 @@ from torchvision.io import encode_png
 
 from cnnstress.analysis import analyse, analyze, collect_runs
 from cnnstress.analysis.gradcam import side_by_side
+from cnnstress.checkpoints import load_backbone
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.training import train
@@ -115,7 +117,7 @@ def _analysis_config(out: Path, *overrides: str):
 
 def test_runs_are_grouped_and_incomplete_run_is_skipped(sweep):
     collection = collect_runs(sweep=sweep)
-    assert sorted((r.key.improvement, r.seed) for r in collection.runs) == [
+    assert sorted((r.improvement, r.seed) for r in collection.runs) == [
         (i, s) for i in IMPROVEMENTS for s in SEEDS
     ]
     assert [s.path for s in collection.skipped] == [sweep / "incomplete"]
@@ -128,7 +130,7 @@ def test_accuracies_and_intervals_match_predictions(sweep):
         "cifar10/simple_cnn/baseline", "cifar10/simple_cnn/label_smoothing"
     ]  # fmt: skip
     for group in analysis.groups:
-        accs = [_correct(sweep / f"{group.key.improvement}_{s}").mean() for s in SEEDS]
+        accs = [_correct(sweep / f"{group.key.name}_{s}").mean() for s in SEEDS]
         metrics = [r.metrics["test/acc"] for r in group.runs]
         assert metrics == pytest.approx(accs, abs=1e-6)
         est = group.accuracy
@@ -142,7 +144,8 @@ def test_accuracies_and_intervals_match_predictions(sweep):
 def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
     analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     (comparison,) = analysis.comparisons
-    assert comparison.reference.key.improvement == "baseline"
+    assert comparison.reference.key.name == "baseline"
+    assert comparison.constrained and comparison.changed_keys == ["loss.label_smoothing"]
     b_sum = c_sum = 0
     for seed in SEEDS:
         ref, other = (
@@ -182,7 +185,7 @@ def test_threshold_curve_matches_predictions(sweep):
     analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     for group in analysis.groups:
         for row, seed in enumerate(group.seeds):
-            p = _predictions(sweep / f"{group.key.improvement}_{seed}")
+            p = _predictions(sweep / f"{group.key.name}_{seed}")
             conf, wrong = p["probs"].max(1), p["probs"].argmax(1) != p["target"]
             expected = [int((wrong & (conf >= t)).sum()) for t in THRESHOLDS]
             assert group.high_conf[row].tolist() == expected
@@ -203,12 +206,14 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
     md = (out / "report.md").read_text()
     assert str(sweep / "incomplete") in md and "no metrics.json" in md
     assert str(sweep / "incomplete") in (out / "summary.md").read_text()
-    rows = {r["improvement"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    rows = {r["name"]: r for r in csv.DictReader((out / "summary.csv").open())}
     for improvement in IMPROVEMENTS:
         accs = [_correct(sweep / f"{improvement}_{s}").mean() for s in SEEDS]
         assert float(rows[improvement]["acc_mean"]) == pytest.approx(np.mean(accs))
         assert rows[improvement]["n_seeds"] == "2"
     assert rows["label_smoothing"]["reference"] == "cifar10/simple_cnn/baseline"
+    assert rows["label_smoothing"]["constrained"] == "1"
+    assert rows["label_smoothing"]["differs_in"] == "loss.label_smoothing: 0.0 -> 0.1"
 
 
 def test_gradcam_shows_the_reference_top_failures(sweep):
@@ -232,7 +237,7 @@ def test_one_seed_reports_no_spread(sweep, tmp_path):
     out = tmp_path / "analysis"
     runs = f"runs=[{sweep / 'baseline_1'},{sweep / 'label_smoothing_1'}]"
     analyze(_analysis_config(out, runs, "gradcam.top_n=0"))
-    rows = {r["improvement"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    rows = {r["name"]: r for r in csv.DictReader((out / "summary.csv").open())}
     for row in rows.values():
         assert row["n_seeds"] == "1"
         assert row["acc_std"] == row["acc_ci_low"] == row["acc_ci_high"] == ""
@@ -240,12 +245,20 @@ def test_one_seed_reports_no_spread(sweep, tmp_path):
     assert "n/a" in (out / "summary.md").read_text()
 
 
+def edit_run(source: Path, target: Path, **changes: object) -> Path:
+    """Copy run ``source`` to ``target`` and set dotted config keys in its run.json."""
+    shutil.copytree(source, target)
+    record = json.loads((target / "run.json").read_text())
+    cfg = OmegaConf.create(record["config"])
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value)
+    record["config"] = OmegaConf.to_container(cfg)
+    (target / "run.json").write_text(json.dumps(record))
+    return target
+
+
 def test_other_model_is_never_pooled(sweep, tmp_path):
-    other = tmp_path / "other_model"
-    shutil.copytree(sweep / "baseline_2", other)
-    cfg = OmegaConf.load(other / ".hydra" / "config.yaml")
-    cfg.model.name = "other_cnn"
-    OmegaConf.save(cfg, other / ".hydra" / "config.yaml")
+    other = edit_run(sweep / "baseline_2", tmp_path / "other_model", model__name="other_cnn")
     analysis = analyse(collect_runs([other], sweep=sweep), "baseline", THRESHOLDS)
     labels = {g.key.label: len(g.runs) for g in analysis.groups}
     assert labels == {
@@ -256,17 +269,42 @@ def test_other_model_is_never_pooled(sweep, tmp_path):
     assert all(c.reference.key.model == c.other.key.model for c in analysis.comparisons)
 
 
-def test_group_pooling_different_settings_is_flagged(sweep, tmp_path):
-    other = tmp_path / "other_lr"
-    shutil.copytree(sweep / "baseline_2", other)
-    cfg = OmegaConf.load(other / ".hydra" / "config.yaml")
-    cfg.seed, cfg.optimizer.lr = 3, 0.5
-    OmegaConf.save(cfg, other / ".hydra" / "config.yaml")
-    analysis = analyse(collect_runs([other], sweep=sweep), "baseline", THRESHOLDS)
-    assert analysis.groups[0].seeds == [1, 2, 3]
-    assert analysis.notes == [
-        "cifar10/simple_cnn/baseline pools runs whose configs differ in: optimizer.lr"
+def test_groups_differing_in_epochs_are_apart_and_unconstrained(sweep, tmp_path):
+    longer = [
+        edit_run(sweep / f"label_smoothing_{s}", tmp_path / f"ls30_{s}", trainer__max_epochs=30)
+        for s in SEEDS
     ]
+    base30 = edit_run(sweep / "baseline_1", tmp_path / "b30", trainer__max_epochs=30)
+    analysis = analyse(collect_runs([*longer, base30], sweep=sweep), "baseline", THRESHOLDS)
+    names = {g.key.name: [r.seed for r in g.runs] for g in analysis.groups}
+    assert names == {
+        "baseline [trainer.max_epochs=2]": [1, 2],
+        "baseline [trainer.max_epochs=30]": [1],
+        "label_smoothing [trainer.max_epochs=2]": [1, 2],
+        "label_smoothing [trainer.max_epochs=30]": [1, 2],
+    }
+    # Each group is compared with the baseline it differs from least: the same epochs.
+    refs = {c.other.key.name: c.reference.key.name for c in analysis.comparisons}
+    assert refs == {
+        "label_smoothing [trainer.max_epochs=2]": "baseline [trainer.max_epochs=2]",
+        "label_smoothing [trainer.max_epochs=30]": "baseline [trainer.max_epochs=30]",
+    }
+    assert all(c.constrained for c in analysis.comparisons)
+
+    # With only the 2-epoch baseline as reference, the 30-epoch runs are unconstrained.
+    analysis = analyse(collect_runs(longer, sweep=sweep), "baseline", THRESHOLDS)
+    (unconstrained,) = [c for c in analysis.comparisons if not c.constrained]
+    assert unconstrained.other.key.name == "label_smoothing [trainer.max_epochs=30]"
+    assert unconstrained.unconstrained_keys == ["trainer.max_epochs"]
+    assert unconstrained.changed_keys == ["loss.label_smoothing"]
+    assert any("unconstrained comparison" in n and "trainer.max_epochs: 2 -> 30" in n
+               for n in analysis.notes)  # fmt: skip
+    out = tmp_path / "report"
+    analyze(_analysis_config(out, f"runs=[{','.join(map(str, longer))}]", f"sweep={sweep}",
+                             "gradcam.top_n=0"))  # fmt: skip
+    summary = (out / "summary.md").read_text()
+    assert "UNCONSTRAINED: trainer.max_epochs: 2 -> 30" in summary
+    assert "(unconstrained comparison)" in (out / "report.md").read_text()
 
 
 def test_second_run_of_a_seed_is_skipped_with_reason(sweep, tmp_path):
@@ -275,13 +313,57 @@ def test_second_run_of_a_seed_is_skipped_with_reason(sweep, tmp_path):
     collection = collect_runs([copy], sweep=sweep)
     assert len(collection.runs) == 4
     duplicate = next(s for s in collection.skipped if s.path == sweep / "label_smoothing_2")
-    assert f"seed 2 of cifar10/simple_cnn/label_smoothing already analysed from {copy}" in (
-        duplicate.reason
-    )
+    assert f"seed 2 of the same config already analysed from {copy}" in duplicate.reason
+
+
+def test_broken_run_directories_are_skipped_with_reasons(sweep, tmp_path):
+    source = sweep / "baseline_1"
+
+    def broken(name: str) -> Path:
+        target = tmp_path / "broken" / name
+        shutil.copytree(source, target)
+        return target
+
+    npz = broken("truncated_npz") / "predictions.npz"
+    npz.write_bytes(npz.read_bytes()[:200])
+    (broken("bad_run_json") / "run.json").write_text("{not json")
+    (broken("no_run_json") / "run.json").unlink()
+    metrics = broken("metrics_without_acc") / "metrics.json"
+    metrics.write_text(json.dumps({"test/loss": 1.0}))
+    edit_run(source, tmp_path / "broken" / "other_dataset", dataset__name="mnist")
+    edit_run(source, tmp_path / "broken" / "fewer_classes", dataset__name="cifar100")
+    hydra_yaml = broken("bad_hydra_yaml") / ".hydra" / "config.yaml"
+    hydra_yaml.write_text("model: [unclosed")  # run.json is what counts: still analysed
+    collection = collect_runs(sweep=tmp_path / "broken")
+    reasons = {s.path.name: s.reason for s in collection.skipped}
+    assert [r.path.name for r in collection.runs] == ["bad_hydra_yaml"]
+    assert "unreadable run files" in reasons["truncated_npz"]
+    assert "unreadable run files" in reasons["bad_run_json"]
+    assert "no run.json" in reasons["no_run_json"]
+    assert "no number test/acc" in reasons["metrics_without_acc"]
+    assert "dataset 'mnist' is not one cnnstress analyses" in reasons["other_dataset"]
+    assert "has 10 classes, cifar100 has 100" in reasons["fewer_classes"]
+    # The whole analysis goes through and lists every skipped directory.
+    out = tmp_path / "report"
+    analyze(_analysis_config(out, f"sweep={tmp_path / 'broken'}", "gradcam.top_n=1"))
+    md = (out / "report.md").read_text()
+    assert all(str(tmp_path / "broken" / name) in md for name in reasons)
+
+
+def test_foreign_target_in_a_run_config_is_refused(sweep, tmp_path):
+    evil = edit_run(sweep / "baseline_1", tmp_path / "evil", model__net___target_="os.system")
+    with pytest.raises(DataError, match=r"refusing to build model\.net with _target_=os\.system"):
+        load_backbone(evil)
+    nested = edit_run(
+        sweep / "baseline_1", tmp_path / "nested",
+        model__net__width={"_target_": "builtins.eval", "_args_": ["1"]},
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"_target_=builtins\.eval"):
+        load_backbone(nested)
 
 
 def test_bad_reference_and_no_runs_are_one_line_errors(sweep, tmp_path):
-    with pytest.raises(ConfigError, match="reference=cutmixx matches no group"):
+    with pytest.raises(ConfigError, match="reference=cutmixx matches no group; give a group name"):
         analyse(collect_runs(sweep=sweep), "cutmixx", THRESHOLDS)
     with pytest.raises(DataError, match="no run directories"):
         collect_runs(sweep=tmp_path)
@@ -306,7 +388,4 @@ def test_cli_on_sweep_and_on_empty_folder(sweep, tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
-    assert (
-        lines[-1]
-        == f"cnnstress: error: no run directories (with .hydra/config.yaml) below sweep={empty}"
-    )
+    assert lines[-1] == f"cnnstress: error: no run directories (with run.json) below sweep={empty}"

@@ -62,7 +62,7 @@ def _stress(sweep: Path, improvement: str, seed: int) -> dict:
 
 def _rows(out: Path) -> dict[tuple[str, str], dict[str, str]]:
     rows = csv.DictReader((out / "stress.csv").open())
-    return {(r["improvement"], r["metric"]): r for r in rows}
+    return {(r["name"], r["metric"]): r for r in rows}
 
 
 def test_every_run_has_its_stress_json(analysed):

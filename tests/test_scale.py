@@ -94,7 +94,7 @@ def test_multirun_sweep_runs_every_job_and_resumes(tiny_cifar10_zip, tmp_path):
     report = analyze(compose_train_config(tmp_path / "report", [f"sweep={sweep}"], "analyze"))
     with (report / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert sorted(row["improvement"] for row in rows) == ["baseline", "label_smoothing"]
+    assert sorted(row["name"] for row in rows) == ["baseline", "label_smoothing"]
     assert {row["n_seeds"] for row in rows} == {"2"}
 
 

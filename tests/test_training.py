@@ -47,7 +47,8 @@ def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path)
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/acc", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
-    assert any(tag.startswith("lr-") for tag in scalars)
+    assert "train/lr" in scalars and not any(tag.startswith("lr-") for tag in scalars)
+    assert on_disk["train/lr"] == pytest.approx(on_disk["train/base_lr"]) == cfg.optimizer.lr
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 

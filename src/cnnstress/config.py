@@ -1,4 +1,4 @@
-"""Checks on config values that no constructor checks, with messages naming the key."""
+"""Compose and check configs: the override pre-check, instantiation, value checks, resolvers."""
 
 from __future__ import annotations
 
@@ -10,27 +10,51 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import InstantiationException, OverrideParseException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnstress.errors import ConfigError, UserError
 
 
-def run_dir_of_checkpoint(training: bool, ckpt_path: str | None, default: str) -> str:
-    """When resuming training, the run directory of ``<run>/checkpoints/*.ckpt``; else ``default``.
+def claim_unique_dir(path: str) -> str:
+    """Create and return ``path``, or ``path-1``, ``path-2``, ... when it exists already.
 
-    Used as ``hydra.run.dir`` so that ``ckpt_path=RUN/checkpoints/last.ckpt`` resumes inside
-    RUN: the checkpoint callback then keeps its best score and best.ckpt across the restart.
-    An evaluation (``train=false``) gets a directory of its own.
+    The directory is created atomically (``os.mkdir``), so two runs started in the same second
+    (two terminals, a script) never share a run directory.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise UserError(f"cannot find a free run directory next to {base}")
+
+
+def run_dir(training: bool, ckpt_path: str | None, pattern: str) -> str:
+    """``hydra.run.dir``: when resuming training, the run directory of
+    ``<run>/checkpoints/*.ckpt``; else a new unique directory from ``pattern``.
+
+    ``ckpt_path=RUN/checkpoints/last.ckpt`` resumes inside RUN: the checkpoint callback then
+    keeps its best score and best.ckpt across the restart. An evaluation (``train=false``)
+    gets a directory of its own.
     """
     if training and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).parent.parent)
-    return default
+    return claim_unique_dir(pattern)
 
 
-if not OmegaConf.has_resolver("run_dir_of_checkpoint"):
-    OmegaConf.register_new_resolver("run_dir_of_checkpoint", run_dir_of_checkpoint)
+# Cached like Hydra's own ${now:...}: the value is resolved once and Hydra copies the cache
+# into every job's config, so a job never claims a second directory.
+for _name, _resolver in {"run_dir": run_dir, "unique_dir": claim_unique_dir}.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver, use_cache=True)
 
 
 def project_root() -> Path:
@@ -66,25 +90,86 @@ def compose_config(
     return cfg
 
 
-def check_group_choices(args: Sequence[str], conf_dir: Path | None = None) -> None:
-    """Reject a command-line ``group=option`` (or ``group=[a,b]``, ``group=a,b``) naming an
-    option ``conf/<group>/`` does not have, listing the valid ones.
+def parse_overrides(args: Sequence[str]) -> list[Override]:
+    """Parse command-line overrides with Hydra's own parser (flags such as ``-m`` and the
+    values of ``--cfg job`` are left out: only ``key=value``-style arguments are parsed)."""
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in args:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+            continue
+        try:
+            parsed += parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            message = " ".join(str(err).split())
+            raise ConfigError(f"cannot parse override {arg!r}: {message}") from None
+    return parsed
 
-    Hydra says so itself for a single option, but for a list (``augmentation=[crop,blur]``) it
-    only says it "could not load" the option. Plugin groups (``hydra/...``) are left to Hydra.
+
+def override_values(override: Override) -> list[Any]:
+    """The values an override sets: one, or each value of a sweep (``a,b``, ``[],[a,b]``)."""
+    if override.is_delete():
+        return []
+    return list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+
+
+def check_group_choices(args: Sequence[str], conf_dir: Path | None = None) -> None:
+    """Reject a command-line ``group=option`` naming an option ``conf/<group>/`` does not have
+    (also inside lists and sweeps: ``augmentation=[crop,blur]``, ``model=a,b``), listing the
+    valid ones.
+
+    Hydra says so itself for a single option, but for a list it only says it "could not load"
+    the option. Plugin groups (``hydra/...``) are left to Hydra.
     """
     conf_dir = conf_dir or project_root() / "conf"
-    for arg in args:
-        key, sep, value = arg.lstrip("+~").partition("=")
+    for override in parse_overrides(args):
+        key = override.key_or_group
         group = conf_dir / key
-        if not sep or "/" in key or "." in key or "(" in value or not group.is_dir():
+        if "/" in key or "." in key or not group.is_dir():
             continue
         options = sorted(path.stem for path in group.glob("*.yaml"))
-        for option in value.strip("[] ").split(","):
-            if option.strip() not in ("", "null", *options):
-                raise ConfigError(
-                    f"unknown {key} option {option.strip()!r}; valid choices: {', '.join(options)}"
-                )
+        for value in override_values(override):
+            for option in value if isinstance(value, list) else [value]:
+                if option is not None and str(option) not in options:
+                    raise ConfigError(
+                        f"unknown {key} option {option!r}; valid choices: {', '.join(options)}"
+                    )
+
+
+def overrides_changing(overrides: Sequence[str], prefixes: Sequence[str]) -> list[str]:
+    """The overrides (as typed) that set a key or group at or below one of ``prefixes``."""
+    return [
+        o.input_line
+        for o in parse_overrides(overrides)
+        if any(o.key_or_group == p or o.key_or_group.startswith(f"{p}.") for p in prefixes)
+    ]
+
+
+def improvement_changes(
+    cfg: DictConfig, overrides: Sequence[str], keys: Sequence[str], config_name: str = "train"
+) -> list[str]:
+    """The command-line overrides that make ``cfg``'s ``keys`` (augmentation, loss) differ from
+    what its improvement sets; empty when the run is exactly its improvement.
+
+    Composes ``config_name`` again without the overrides touching ``keys`` and compares: so
+    ``improvement=baseline augmentation=[crop,flip]`` (the baseline's own list) is exact.
+    """
+    touching = overrides_changing(overrides, keys)
+    if not touching:
+        return []
+    rest = [o for o in overrides if o not in touching]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app
+        canonical = compose(config_name=config_name, overrides=rest)
+    else:
+        with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
+            canonical = compose(config_name=config_name, overrides=rest)
+
+    def section(config: DictConfig, key: str) -> Any:
+        node = OmegaConf.select(config, key, default=None)
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    same = all(section(canonical, k) == section(cfg, k) for k in keys)
+    return [] if same else touching
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:

@@ -5,6 +5,11 @@ Contract (analysis relies on it):
 * ``metrics.json``: flat ``{"group/name": number}``; present only for a finished run.
 * ``predictions.npz``: ``index`` (int64), ``target`` (int64) and ``probs`` (float32, N x C,
   softmax) for the whole test set, sorted by index.
+* ``run.json``: what the run was, written just before ``metrics.json``: ``config`` (the
+  resolved config it ran with), ``fingerprint`` (:mod:`cnnstress.identity`), ``overrides``
+  (the command-line overrides) and ``improvement`` (its label and the overrides that changed
+  its augmentation or loss, if any). Hydra rewrites ``.hydra/config.yaml`` before a job even
+  starts, so skipping and analysis trust this record, not ``.hydra/``.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cnnstress import __version__
+from cnnstress.identity import fingerprint, run_identity
+
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
+RUN_FILE = "run.json"
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -71,3 +80,33 @@ def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Read a run's ``predictions.npz`` as a dict of arrays (``index``, ``target``, ``probs``)."""
     with np.load(Path(run_dir) / PREDICTIONS_FILE) as data:
         return {key: data[key] for key in data.files}
+
+
+def write_run_record(
+    run_dir: str | Path,
+    config: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    improvement_changed_by: Sequence[str] = (),
+) -> Path:
+    """Write ``run.json`` atomically: the resolved ``config`` (plain containers), its
+    fingerprint, the command-line ``overrides``, and the overrides that changed the
+    improvement's augmentation or loss."""
+    record = {
+        "fingerprint": fingerprint(run_identity(config)),
+        "config": dict(config),
+        "overrides": list(overrides),
+        "improvement": {
+            "name": config.get("improvement"),
+            "changed_by": list(improvement_changed_by),
+        },
+        "cnnstress_version": __version__,
+    }
+    return write_json(Path(run_dir) / RUN_FILE, record)
+
+
+def read_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """Read a run's ``run.json`` (raises ``OSError`` / ``ValueError`` when missing or broken)."""
+    record = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{RUN_FILE} has no config mapping")
+    return record

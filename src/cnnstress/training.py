@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cnnstress.callbacks import TrainSpeed
-from cnnstress.config import instantiate, validate_config
+from cnnstress.config import improvement_changes, instantiate, validate_config
 from cnnstress.data import CIFARDataModule
 from cnnstress.distributed import prepare_hydra_relaunch
 from cnnstress.errors import ConfigError
+from cnnstress.identity import IMPROVEMENT_KEYS, describe, differences, run_identity
 from cnnstress.module import ClassifierModule
-from cnnstress.run_files import METRICS_FILE, read_metrics, write_metrics, write_predictions
-from cnnstress.stress import run_stress
+from cnnstress.run_files import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_FILE,
+    read_metrics,
+    read_run_record,
+    write_metrics,
+    write_predictions,
+    write_run_record,
+)
+from cnnstress.stress import STRESS_FILE, run_stress
 
 log = logging.getLogger(__name__)
 
 
 def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
-    """The data module of ``cfg.dataset``, augmenting with ``cfg.augmentation``."""
-    augmentation = OmegaConf.to_container(cfg.get("augmentation") or {}, resolve=True)
+    """The data module of ``cfg.dataset``, augmenting with ``cfg.augmentation`` (none when
+    ``augmentation=[]``)."""
+    node = cfg.get("augmentation")
+    augmentation = OmegaConf.to_container(node, resolve=True) if node else {}
     return instantiate(cfg.dataset, seed=cfg.seed, augmentation=augmentation)
 
 
@@ -43,10 +59,16 @@ def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
     ``lr`` when given) and ``cfg.scheduler``."""
     scheduler = cfg.get("scheduler") or {}
     optimizer = instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr}))
+    schedule = None
+    if scheduler.get("schedule"):
+        # OneCycle's peak is the learning rate: it follows the (scaled) rate actually used.
+        one_cycle = scheduler.schedule.get("_target_", "").endswith("OneCycleLR")
+        peak = {"max_lr": lr} if one_cycle and lr is not None else {}
+        schedule = instantiate(scheduler.schedule, **peak)
     return ClassifierModule(
         net=instantiate(cfg.model.net),
         optimizer=optimizer,
-        scheduler=instantiate(scheduler.schedule) if scheduler.get("schedule") else None,
+        scheduler=schedule,
         scheduler_interval=scheduler.get("interval", "epoch"),
         num_classes=cfg.dataset.num_classes,
         label_smoothing=cfg.loss.label_smoothing,
@@ -62,8 +84,6 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
         # Without a validation split there is nothing to select on: keep only last.ckpt.
         checkpoint.update(monitor=None, save_top_k=0)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    if not loggers:  # LearningRateMonitor refuses to run without a logger (e.g. `~logger`)
-        callback_cfgs.pop("learning_rate_monitor", None)
     callbacks = [instantiate(c) for c in callback_cfgs.values() if c]
     # Without a validation split, switch the validation loop off instead of feeding it nothing.
     no_val = {} if has_val else {"limit_val_batches": 0}
@@ -78,26 +98,82 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     }
 
 
+# Files and folders a finished run leaves; removed before a finished run is replaced.
+RUN_OUTPUTS = (
+    METRICS_FILE, RUN_FILE, PREDICTIONS_FILE, STRESS_FILE, "checkpoints", "tensorboard",
+    "failures", "gradcam", "confusion_matrix.json", "confusion_matrix.png",
+    "reliability.json", "reliability.png", "stress_*.png",
+)  # fmt: skip
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain containers, every interpolation resolved."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def task_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def finished_run(cfg: DictConfig, run_dir: Path) -> dict[str, float] | None:
+    """Decide what to do with a run directory that already holds a finished run.
+
+    Returns its metrics when it is a finished run of this very config (same fingerprint) and
+    ``skip_completed`` is true; ``None`` when there is nothing to skip (no finished run, or it
+    is replaced because ``skip_completed=false``: its run files are removed first, by rank 0).
+
+    Raises:
+        ConfigError: a finished run of another config (or of an unknown one) is there and
+            ``skip_completed`` is true: nothing is ever overwritten silently.
+    """
+    if not (run_dir / METRICS_FILE).is_file():
+        return None
+    if cfg.get("skip_completed", True):
+        try:
+            recorded = run_identity(read_run_record(run_dir)["config"])
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"{run_dir} holds a finished run without a readable {RUN_FILE} ({err}); use "
+                "another output directory, or skip_completed=false to replace it"
+            ) from None
+        diffs = differences(recorded, run_identity(resolved_config(cfg)))
+        if not diffs:
+            log.info("%s already has %s: skipping this completed run", run_dir, METRICS_FILE)
+            return read_metrics(run_dir)
+        raise ConfigError(
+            f"{run_dir} holds a finished run of another config ({describe(diffs)}); use another "
+            "hydra.sweep.dir (or hydra.run.dir), or skip_completed=false to replace it"
+        )
+    log.warning("replacing the finished run in %s (skip_completed=false)", run_dir)
+    if rank_zero_only.rank == 0:
+        for pattern in RUN_OUTPUTS:
+            for path in run_dir.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, test, and write ``metrics.json`` and ``predictions.npz`` into the run directory.
+    """Fit, test, and write ``run.json``, ``predictions.npz`` and ``metrics.json``.
 
     The test uses ``best.ckpt`` when a validation split exists, else the final weights. With
     ``train=false`` the run only tests the weights in ``ckpt_path``. The run files are written
-    last, so a run that fails leaves no ``metrics.json``; a run directory that already has one
-    is complete and is skipped when ``skip_completed`` is true (re-running a sweep resumes it).
+    last, ``metrics.json`` at the very end, so a run that fails leaves no ``metrics.json``. A
+    directory that already holds a finished run is handled by :func:`finished_run`.
     """
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("skip_completed", False) and (run_dir / METRICS_FILE).is_file():
-        log.info("%s already has %s: skipping this completed run", run_dir, METRICS_FILE)
-        return read_metrics(run_dir)
+    if (done := finished_run(cfg, run_dir)) is not None:
+        return done
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg, datamodule.has_val)
     batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-    scale = lr_scale(cfg, batch)
-    module = build_module(cfg, lr=cfg.optimizer.lr * scale)
+    lr = cfg.optimizer.lr * lr_scale(cfg, batch)
+    module = build_module(cfg, lr=lr)
     prepare_hydra_relaunch(str(run_dir))  # before fit starts the other DDP processes
 
     if cfg.get("train", True):
@@ -108,21 +184,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:
         raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=PATH")
     metrics = _scalar_metrics(trainer)  # last epoch's train/ and val/ values
-    metrics.update({"train/effective_batch_size": batch, "train/lr": cfg.optimizer.lr * scale})
+    metrics.update({"train/effective_batch_size": batch, "train/base_lr": lr})
     trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
     metrics.update(_scalar_metrics(trainer))
     speed = next((c for c in trainer.callbacks if isinstance(c, TrainSpeed)), None)
     if speed is not None:
         metrics["train/images_per_sec"] = speed.images_per_sec
     metrics["time/wall_seconds"] = time.perf_counter() - start
-    hparams = OmegaConf.to_container(cfg, resolve=True)
+    config = resolved_config(cfg)
     final = {f"hp/{k.replace('/', '_')}": metrics[k] for k in ("test/acc", "test/loss")}
     for logger in trainer.loggers:  # the HPARAMS view: config next to the final test metrics
-        logger.log_hyperparams(hparams, final)
+        logger.log_hyperparams(config, final)
     if trainer.is_global_zero:
         predictions = module.predictions("test")
         write_predictions(run_dir, predictions.index, predictions.target, predictions.probs)
-        write_metrics(run_dir, metrics)
+        overrides = task_overrides()
+        changed = improvement_changes(cfg, overrides, IMPROVEMENT_KEYS)
+        write_run_record(run_dir, config, overrides, changed)
+        write_metrics(run_dir, metrics)  # last: the run is finished
         if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
             names = list(cfg.stress)
             run_stress(run_dir, names, cfg.stress, module.device, net=module.net, cfg=cfg)

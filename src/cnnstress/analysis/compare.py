@@ -17,8 +17,10 @@ import torch
 from scipy import stats
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cnnstress.analysis.runs import GroupKey, Run, RunCollection, SkippedRun, config_differences
+from cnnstress.analysis.groups import group_runs, improvement_keys, other_keys
+from cnnstress.analysis.runs import GroupKey, Run, RunCollection, SkippedRun
 from cnnstress.errors import ConfigError
+from cnnstress.identity import describe, differences
 
 # Below this many discordant pairs McNemar's test uses the exact binomial distribution; from
 # it on, the chi-square approximation with continuity correction (Edwards 1948). 25 is the
@@ -203,7 +205,6 @@ class GroupResult:
         high_conf: ``(S, T)`` high-confidence error counts, one row per seed, one column per
             threshold.
         per_class: ``(C,)`` per-class accuracy averaged over seeds.
-        config_diff: config keys that differ between its runs (should be empty).
     """
 
     key: GroupKey
@@ -212,7 +213,11 @@ class GroupResult:
     ece_by_seed: dict[int, float]
     high_conf: np.ndarray
     per_class: np.ndarray
-    config_diff: list[str]
+
+    @property
+    def identity(self) -> dict[str, object]:
+        """What every run of the group ran with, the seed aside."""
+        return self.runs[0].group_identity
 
     @property
     def seeds(self) -> list[int]:
@@ -246,6 +251,8 @@ class Comparison:
         transitions: seed -> 2x2 table for every seed both groups have and evaluated on the
             same test images; ``pooled`` sums them (``None`` without any).
         per_class_delta: ``(C,)`` seed-averaged per-class accuracy, other minus reference.
+        differences: ``{key: (reference value, other value)}`` for every identity key in
+            which the two groups differ (the seed aside).
     """
 
     reference: GroupResult
@@ -254,7 +261,24 @@ class Comparison:
     transitions: dict[int, Transitions]
     pooled: Transitions | None
     per_class_delta: np.ndarray
+    differences: dict[str, tuple[object, object]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def unconstrained_keys(self) -> list[str]:
+        """Differing keys outside augmentation and loss: if any, the comparison is not of one
+        constrained improvement against its reference."""
+        return other_keys(list(self.differences))
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the groups differ only in augmentation and loss keys."""
+        return not self.unconstrained_keys
+
+    @property
+    def changed_keys(self) -> list[str]:
+        """Differing augmentation and loss keys."""
+        return improvement_keys(list(self.differences))
 
     @property
     def delta_mean(self) -> float:
@@ -303,7 +327,6 @@ def group_result(key: GroupKey, runs: Sequence[Run], thresholds: Sequence[float]
         ece_by_seed={r.seed: expected_calibration_error(r.probs, r.target) for r in runs},
         high_conf=np.stack([high_conf_errors(r.probs, r.target, thresholds) for r in runs]),
         per_class=per_class_mean,
-        config_diff=config_differences(runs),
     )
 
 
@@ -331,77 +354,91 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
         transitions=tables,
         pooled=pool_transitions(list(tables.values())) if tables else None,
         per_class_delta=other.per_class - reference.per_class,
+        differences=differences(reference.identity, other.identity),
         notes=notes,
     )
 
 
-def _reference_groups(groups: Sequence[GroupResult], reference: str) -> list[GroupResult]:
-    if "/" in reference:
-        chosen = [g for g in groups if g.key.label == reference]
-        if not chosen:
-            labels = ", ".join(g.key.label for g in groups)
-            raise ConfigError(f"reference={reference} is not a group; groups: {labels}")
-        return chosen
-    chosen = [g for g in groups if g.key.improvement == reference]
-    settings = {g.key.setting for g in groups}
-    several = any(sum(g.key.setting == s for g in groups) > 1 for s in settings)
-    if not chosen and several:
-        names = ", ".join(sorted({g.key.improvement for g in groups}))
-        raise ConfigError(
-            f"reference={reference} matches no group; give an improvement ({names}) "
-            "or a group label dataset/model/improvement"
-        )
-    return chosen
+def _matches(group: GroupResult, reference: str) -> bool:
+    """Whether ``reference`` names ``group``: its full label, its name, or its name without the
+    ``[key=value]`` part that tells same-named groups apart."""
+    name = group.key.name
+    return reference in (group.key.label, name, name.split(" [", 1)[0].split(" #", 1)[0])
+
+
+def _closest(group: GroupResult, candidates: Sequence[GroupResult]) -> GroupResult:
+    """The reference candidate ``group`` differs from in the fewest keys outside augmentation
+    and loss (then in the fewest keys at all; then by label)."""
+
+    def distance(candidate: GroupResult) -> tuple[int, int, str]:
+        keys = list(differences(candidate.identity, group.identity))
+        return (len(other_keys(keys)), len(keys), candidate.key.label)
+
+    return min(candidates, key=distance)
 
 
 def analyse(
     collection: RunCollection, reference: str = "baseline", thresholds: Sequence[float] = (0.5,)
 ) -> Analysis:
-    """Group the runs by (dataset, model, improvement) and compare each group with its reference.
+    """Group the runs by what they ran (:mod:`cnnstress.analysis.groups`) and compare each group
+    with a reference group of its (dataset, model) setting.
 
-    ``reference`` is an improvement name (the reference of every setting that has it) or a
-    group label ``dataset/model/improvement`` (the reference of that setting only).
+    ``reference`` is a group name (``baseline``, ``augmentation=[]``) or a full group label
+    ``dataset/model/name``. When several groups of a setting match it, each other group is
+    compared with the one it differs from least. A comparison whose groups also differ outside
+    augmentation and loss is kept but marked unconstrained (:attr:`Comparison.constrained`).
 
     Raises:
         ConfigError: ``reference`` names no group while some setting has groups to compare.
     """
     thresholds = tuple(float(t) for t in thresholds)
-    by_key: dict[GroupKey, list[Run]] = {}
-    for run in collection.runs:
-        by_key.setdefault(run.key, []).append(run)
-    groups = [group_result(k, by_key[k], thresholds) for k in sorted(by_key)]
-    references = _reference_groups(groups, reference)
-    ref_of = {g.key.setting: g for g in references}
-
-    # Within a setting the reference comes first, then the other improvements by name.
-    def order(g: GroupResult) -> tuple:
-        return (g.key.setting, g is not ref_of.get(g.key.setting), g.key.improvement)
-
-    groups.sort(key=order)
-    notes = []
-    for g in groups:
-        if g.config_diff:
-            notes.append(
-                f"{g.key.label} pools runs whose configs differ in: {', '.join(g.config_diff)}"
-            )
+    groups = [group_result(k, runs, thresholds) for k, runs in group_runs(collection.runs).items()]
+    candidates = [g for g in groups if _matches(g, reference)]
+    settings = sorted({g.key.setting for g in groups})
+    if not candidates and any(sum(g.key.setting == s for g in groups) > 1 for s in settings):
+        names = ", ".join(sorted({g.key.name for g in groups}))
+        raise ConfigError(
+            f"reference={reference} matches no group; give a group name ({names}) "
+            "or a group label dataset/model/name"
+        )
+    is_reference = {g.key for g in candidates}
+    # Within a setting the reference(s) come first, then the other groups by name.
+    groups.sort(key=lambda g: (g.key.setting, g.key not in is_reference, g.key.name))
+    notes: list[str] = []
     comparisons = []
-    for setting in sorted({g.key.setting for g in groups}):
+    for setting in settings:
         members = [g for g in groups if g.key.setting == setting]
-        ref = ref_of.get(setting)
-        if ref is None:
+        refs = [g for g in members if g.key in is_reference]
+        if not refs:
             if len(members) > 1:
                 notes.append(
                     f"{'/'.join(setting)} has no reference group ({reference}): "
                     "its groups are summarised but not compared"
                 )
             continue
-        comparisons.extend(compare(ref, g) for g in members if g is not ref)
+        if len(refs) > 1:
+            notes.append(
+                f"{len(refs)} groups of {'/'.join(setting)} match reference={reference} "
+                f"({', '.join(g.key.name for g in refs)}): each other group is compared with "
+                "the one it differs from least"
+            )
+        for group in members:
+            if group.key in is_reference:
+                continue
+            comparison = compare(_closest(group, refs), group)
+            comparisons.append(comparison)
+            if not comparison.constrained:
+                notes.append(
+                    f"{group.key.label} vs {comparison.reference.key.name}: unconstrained "
+                    f"comparison, the groups also differ in "
+                    f"{describe(comparison.differences, keys=comparison.unconstrained_keys)}"
+                )
     return Analysis(
         groups=groups,
         comparisons=comparisons,
         thresholds=thresholds,
         reference=reference,
-        reference_keys={g.key for g in references},
+        reference_keys=is_reference,
         skipped=list(collection.skipped),
         notes=notes,
     )

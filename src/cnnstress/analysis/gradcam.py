@@ -47,7 +47,7 @@ class CamColumn:
 
 @dataclass(frozen=True)
 class SideBySide:
-    """The reference's top failures of one setting and every compared model's CAMs on them.
+    """A reference group's top failures and every compared model's CAMs on them.
 
     Attributes:
         images: ``(N, 3, H, W)`` uint8 test images. index: ``(N,)`` their test-set positions.
@@ -82,11 +82,7 @@ def cam_settings(
 
 def _test_images(run: Run) -> torch.Tensor:
     """The run's test split, uint8 ``(N, 3, H, W)``, read from its configured root."""
-    try:
-        root = OmegaConf.select(run.config, "dataset.root", throw_on_resolution_failure=True)
-    except Exception as err:  # an interpolation that only resolves inside training
-        raise DataError(f"cannot resolve dataset.root of {run.path}: {err}") from err
-    return load_split(root, run.key.dataset, "test").images
+    return load_split(str(run.config.dataset.root), run.dataset, "test").images
 
 
 def _normalize(images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
@@ -96,6 +92,7 @@ def _normalize(images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
 
 
 def _column(
+    name: str,
     run: Run,
     positions: np.ndarray,
     images: torch.Tensor,
@@ -111,7 +108,7 @@ def _column(
     maps = compute_heatmaps(
         net, _normalize(images, cfg).to(device), torch.from_numpy(pred), method, module
     )
-    title = f"{run.key.improvement} (seed {run.seed})"
+    title = f"{name} (seed {run.seed})"
     shown_layer = None if module is None else layer
     return CamColumn(title, method, shown_layer, pred, conf, maps.numpy())
 
@@ -152,13 +149,17 @@ def side_by_side(
     if index.max() >= len(split):
         raise DataError(f"{ref_run.path}: predictions index {index.max()} beyond the test split")
     images = split[torch.from_numpy(index)]
-    columns = [_column(ref_run, positions, images, device, method, target_layer)]
+    columns = [
+        _column(reference.key.name, ref_run, positions, images, device, method, target_layer)
+    ]
     for comparison in comparisons:
         group = comparison.other
         run = group.run(seed) if seed in group.seeds else group.runs[0]
         if not np.array_equal(run.index, ref_run.index):
             raise DataError(f"{run.path} was tested on other images than {ref_run.path}")
-        columns.append(_column(run, positions, images, device, method, target_layer))
+        columns.append(
+            _column(group.key.name, run, positions, images, device, method, target_layer)
+        )
     return SideBySide(
         setting=reference.key.setting,
         classes=class_names(reference.key.dataset),
@@ -169,8 +170,7 @@ def side_by_side(
     )
 
 
-def default_filename(setting: tuple[str, str], several: bool) -> str:
-    """``gradcam_side_by_side.png``, or with ``_<dataset>_<model>`` when several settings."""
-    if several:
-        return f"gradcam_side_by_side_{setting[0]}_{setting[1]}.png"
-    return "gradcam_side_by_side.png"
+def default_filename(number: int | None = None) -> str:
+    """``gradcam_side_by_side.png``, or ``gradcam_side_by_side_<n>.png`` for the n-th of
+    several reference groups."""
+    return "gradcam_side_by_side.png" if number is None else f"gradcam_side_by_side_{number}.png"

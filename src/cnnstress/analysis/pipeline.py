@@ -79,12 +79,12 @@ def _gradcam(cfg: DictConfig, analysis: Analysis, out: Path) -> tuple[list[str],
     top_n = int(OmegaConf.select(cfg, "gradcam.top_n", default=0))
     if top_n == 0:
         return [], ["Grad-CAM figure switched off (gradcam.top_n=0)."]
-    settings = sorted({c.reference.key.setting for c in analysis.comparisons})
-    if not settings:
+    references = sorted({c.reference.key for c in analysis.comparisons})
+    if not references:
         return [], ["No comparison, so no Grad-CAM figure."]
     files, notes = [], []
-    for setting in settings:
-        comparisons = [c for c in analysis.comparisons if c.reference.key.setting == setting]
+    for n, reference in enumerate(references):
+        comparisons = [c for c in analysis.comparisons if c.reference.key == reference]
         try:
             side = side_by_side(
                 comparisons,
@@ -96,18 +96,18 @@ def _gradcam(cfg: DictConfig, analysis: Analysis, out: Path) -> tuple[list[str],
         except ConfigError:
             raise
         except UserError as err:  # a moved dataset or a missing checkpoint: say so, go on
-            notes.append(f"{'/'.join(setting)}: no Grad-CAM figure: {err}")
-            log.warning("no Grad-CAM figure for %s: %s", "/".join(setting), err)
+            notes.append(f"{reference.label}: no Grad-CAM figure: {err}")
+            log.warning("no Grad-CAM figure for %s: %s", reference.label, err)
             continue
         if side is None:
-            notes.append(f"{'/'.join(setting)}: the reference has no test failure to show.")
+            notes.append(f"{reference.label}: the reference has no test failure to show.")
             continue
-        name = default_filename(setting, several=len(settings) > 1)
+        name = default_filename(n if len(references) > 1 else None)
         plots.save_figure(plots.gradcam_figure(side), out / name)
         files.append(name)
         column = side.columns[0]
         notes.append(
-            f"{'/'.join(setting)}: {len(side.index)} most confident failures of "
+            f"{reference.label}: {len(side.index)} most confident failures of "
             f"{column.title}; CAM {column.settings} (as in training "
             "unless gradcam.method / gradcam.target_layer are set)."
         )

@@ -45,7 +45,7 @@ def _grid(n: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure, list[
 
 
 def _title(comparison: Comparison) -> str:
-    return f"{comparison.other.key.label}\nvs {comparison.reference.key.improvement}"
+    return f"{comparison.other.key.label}\nvs {comparison.reference.key.name}"
 
 
 def transitions_figure(analysis: Analysis) -> Figure | None:
@@ -109,7 +109,7 @@ def high_conf_errors_figure(analysis: Analysis) -> Figure:
             std = group.high_conf.std(0, ddof=1) if len(group.runs) > 1 else None
             style = "-" if not analysis.is_reference(group.key) else "--"
             ax.errorbar(thresholds, mean, yerr=std, fmt=style + "o", capsize=3, markersize=4,
-                        label=f"{group.key.improvement} (n={len(group.runs)})")  # fmt: skip
+                        label=f"{group.key.name} (n={len(group.runs)})")  # fmt: skip
         ax.set_xlabel("confidence threshold")
         ax.set_ylabel("wrong predictions with confidence >= threshold")
         ax.set_title("/".join(setting), fontsize=10)
@@ -174,7 +174,7 @@ def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Fi
             bins = reliability_bins(conf, correct, n_bins)
             filled = bins["count"] > 0
             ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "o-", markersize=4,
-                    label=f"{group.key.improvement} (ECE {group.ece.mean:.3f})")  # fmt: skip
+                    label=f"{group.key.name} (ECE {group.ece.mean:.3f})")  # fmt: skip
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel(f"mean confidence per bin ({n_bins} bins)")
@@ -240,7 +240,7 @@ def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
             std = np.nanstd(grid, 0, ddof=1) if len(grid) > 1 else None
             style = "--" if group.key in stress.reference_keys else "-"
             ax.errorbar(severities, np.nanmean(grid, 0), yerr=std, fmt=style + "o", capsize=3,
-                        markersize=4, label=f"{group.key.improvement} (n={len(grid)})")  # fmt: skip
+                        markersize=4, label=f"{group.key.name} (n={len(grid)})")  # fmt: skip
             ax.set_xticks(severities, ["clean" if s == 0 else str(s) for s in severities])
         _label_accuracy_axes(
             ax, setting, "corruption severity", "top-1 accuracy (mean over corruption types)"
@@ -282,7 +282,7 @@ def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
                 std = [e.std for e in est] if all(e.std is not None for e in est) else None
                 ax.errorbar([p for p, _ in points], [e.mean for e in est], yerr=std,
                             fmt="o-", capsize=3, markersize=4,
-                            label=f"{group.key.improvement} {attack}")  # fmt: skip
+                            label=f"{group.key.name} {attack}")  # fmt: skip
         _label_accuracy_axes(ax, setting, "eps (x 1/255, L-inf, pixel space)", "robust accuracy")
     fig.tight_layout()
     return fig

@@ -28,6 +28,7 @@ from cnnstress.analysis.compare import (
 )
 from cnnstress.analysis.stress import StressSummary
 from cnnstress.data import class_names
+from cnnstress.identity import describe
 
 NA = "n/a"
 
@@ -172,9 +173,19 @@ def _threshold(t: float) -> str:
 
 
 # -- content ----------------------------------------------------------------------------------
+def differs_in(comparison: Comparison) -> str:
+    """What a compared group changes against its reference: ``augmentation.cutout.size: 16 -> 8``;
+    keys outside augmentation and loss are flagged as an unconstrained comparison."""
+    changed = describe(comparison.differences, keys=comparison.changed_keys) or "nothing"
+    if comparison.constrained:
+        return changed
+    other = describe(comparison.differences, keys=comparison.unconstrained_keys)
+    return f"UNCONSTRAINED: {other}; and {changed}"
+
+
 def _delta_cells(comparison: Comparison | None) -> list[str]:
     if comparison is None:
-        return ["reference", "", ""]
+        return ["reference", "", "", ""]
     paired = comparison.paired
     if paired.delta.n >= 2:
         delta = f"{_mean_std(paired.delta, 100)} {_ci(paired.delta, 100)}"
@@ -184,7 +195,7 @@ def _delta_cells(comparison: Comparison | None) -> list[str]:
         test = f"{NA} ({paired.delta.n} shared seed(s))"
     pooled = comparison.pooled
     moved = NA if pooled is None else f"+{pooled.corrected} / -{pooled.worsened}"
-    return [delta, test, moved]
+    return [delta, test, moved, differs_in(comparison)]
 
 
 def summary_table(analysis: Analysis) -> Table:
@@ -193,6 +204,7 @@ def summary_table(analysis: Analysis) -> Table:
         "group", "seeds", "test acc % (mean ± std)", "95% CI", "ECE",
         *(f"HCE≥{_threshold(t)}" for t in analysis.thresholds),
         "Δ acc vs ref (pp) [95% CI]", "paired t-test p", "corrected / worsened (pooled)",
+        "differs from ref in",
     ]  # fmt: skip
     rows = []
     for group in analysis.groups:
@@ -218,7 +230,7 @@ def _opt(value: float | None) -> str | float:
 def write_summary_csv(analysis: Analysis, path: Path) -> Path:
     """``summary.csv``: one row per group, raw fractions, empty cells where not defined."""
     header = [
-        "dataset", "model", "improvement", "label", "is_reference", "n_seeds", "seeds",
+        "dataset", "model", "name", "label", "is_reference", "n_seeds", "seeds",
         "acc_mean", "acc_std", "acc_ci_low", "acc_ci_high",
         "ece_mean", "ece_std", "ece_ci_low", "ece_ci_high",
     ]  # fmt: skip
@@ -229,6 +241,7 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
         "paired_delta_ci_low", "paired_delta_ci_high", "paired_t", "paired_p",
         "pooled_corrected", "pooled_worsened", "pooled_both_wrong", "pooled_both_right",
         "pooled_mcnemar_method", "pooled_mcnemar_statistic", "pooled_mcnemar_p",
+        "constrained", "differs_in",
     ]  # fmt: skip
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -236,7 +249,7 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
         for g in analysis.groups:
             acc, ece = g.accuracy, g.ece
             row: list[object] = [
-                g.key.dataset, g.key.model, g.key.improvement, g.key.label,
+                g.key.dataset, g.key.model, g.key.name, g.key.label,
                 int(analysis.is_reference(g.key)), acc.n, ";".join(map(str, g.seeds)),
                 acc.mean, _opt(acc.std), _opt(acc.ci_low), _opt(acc.ci_high),
                 ece.mean, _opt(ece.std), _opt(ece.ci_low), _opt(ece.ci_high),
@@ -246,7 +259,7 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
                 row += [h.mean, _opt(h.std)]
             c = analysis.comparison_for(g.key)
             if c is None:
-                row += [""] * 16
+                row += [""] * 18
             else:
                 d, pooled = c.paired.delta, c.pooled
                 row += [
@@ -259,6 +272,7 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
                     m = pooled.mcnemar
                     row += [pooled.corrected, pooled.worsened, pooled.both_wrong,
                             pooled.both_right, m.method, m.statistic, m.pvalue]  # fmt: skip
+                row += [int(c.constrained), describe(c.differences, limit=50)]
             writer.writerow(row)
     return path
 
@@ -286,8 +300,8 @@ def stress_tables(stress: StressSummary) -> list[Block]:
         headers = ["metric"]
         for g in groups:
             ref = " (reference)" if g.key in stress.reference_keys else ""
-            headers.append(f"{g.key.improvement}{ref} (n={len(g.seeds)})")
-        headers += [f"Δ {g.key.improvement} vs ref (paired p)" for g in others]
+            headers.append(f"{g.key.name}{ref} (n={len(g.seeds)})")
+        headers += [f"Δ {g.key.name} vs ref (paired p)" for g in others]
         rows = []
         for metric in stress.headline:
             if not any(metric in g.values for g in groups):
@@ -310,7 +324,7 @@ def write_stress_csv(stress: StressSummary, path: Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([
-            "dataset", "model", "improvement", "label", "is_reference", "metric", "headline",
+            "dataset", "model", "name", "label", "is_reference", "metric", "headline",
             "n_seeds", "seeds", "mean", "std", "ci_low", "ci_high", "reference",
             "delta_of_means", "paired_n", "paired_delta_mean", "paired_delta_std", "paired_t",
             "paired_p",
@@ -321,7 +335,7 @@ def write_stress_csv(stress: StressSummary, path: Path) -> Path:
                     continue
                 e = g.estimate(metric)
                 row: list[object] = [
-                    g.key.dataset, g.key.model, g.key.improvement, g.key.label,
+                    g.key.dataset, g.key.model, g.key.name, g.key.label,
                     int(g.key in stress.reference_keys), metric,
                     int(metric in stress.headline), e.n,
                     ";".join(map(str, sorted(g.values[metric]))), e.mean, _opt(e.std),
@@ -430,8 +444,14 @@ METHOD_NOTES = [
     "are not: read its p-value as indicative, the per-seed tests as the valid ones.",
     "HCE≥t: wrong predictions with top-1 confidence ≥ t, counted per run, mean over seeds.",
     "ECE: top-1 expected calibration error, 15 equal-width bins, L1 (torchmetrics).",
-    "Groups are (dataset, model, improvement) from each run's .hydra/config.yaml; runs of "
-    "different datasets or models are never pooled or compared.",
+    "A group is the set of runs whose recorded configs (run.json) differ only in the seed; it "
+    "is named after its improvement when its augmentation and loss are exactly that "
+    "improvement's, else after the overrides that changed them. Groups of different datasets "
+    "or models are never pooled or compared.",
+    "Each group is compared with the reference group of its dataset and model; 'differs from "
+    "ref in' lists every config key the two differ in. A comparison that also differs outside "
+    "augmentation and loss (epochs, optimizer, data, ...) is an UNCONSTRAINED comparison: its "
+    "difference is not the effect of one constrained improvement.",
 ]
 
 
@@ -464,7 +484,9 @@ def build_blocks(
     if not analysis.comparisons:
         blocks.append(Paragraph("No group to compare with a reference."))
     for c in analysis.comparisons:
-        blocks.append(Heading(3, f"{c.other.key.label} vs {c.reference.key.label}"))
+        kind = "" if c.constrained else " (unconstrained comparison)"
+        blocks.append(Heading(3, f"{c.other.key.label} vs {c.reference.key.label}{kind}"))
+        blocks.append(Paragraph(f"Differs from the reference in: {differs_in(c)}."))
         rows = [_transition_row(str(s), t) for s, t in c.transitions.items()]
         if c.pooled is not None:
             rows.append(_transition_row("pooled", c.pooled))

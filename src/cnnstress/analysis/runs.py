@@ -1,6 +1,7 @@
 """Find run directories and load what a finished run left behind.
 
-A run directory holds ``.hydra/config.yaml``; a finished one also holds ``metrics.json`` and
+A run directory holds ``.hydra/config.yaml``; a finished one also holds ``run.json`` (the
+config it ran with, which Hydra's ``.hydra/`` may no longer say), ``metrics.json`` and
 ``predictions.npz`` (see :mod:`cnnstress.run_files`). Nothing here imports training code.
 """
 
@@ -11,33 +12,49 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cnnstress.checkpoints import CONFIG_FILE, load_run_config
+from cnnstress.data import class_names
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_files import METRICS_FILE, PREDICTIONS_FILE, read_metrics, read_predictions
+from cnnstress.identity import SEED_KEYS, fingerprint, run_identity
+from cnnstress.run_files import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_FILE,
+    read_metrics,
+    read_predictions,
+    read_run_record,
+)
 
 log = logging.getLogger(__name__)
 
-# Config keys that may differ between the seeds of one group without making them different
-# experiments (where the run wrote, which checkpoint it resumed from).
-IGNORED_CONFIG_KEYS = ("seed", "ckpt_path", "paths.")
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """What makes runs comparable: the same dataset, backbone and improvement."""
+    """A group: runs whose identities (:mod:`cnnstress.identity`) differ only in the seed.
+
+    Attributes:
+        dataset, model: ``dataset.name`` and ``model.name``.
+        name: the improvement the group's augmentation and loss are, or the overrides that
+            made them differ from it (e.g. ``augmentation=[]``), plus ``[key=value]`` for what
+            tells it apart from another group of the same name (see ``analyse``).
+        config_id: the fingerprint of the identity without the seed.
+    """
 
     dataset: str
     model: str
-    improvement: str
+    name: str
+    config_id: str = ""
 
     @property
     def label(self) -> str:
-        """``dataset/model/improvement``, the name a group has in reports and in ``reference=``."""
-        return f"{self.dataset}/{self.model}/{self.improvement}"
+        """``dataset/model/name``, the name a group has in reports and in ``reference=``."""
+        return f"{self.dataset}/{self.model}/{self.name}"
 
     @property
     def setting(self) -> tuple[str, str]:
@@ -47,27 +64,51 @@ class GroupKey:
 
 @dataclass(frozen=True)
 class Run:
-    """One finished run.
+    """One finished run, as its ``run.json`` and run files describe it.
 
     Attributes:
         path: the run directory.
-        config: its saved (unresolved) ``.hydra/config.yaml``.
-        key: its group.
+        config: the resolved config it ran with.
+        identity: its flat identity (:func:`cnnstress.identity.run_identity`).
         seed: ``config.seed``.
+        improvement: the ``improvement`` label it ran under.
+        changed_by: the command-line overrides that changed that improvement's augmentation or
+            loss (empty: the run is exactly the improvement).
         metrics: ``metrics.json``.
-        index: ``(N,)`` int64 test-set positions.
-        target: ``(N,)`` int64 true classes.
+        index: ``(N,)`` int64 test-set indices. target: ``(N,)`` int64 true classes.
         probs: ``(N, C)`` float32 softmax outputs.
     """
 
     path: Path
     config: DictConfig
-    key: GroupKey
+    identity: dict[str, Any]
     seed: int
+    improvement: str
+    changed_by: tuple[str, ...]
     metrics: dict[str, float | None]
     index: np.ndarray
     target: np.ndarray
     probs: np.ndarray
+
+    @property
+    def dataset(self) -> str:
+        """``dataset.name``."""
+        return str(self.config.dataset.name)
+
+    @property
+    def model(self) -> str:
+        """``model.name``."""
+        return str(self.config.model.name)
+
+    @property
+    def group_identity(self) -> dict[str, Any]:
+        """The identity without the seed: what every run of its group shares."""
+        return {k: v for k, v in self.identity.items() if k not in SEED_KEYS}
+
+    @property
+    def group_id(self) -> tuple[str, str, str]:
+        """``(dataset, model, fingerprint of group_identity)``."""
+        return (self.dataset, self.model, fingerprint(self.group_identity))
 
     @property
     def pred(self) -> np.ndarray:
@@ -106,62 +147,81 @@ class RunCollection:
     skipped: list[SkippedRun] = field(default_factory=list)
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory (it has ``run.json`` or ``.hydra/config.yaml``)."""
+    return (path / RUN_FILE).is_file() or (path / HYDRA_CONFIG).is_file()
+
+
 def find_run_dirs(sweep: str | Path) -> list[Path]:
-    """Every directory at or below ``sweep`` that has ``.hydra/config.yaml``, sorted."""
-    root = Path(sweep)
+    """Every run directory at or below ``sweep`` (:func:`is_run_dir`), sorted."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, _ in os.walk(Path(sweep)):
         here = Path(dirpath)
-        if here.name == ".hydra":
-            dirnames.clear()
-            if "config.yaml" in filenames:
-                found.append(here.parent)
-        else:
-            # Run contents (checkpoints, event files) never hold another run.
-            dirnames[:] = [d for d in dirnames if d not in {"checkpoints", "tensorboard"}]
+        if is_run_dir(here):
+            found.append(here)
+        # Run contents (checkpoints, event files, Hydra's folder) never hold another run.
+        dirnames[:] = [d for d in dirnames if d not in {"checkpoints", "tensorboard", ".hydra"}]
     return sorted(found)
 
 
-def _group_key(cfg: DictConfig) -> tuple[GroupKey, int]:
-    values = {}
-    for key in ("dataset.name", "model.name", "improvement", "seed"):
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            raise DataError(f"config has no {key}: not a training run")
-        values[key] = value
-    dataset, model, improvement = (
-        str(values[k]) for k in ("dataset.name", "model.name", "improvement")
-    )
-    key = GroupKey(dataset, model, improvement)
-    return key, int(values["seed"])
+def _number(metrics: dict[str, Any], key: str) -> None:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"{METRICS_FILE} has no number {key} (got {value!r})")
 
 
 def load_run(path: str | Path) -> Run:
     """Load a finished run.
 
     Raises:
-        DataError: not a training run, not finished (no ``metrics.json``), or its files are
-            missing, unreadable or inconsistent.
+        DataError: not finished (no ``metrics.json``), no or a broken ``run.json``, not a
+            CIFAR training run, or run files that are missing, unreadable or inconsistent.
     """
     path = Path(path)
-    cfg = load_run_config(path)
-    key, seed = _group_key(cfg)
     if not (path / METRICS_FILE).is_file():
         raise DataError(f"no {METRICS_FILE} (failed or unfinished run)")
-    if not (path / PREDICTIONS_FILE).is_file():
-        raise DataError(f"no {PREDICTIONS_FILE}")
+    if not (path / RUN_FILE).is_file():
+        raise DataError(f"no {RUN_FILE} (a run of an older cnnstress, or not a cnnstress run)")
     try:
+        record = read_run_record(path)
+        config = OmegaConf.create(record["config"])
         metrics = read_metrics(path)
         preds = read_predictions(path)
         index, target, probs = preds["index"], preds["target"], preds["probs"]
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"unreadable run files: {err}") from err
-    num_classes = OmegaConf.select(cfg, "dataset.num_classes", default=None)
+    except DataError:
+        raise
+    except Exception as err:  # truncated zip, bad JSON or YAML, missing array, ...
+        raise DataError(f"unreadable run files: {type(err).__name__}: {err}") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{METRICS_FILE} is not a mapping")
+    _number(metrics, "test/acc")
+    for key in ("dataset.name", "model.name", "seed"):
+        if OmegaConf.select(config, key, default=None) is None:
+            raise DataError(f"{RUN_FILE} config has no {key}: not a training run")
+    dataset = str(config.dataset.name)
+    try:
+        num_classes = len(class_names(dataset))
+    except ConfigError:
+        raise DataError(f"dataset {dataset!r} is not one cnnstress analyses") from None
     if probs.ndim != 2 or len(index) != len(target) or len(target) != len(probs):
         raise DataError(f"{PREDICTIONS_FILE} arrays have inconsistent shapes")
-    if num_classes is not None and probs.shape[1] != int(num_classes):
-        raise DataError(f"{PREDICTIONS_FILE} has {probs.shape[1]} classes, config {num_classes}")
-    return Run(path, cfg, key, seed, metrics, index, target, probs.astype(np.float32))
+    if probs.shape[1] != num_classes:
+        raise DataError(
+            f"{PREDICTIONS_FILE} has {probs.shape[1]} classes, {dataset} has {num_classes}"
+        )
+    improvement = record.get("improvement") or {}
+    return Run(
+        path=path,
+        config=config,
+        identity=run_identity(record["config"]),
+        seed=int(config.seed),
+        improvement=str(improvement.get("name") or config.get("improvement") or "unnamed"),
+        changed_by=tuple(improvement.get("changed_by") or ()),
+        metrics=metrics,
+        index=index,
+        target=target,
+        probs=probs.astype(np.float32),
+    )
 
 
 def _resolve_dirs(
@@ -172,9 +232,9 @@ def _resolve_dirs(
         path = Path(entry).expanduser()
         if not path.is_dir():
             raise ConfigError(f"runs[{i}]={entry} is not a directory")
-        if not (path / CONFIG_FILE).is_file():
+        if not is_run_dir(path):
             raise ConfigError(
-                f"runs[{i}]={entry} is not a run directory (no {CONFIG_FILE}); "
+                f"runs[{i}]={entry} is not a run directory (no {RUN_FILE} or {HYDRA_CONFIG}); "
                 f"use sweep={entry} to analyse every run below it"
             )
         dirs.append(path)
@@ -184,7 +244,7 @@ def _resolve_dirs(
             raise ConfigError(f"sweep={sweep} is not a directory")
         below = find_run_dirs(root)
         if not below:
-            raise DataError(f"no run directories (with {CONFIG_FILE}) below sweep={sweep}")
+            raise DataError(f"no run directories (with {RUN_FILE}) below sweep={sweep}")
         dirs.extend(below)
     excluded = {p.resolve() for p in exclude}
     unique: dict[Path, Path] = {}
@@ -203,7 +263,8 @@ def collect_runs(
 
     A directory that cannot be analysed (no ``metrics.json``, not a training config, broken
     files, a second run of a seed already in its group) is listed in ``skipped`` with the
-    reason. Directories in ``exclude`` (the analysis' own output) are ignored.
+    reason; nothing a run directory holds makes this raise. Directories in ``exclude`` (the
+    analysis' own output) are ignored.
 
     Raises:
         ConfigError: neither ``runs`` nor ``sweep`` given, or a path is not a directory.
@@ -212,7 +273,7 @@ def collect_runs(
     if not runs and sweep is None:
         raise ConfigError("nothing to analyse: give runs=[DIR,...] or sweep=DIR")
     collection = RunCollection()
-    seen: dict[tuple[GroupKey, int], Path] = {}
+    seen: dict[tuple[tuple[str, str, str], int], Path] = {}
     for path in _resolve_dirs(runs, sweep, exclude):
         try:
             run = load_run(path)
@@ -220,9 +281,9 @@ def collect_runs(
             collection.skipped.append(SkippedRun(path, str(err)))
             log.warning("skipping %s: %s", path, err)
             continue
-        first = seen.setdefault((run.key, run.seed), path)
+        first = seen.setdefault((run.group_id, run.seed), path)
         if first != path:
-            reason = f"seed {run.seed} of {run.key.label} already analysed from {first}"
+            reason = f"seed {run.seed} of the same config already analysed from {first}"
             collection.skipped.append(SkippedRun(path, reason))
             log.warning("skipping %s: %s", path, reason)
             continue
@@ -239,28 +300,3 @@ def collect_runs(
             )
         raise DataError(f"no finished runs found in {where}{detail}")
     return collection
-
-
-def _flatten(cfg: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(cfg, dict):
-        out: dict[str, object] = {}
-        for k, v in cfg.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: cfg}
-
-
-def config_differences(runs: Sequence[Run]) -> list[str]:
-    """Config keys (dotted, unresolved values) that differ between ``runs`` of one group.
-
-    Seeds and paths are expected to differ and are left out; anything else means the group
-    pools runs of different experiments.
-    """
-    flat = [_flatten(OmegaConf.to_container(r.config, resolve=False)) for r in runs]
-    keys = sorted(set().union(*flat)) if flat else []
-    return [
-        k
-        for k in keys
-        if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in IGNORED_CONFIG_KEYS)
-        and len({repr(f.get(k, "<missing>")) for f in flat}) > 1
-    ]

@@ -195,11 +195,12 @@ def summarise_stress(
 ) -> StressSummary:
     """Aggregate per-run ``stress.json`` contents (run path -> dict) per group and reference."""
     per_group = {g.key: _per_seed(g, results) for g in analysis.groups}
-    ref_of = {k.setting: k for k in analysis.reference_keys}
+    # Every group's reference: its comparison's; a reference group is its own.
+    ref_of = {c.other.key: c.reference.key for c in analysis.comparisons}
+    ref_of |= {k: k for k in analysis.reference_keys}
     for key, per_seed in per_group.items():
-        ref_key = ref_of.get(key.setting)
-        if ref_key is not None:
-            _add_mce(per_seed, per_group[ref_key])
+        if key in ref_of:
+            _add_mce(per_seed, per_group[ref_of[key]])
     metrics: dict[str, None] = {}
     groups: dict[GroupKey, StressGroup] = {}
     for g in analysis.groups:
@@ -213,7 +214,7 @@ def summarise_stress(
         if values:
             groups[g.key] = StressGroup(g.key, values)
     for key, group in groups.items():
-        ref_key = ref_of.get(key.setting)
+        ref_key = ref_of.get(key)
         if ref_key is not None and ref_key != key:
             group.reference = groups.get(ref_key)
     order = {name: i for i, name in enumerate(STRESSES)}

@@ -3,6 +3,13 @@
 from cnnstress.callbacks.evaluation import ConfusionCalibration
 from cnnstress.callbacks.failures import HighConfidenceFailures
 from cnnstress.callbacks.gradcam import GradCAMGrids
+from cnnstress.callbacks.learning_rate import LearningRate
 from cnnstress.callbacks.speed import TrainSpeed
 
-__all__ = ["ConfusionCalibration", "GradCAMGrids", "HighConfidenceFailures", "TrainSpeed"]
+__all__ = [
+    "ConfusionCalibration",
+    "GradCAMGrids",
+    "HighConfidenceFailures",
+    "LearningRate",
+    "TrainSpeed",
+]
