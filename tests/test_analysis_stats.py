@@ -12,13 +12,17 @@ from scipy import stats
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cnnstress.analysis.compare import (
+    bootstrap_difference,
     estimate,
     expected_calibration_error,
     high_conf_errors,
+    holm,
     mcnemar,
     paired_test,
     per_class_accuracy,
     pool_transitions,
+    seed_power,
+    share_better,
     transitions,
 )
 from cnnstress.analysis.gradcam import cam_settings
@@ -55,7 +59,7 @@ def test_transitions_count_each_cell_and_pool():
     assert (t.corrected, t.worsened, t.both_wrong, t.both_right, t.total) == (2, 1, 1, 2, 6)
     pooled = pool_transitions([t, t])
     assert (pooled.corrected, pooled.worsened, pooled.both_right) == (4, 2, 4)
-    assert pooled.mcnemar.pvalue == pytest.approx(stats.binomtest(4, 6).pvalue)
+    assert pooled.mcnemar is None  # image x seed pairs are not independent: no test on a sum
 
 
 def test_estimate_one_seed_has_no_spread_and_three_seeds_a_t_interval():
@@ -136,3 +140,61 @@ def test_report_renders_markdown_and_self_contained_html(tmp_path):
     assert "T &lt;x&gt;" in html and "a &amp; b" in html
     (src,) = re.findall(r'src="([^"]+)"', html)
     assert src == "data:image/png;base64,iVBORw0KGgpmYWtl"
+
+
+def test_bootstrap_keeps_an_image_one_unit_across_seeds():
+    rng = np.random.default_rng(0)
+    ref = rng.random(2000) < 0.7
+    other = ref.copy()
+    flip = rng.choice(2000, 120, replace=False)
+    other[flip] = ~other[flip]  # some images corrected, some worsened
+    one = bootstrap_difference(ref[None], other[None], resamples=4000)
+    diff = other.astype(float) - ref
+    assert one.delta == pytest.approx(diff.mean())
+    # One seed: the image bootstrap's interval is the usual normal one, within resampling noise.
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size)
+    assert (one.ci_high - one.ci_low) / 2 == pytest.approx(half, rel=0.1)
+    # Three seeds that agree image for image carry no more evidence than one: summing their
+    # McNemar tables would triple the counts, the bootstrap interval stays as wide.
+    three = bootstrap_difference(np.stack([ref] * 3), np.stack([other] * 3), resamples=4000)
+    assert three.delta == pytest.approx(one.delta)
+    assert three.ci_high - three.ci_low == pytest.approx(one.ci_high - one.ci_low, rel=0.1)
+    tripled = mcnemar(3 * int((~ref & other).sum()), 3 * int((ref & ~other).sum()))
+    assert tripled.pvalue < three.pvalue
+
+
+def test_bootstrap_of_identical_and_of_clearly_better_models():
+    ref = np.zeros((2, 50), bool)
+    same = bootstrap_difference(ref, ref, resamples=500)
+    assert (same.delta, same.ci_low, same.ci_high, same.pvalue) == (0, 0, 0, 1)
+    better = bootstrap_difference(ref, np.ones((2, 50), bool), resamples=500)
+    assert better.ci_low == better.ci_high == better.delta == 1
+    assert better.pvalue == pytest.approx(2 / 501)  # add-one: never exactly 0
+
+
+def test_share_better_counts_ties_half():
+    assert share_better([0.01, -0.02, 0.0, 0.03]) == pytest.approx(2.5 / 4)
+    assert share_better([]) is None
+
+
+def test_seed_power_matches_the_noncentral_t_by_hand():
+    diffs = [0.004, 0.010, 0.001]
+    power = seed_power(diffs)
+    sd = np.std(diffs, ddof=1)
+    assert power.spread == pytest.approx(sd)
+
+    def t_power(effect: float, n: int) -> float:  # two-sided one-sample t-test, alpha 0.05
+        df, crit = n - 1, stats.t.ppf(0.975, n - 1)
+        nc = effect * np.sqrt(n)
+        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+
+    assert t_power(power.detectable / sd, 3) == pytest.approx(0.8, abs=1e-4)
+    effect = np.mean(diffs) / sd
+    assert t_power(effect, power.needed) >= 0.8 > t_power(effect, power.needed - 1)
+    assert seed_power([0.01]).detectable is None  # one seed: no spread
+    assert seed_power([0.01, 0.01]).needed is None  # no spread either
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    assert holm([0.04, 0.01, None, 0.03]) == pytest.approx([0.06, 0.03, None, 0.06])

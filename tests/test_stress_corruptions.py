@@ -313,5 +313,8 @@ def test_mce_follows_the_paper():
         "corruptions/clean_acc": 1,
     }
     assert corruption_errors(flat) == {"fog": {1: pytest.approx(0.25)}}
-    with pytest.raises(ValueError, match="no corruption type in common"):
+    with pytest.raises(ValueError, match="no benchmark corruption type in common"):
         mce({"fog": {1: 0.1}}, {"contrast": {1: 0.1}})
+    # The extra ("validation") types never enter mCE.
+    extra = {"fog": {1: 0.2}, "speckle_noise": {1: 0.9}}
+    assert mce(extra, {"fog": {1: 0.4}, "speckle_noise": {1: 0.1}})["corruptions/mce"] == 0.5

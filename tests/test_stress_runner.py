@@ -35,7 +35,7 @@ SETTINGS = {
     "calibration": CalibrationSettings,
     "faithfulness": FaithfulnessSettings,
 }
-TYPES = ["gaussian_noise", "fog", "jpeg_compression"]
+TYPES = ["gaussian_noise", "fog", "jpeg_compression", "speckle_noise"]  # speckle: an extra type
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,7 +83,12 @@ def test_run_stress_on_a_tiny_trained_run(make_config, tiny_cifar10_zip, tmp_pat
         accs = [result[f"corruptions/{name}/{s}/acc"] for s in range(1, 6)]
         assert all(0 <= a <= 1 for a in accs)
         assert result[f"corruptions/{name}/mean_acc"] == pytest.approx(np.mean(accs))
-    assert result["corruptions/num_types"] == 3
+    assert result["corruptions/num_types"] == 4
+    # The benchmark mean leaves the extra type out; it is reported apart.
+    benchmark = [result[f"corruptions/{t}/mean_acc"] for t in TYPES[:3]]
+    assert result["corruptions/mean_acc"] == pytest.approx(np.mean(benchmark))
+    assert result["corruptions/benchmark_types"] == 3 and result["corruptions/extra_types"] == 1
+    assert result["corruptions/extra_mean_acc"] == result["corruptions/speckle_noise/mean_acc"]
     assert result["shift/cifar10.1/num_images"] == 30 and result["shift/cifar10.1/version"] == "v6"
     assert result["shift/cifar10.1/drop"] == pytest.approx(clean - result["shift/cifar10.1/acc"])
     assert result["adversarial/num_images"] == 32 and result["adversarial/pgd/steps"] == 3
@@ -98,8 +103,15 @@ def test_run_stress_on_a_tiny_trained_run(make_config, tiny_cifar10_zip, tmp_pat
     assert result["faithfulness/method"] == "gradcam"
     assert result["faithfulness/target_layer"] == "block3"
     assert result["faithfulness/num_images"] == 8
-    assert "faithfulness/randomize/fc/spearman" in result
-    assert "faithfulness/randomize/fc+block3/undefined" in result
+    # The cascade runs from the head down to the target layer's block: fc, then block3.
+    assert result["faithfulness/cascade_steps"] == 2
+    assert "faithfulness/cascade/01/fc/spearman" in result
+    assert "faithfulness/cascade/02/block3/undefined" in result
+    assert (
+        result["faithfulness/randomization_spearman"]
+        == (result["faithfulness/cascade/02/block3/spearman"])
+    )
+    assert (run / "stress_faithfulness.png").stat().st_size > 0
     if result["faithfulness/num_failures"]:
         assert result["faithfulness/road/combined"] == pytest.approx(
             (result["faithfulness/road/lerf"] - result["faithfulness/road/morf"]) / 2, abs=1e-6
@@ -116,7 +128,9 @@ def test_run_stress_on_a_tiny_trained_run(make_config, tiny_cifar10_zip, tmp_pat
         ]
         np.save(files / f"{name}.npy", torch.cat(blocks).permute(0, 2, 3, 1).numpy())
     np.save(files / "labels.npy", np.tile(test.labels.numpy().astype(np.uint8), 5))
-    from_files = run_stress(run, ["corruptions"], {"corruptions": {"root": str(files)}})
+    from_files = run_stress(
+        run, ["corruptions"], {"corruptions": {"root": str(files), "types": "all"}}
+    )
     assert from_files["corruptions/source"] == "files"
     for name in TYPES:
         for s in range(1, 6):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cnnstress.analysis.groups import group_runs, improvement_keys, other_keys
@@ -27,6 +29,9 @@ from cnnstress.identity import describe, differences
 # usual rule of thumb (the approximation is poor for few discordant pairs).
 MCNEMAR_EXACT_BELOW = 25
 ECE_BINS = 15
+BOOTSTRAP_RESAMPLES = 2000
+ALPHA = 0.05
+POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -90,13 +95,17 @@ def mcnemar(corrected: int, worsened: int, exact_below: int = MCNEMAR_EXACT_BELO
 
 @dataclass(frozen=True)
 class Transitions:
-    """How the test images moved from the reference model to another one (one 2x2 table)."""
+    """How the test images moved from the reference model to another one (one 2x2 table).
+
+    ``mcnemar`` is the test of one seed's table; a sum over seeds has none (``None``): the same
+    images recur in every seed, so its image x seed pairs are not independent.
+    """
 
     corrected: int
     worsened: int
     both_wrong: int
     both_right: int
-    mcnemar: McNemar
+    mcnemar: McNemar | None
 
     @property
     def total(self) -> int:
@@ -119,16 +128,137 @@ def transitions(reference_correct: np.ndarray, other_correct: np.ndarray) -> Tra
 
 
 def pool_transitions(tables: Sequence[Transitions]) -> Transitions:
-    """Sum per-seed tables; McNemar's test on the sum treats image x seed pairs as independent."""
-    corrected = sum(t.corrected for t in tables)
-    worsened = sum(t.worsened for t in tables)
+    """Sum per-seed tables (counts only: see :class:`Transitions`; the pooled test is
+    :func:`bootstrap_difference`)."""
     return Transitions(
-        corrected=corrected,
-        worsened=worsened,
+        corrected=sum(t.corrected for t in tables),
+        worsened=sum(t.worsened for t in tables),
         both_wrong=sum(t.both_wrong for t in tables),
         both_right=sum(t.both_right for t in tables),
-        mcnemar=mcnemar(corrected, worsened),
+        mcnemar=None,
     )
+
+
+@dataclass(frozen=True)
+class BootstrapTest:
+    """Accuracy difference (other - reference) over seeds and images, resampled together.
+
+    Attributes:
+        delta: observed mean over seeds of the per-seed accuracy difference.
+        ci_low, ci_high: percentile interval of the resampled differences.
+        pvalue: two-sided bootstrap p-value, ``2 * min(P*(delta <= 0), P*(delta >= 0))`` with
+            the add-one correction (never 0).
+        resamples, seeds, images: sizes.
+    """
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    pvalue: float
+    resamples: int
+    seeds: int
+    images: int
+
+
+def bootstrap_difference(
+    reference_correct: np.ndarray,
+    other_correct: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapTest:
+    """Two-way bootstrap of the accuracy difference, respecting the pairing across seeds.
+
+    Each resample draws the seeds and the test images with replacement, *the same images for
+    every seed* (an image is one unit whatever the seed), and takes the mean over the drawn
+    seeds of each seed's accuracy difference on the drawn images. Written by hand: scipy's
+    ``stats.bootstrap`` resamples along one axis only.
+
+    Args:
+        reference_correct, other_correct: ``(S, N)`` bool, seed ``s`` of both groups on the same
+            ``N`` images.
+    """
+    ref = np.asarray(reference_correct, dtype=np.float64)
+    oth = np.asarray(other_correct, dtype=np.float64)
+    if ref.shape != oth.shape or ref.ndim != 2 or ref.size == 0:
+        raise ValueError(f"need two (S, N) arrays of one shape, got {ref.shape}, {oth.shape}")
+    diff = oth - ref  # (S, N) in {-1, 0, 1}
+    n_seeds, n_images = diff.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    chunk = max(1, 2_000_000 // max(n_images * n_seeds, 1))
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        images = rng.integers(0, n_images, (size, n_images))
+        seeds = rng.integers(0, n_seeds, (size, n_seeds))
+        per_seed = diff[:, images].mean(axis=2)  # (S, size): each seed on the drawn images
+        out[start : start + size] = np.take_along_axis(per_seed.T, seeds, axis=1).mean(1)
+    alpha = 1 - confidence
+    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
+    tail = min(int((out <= 0).sum()), int((out >= 0).sum()))
+    pvalue = min(1.0, 2 * (tail + 1) / (resamples + 1))
+    return BootstrapTest(
+        float(diff.mean()), float(low), float(high), pvalue, resamples, n_seeds, n_images
+    )
+
+
+def share_better(differences: Sequence[float], tolerance: float = 1e-12) -> float | None:
+    """The share of seeds on which the difference is positive (a tie counts half): the chance
+    that the improvement beats the reference on a random seed. ``None`` without seeds."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size == 0:
+        return None
+    return float(((d > tolerance).sum() + 0.5 * (np.abs(d) <= tolerance).sum()) / d.size)
+
+
+@dataclass(frozen=True)
+class SeedPower:
+    """How many seeds a paired comparison needs (paired t-test, two-sided alpha 0.05, 80% power).
+
+    Attributes:
+        spread: sample standard deviation (ddof=1) of the per-seed differences.
+        detectable: the smallest absolute mean difference the current seeds detect.
+        needed: the seeds needed to detect the observed mean difference (``None`` when it is
+            zero, or the spread is unknown).
+    """
+
+    seeds: int
+    spread: float | None
+    detectable: float | None
+    needed: int | None
+
+
+def seed_power(
+    differences: Sequence[float], alpha: float = ALPHA, power: float = POWER
+) -> SeedPower:
+    """Power analysis of the paired t-test from the seed-to-seed spread of the differences
+    (statsmodels ``TTestPower``: a paired test is a one-sample test on the differences)."""
+    d = np.asarray(differences, dtype=np.float64)
+    n = int(d.size)
+    if n < 2 or np.ptp(d) <= 1e-12:
+        return SeedPower(n, None, None, None)
+    spread = float(d.std(ddof=1))
+    analysis = TTestPower()
+    effect = float(analysis.solve_power(nobs=n, alpha=alpha, power=power))
+    observed = abs(float(d.mean())) / spread
+    needed = None
+    if observed > 1e-9:
+        with warnings.catch_warnings():  # tiny effects: the solver warns and still converges
+            warnings.simplefilter("ignore")
+            raw = float(analysis.solve_power(effect_size=observed, alpha=alpha, power=power))
+        needed = max(2, math.ceil(raw)) if math.isfinite(raw) else None
+    return SeedPower(n, spread, effect * spread, needed)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values of one family of tests (``None`` entries stay ``None``)."""
+    present = [i for i, p in enumerate(pvalues) if p is not None]
+    adjusted: list[float | None] = [None] * len(pvalues)
+    if present:
+        values = multipletests([pvalues[i] for i in present], method="holm")[1]
+        for i, value in zip(present, values, strict=True):
+            adjusted[i] = float(value)
+    return adjusted
 
 
 @dataclass(frozen=True)
@@ -144,6 +274,7 @@ class PairedTest:
     delta: Estimate
     t: float | None
     pvalue: float | None
+    differences: tuple[float, ...] = ()
 
 
 def paired_test(reference: Mapping[int, float], other: Mapping[int, float]) -> PairedTest:
@@ -157,7 +288,7 @@ def paired_test(reference: Mapping[int, float], other: Mapping[int, float]) -> P
     if len(seeds) >= 2 and np.ptp(oth - ref) > 1e-12:
         result = stats.ttest_rel(oth, ref)
         t, p = float(result.statistic), float(result.pvalue)
-    return PairedTest(seeds, delta, t, p)
+    return PairedTest(seeds, delta, t, p, tuple(float(x) for x in oth - ref))
 
 
 def high_conf_errors(
@@ -250,6 +381,8 @@ class Comparison:
     Attributes:
         transitions: seed -> 2x2 table for every seed both groups have and evaluated on the
             same test images; ``pooled`` sums them (``None`` without any).
+        bootstrap: the pooled test over those seeds (:func:`bootstrap_difference`).
+        power: how many seeds the paired comparison needs (:func:`seed_power`).
         per_class_delta: ``(C,)`` seed-averaged per-class accuracy, other minus reference.
         differences: ``{key: (reference value, other value)}`` for every identity key in
             which the two groups differ (the seed aside).
@@ -261,8 +394,18 @@ class Comparison:
     transitions: dict[int, Transitions]
     pooled: Transitions | None
     per_class_delta: np.ndarray
+    bootstrap: BootstrapTest | None = None
+    power: SeedPower | None = None
     differences: dict[str, tuple[object, object]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Holm-adjusted over the comparisons against the same reference (set by ``analyse``).
+    paired_p_holm: float | None = None
+    bootstrap_p_holm: float | None = None
+
+    @property
+    def share_better(self) -> float | None:
+        """The share of shared seeds on which the group beats the reference (ties half)."""
+        return share_better(self.paired.differences)
 
     @property
     def unconstrained_keys(self) -> list[str]:
@@ -347,13 +490,27 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
         tables[seed] = transitions(ref_run.correct, other_run.correct)
     if not tables:
         notes.append("no seed shared with the reference on the same test images: no transitions")
+    boot = None
+    seeds = list(tables)
+    if seeds and all(
+        np.array_equal(reference.run(s).index, reference.run(seeds[0]).index) for s in seeds
+    ):
+        boot = bootstrap_difference(
+            np.stack([reference.run(s).correct for s in seeds]),
+            np.stack([other.run(s).correct for s in seeds]),
+        )
+    elif seeds:
+        notes.append("the seeds were tested on different images: no bootstrap over seeds")
+    paired = paired_test(reference.accuracy_by_seed, other.accuracy_by_seed)
     return Comparison(
         reference=reference,
         other=other,
-        paired=paired_test(reference.accuracy_by_seed, other.accuracy_by_seed),
+        paired=paired,
         transitions=tables,
         pooled=pool_transitions(list(tables.values())) if tables else None,
         per_class_delta=other.per_class - reference.per_class,
+        bootstrap=boot,
+        power=seed_power(paired.differences),
         differences=differences(reference.identity, other.identity),
         notes=notes,
     )
@@ -433,6 +590,12 @@ def analyse(
                     f"comparison, the groups also differ in "
                     f"{describe(comparison.differences, keys=comparison.unconstrained_keys)}"
                 )
+    for ref_key in {c.reference.key for c in comparisons}:
+        family = [c for c in comparisons if c.reference.key == ref_key]
+        paired_p = holm([c.paired.pvalue for c in family])
+        boot_p = holm([None if c.bootstrap is None else c.bootstrap.pvalue for c in family])
+        for c, p, q in zip(family, paired_p, boot_p, strict=True):
+            c.paired_p_holm, c.bootstrap_p_holm = p, q
     return Analysis(
         groups=groups,
         comparisons=comparisons,

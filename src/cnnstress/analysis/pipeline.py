@@ -121,7 +121,7 @@ def _stress(cfg: DictConfig, analysis: Analysis, out: Path) -> StressSummary | N
         return None
     results, notes = run_stresses(cfg, analysis, _device(cfg))
     summary = summarise_stress(analysis, results, names)
-    summary.notes = notes
+    summary.notes = [*notes, *summary.notes]
     return summary
 
 
@@ -130,6 +130,7 @@ def _draw_stress(stress: StressSummary, out: Path) -> dict[str, list[str]]:
     for name, make in {
         "stress_corruptions": plots.stress_corruptions_figure,
         "stress_adversarial": plots.stress_adversarial_figure,
+        "stress_faithfulness": plots.stress_faithfulness_figure,
     }.items():
         fig = make(stress)
         if fig is not None:

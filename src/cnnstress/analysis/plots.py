@@ -65,16 +65,18 @@ def transitions_figure(analysis: Analysis) -> Figure | None:
             bars = ax.bar(x + (offset - 1) * width, values, width, color=colour,
                           label=name.replace("_", " "))  # fmt: skip
             ax.bar_label(bars, fontsize=7)
-        labels = [
-            f"{'' if s == 'pooled' else 'seed '}{s}\np={t.mcnemar.pvalue:.2g}" for s, t in tables
-        ]
+        labels = [f"seed {s}\nMcNemar p={t.mcnemar.pvalue:.2g}" for s, t in tables[:-1]]
+        boot = comparison.bootstrap
+        labels.append("all seeds" + ("" if boot is None else f"\nbootstrap p={boot.pvalue:.2g}"))
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel("test images")
         ax.set_title(_title(comparison), fontsize=9)
         ax.margins(y=0.15)
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(
-        "Test images moved against the reference\n(McNemar p under each seed)", fontsize=10
+        "Test images moved against the reference\n(per seed: McNemar p; all seeds: bootstrap "
+        "over images and seeds)",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig
@@ -284,5 +286,43 @@ def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
                             fmt="o-", capsize=3, markersize=4,
                             label=f"{group.key.name} {attack}")  # fmt: skip
         _label_accuracy_axes(ax, setting, "eps (x 1/255, L-inf, pixel space)", "robust accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def stress_faithfulness_figure(stress: StressSummary) -> Figure | None:
+    """Per setting: the cascading-randomisation curve per group (mean ± std over seeds of the
+    rank correlation with the trained CAMs after each cascade step)."""
+    pattern = re.compile(r"faithfulness/cascade/(\d+)/([^/]+)/spearman")
+    shown = [g for g in stress.groups if any(pattern.fullmatch(m) for m in g.values)]
+    if not shown:
+        return None
+    settings = sorted({g.key.setting for g in shown})
+    fig, axes = _grid(len(settings), 2, (6.0, 4.2))
+    for ax, setting in zip(axes, settings, strict=True):
+        blocks: list[str] = []
+        for group in (g for g in shown if g.key.setting == setting):
+            steps = sorted(
+                (int(match.group(1)), match.group(2), metric)
+                for metric in group.values
+                if (match := pattern.fullmatch(metric))
+            )
+            est = [group.estimate(m) for _, _, m in steps]
+            std = [0.0, *(e.std or 0.0 for e in est)] if len(group.seeds) > 1 else None
+            style = "--" if group.key in stress.reference_keys else "-"
+            ax.errorbar(range(len(steps) + 1), [1.0, *(e.mean for e in est)], yerr=std,
+                        fmt=style + "o", capsize=3, markersize=4,
+                        label=f"{group.key.name} (n={len(group.seeds)})")  # fmt: skip
+            if len(steps) > len(blocks):
+                blocks = [b for _, b, _ in steps]
+        ax.set_xticks(range(len(blocks) + 1), ["trained", *blocks], rotation=45, ha="right",
+                      fontsize=8)  # fmt: skip
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("blocks re-initialised, cumulatively from the output")
+        ax.set_ylabel("Spearman correlation with trained CAMs")
+        ax.set_title("/".join(setting), fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

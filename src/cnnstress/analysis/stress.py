@@ -27,24 +27,26 @@ from cnnstress.analysis.compare import paired_test as paired
 from cnnstress.analysis.runs import GroupKey
 from cnnstress.errors import ConfigError, UserError
 from cnnstress.stress import corruption_accuracies, corruption_errors, mce, run_stress
+from cnnstress.stress.corruptions import BENCHMARK_TYPES
 from cnnstress.stress.runner import STRESSES, check_names
 
 log = logging.getLogger(__name__)
 
 # Shown in report.md / report.html / summary.md (stress.csv has these and the details).
 HEADLINE = (
-    r"corruptions/(clean_acc|mean_acc|mce|relative_mce)",
+    r"corruptions/(clean_acc|mean_acc|benchmark_types|extra_mean_acc|mce|relative_mce)",
     r"shift/[^/]+/(acc|drop)",
     r"adversarial/clean_acc",
     r"adversarial/[^/]+/[^/]+/acc",
     r"calibration/(temperature|ece_before|ece_after|nll_before|nll_after)",
     r"faithfulness/road/[^/]+",
-    r"faithfulness/randomize/[^/]+/spearman",
+    r"faithfulness/randomization_spearman",
 )
 DETAIL = (
     r"corruptions/[^/]+/mean_acc",
     r"corruptions/[^/]+/\d+/acc",
     r"corruptions/[^/]+/(ce|relative_ce)",
+    r"faithfulness/cascade/\d+/[^/]+/spearman",
 )
 _HEADLINE = [re.compile(p) for p in HEADLINE]
 _DETAIL = [re.compile(p) for p in DETAIL]
@@ -163,15 +165,36 @@ def _per_seed(group: GroupResult, results: Mapping[str, Mapping[str, Any]]) -> d
     return {r.seed: dict(results[str(r.path)]) for r in group.runs if str(r.path) in results}
 
 
-def _add_mce(per_seed: dict[int, dict], reference: dict[int, dict]) -> None:
+def benchmark_coverage(per_seed: Mapping[int, Mapping[str, Any]]) -> set[frozenset[str]]:
+    """The sets of (benchmark type, severity) pairs the runs' corruption numbers cover."""
+    return {
+        frozenset(
+            (t, s)
+            for t, row in corruption_accuracies(v).items()
+            if t in BENCHMARK_TYPES
+            for s in row
+        )
+        for v in per_seed.values()
+        if corruption_accuracies(v)
+    }
+
+
+def _add_mce(per_seed: dict[int, dict], reference: dict[int, dict]) -> str | None:
     """Add ``corruptions/mce`` (and relative mCE, per-type CE) to every run's numbers.
 
     The baseline errors are the reference group's mean errors over its seeds, so the
-    reference's mean mCE is exactly 1 and groups with different seeds still compare.
+    reference's mean mCE is exactly 1 and groups with different seeds still compare. mCE is
+    only computed when every run of both groups covers the same benchmark types and
+    severities; otherwise nothing is added and the reason is returned.
     """
     ref = [v for v in reference.values() if corruption_accuracies(v)]
-    if not ref:
-        return
+    if not ref or not any(corruption_accuracies(v) for v in per_seed.values()):
+        return None
+    coverage = benchmark_coverage(per_seed) | benchmark_coverage(reference)
+    if len(coverage) > 1:
+        return "the runs cover different corruption types or severities: no mCE"
+    if not next(iter(coverage)):
+        return "no benchmark corruption type evaluated: no mCE"
     base = _mean_errors([corruption_errors(v) for v in ref])
     clean = [v["corruptions/clean_acc"] for v in ref if v.get("corruptions/clean_acc") is not None]
     base_clean = 1.0 - float(np.mean(clean)) if len(clean) == len(ref) else None
@@ -188,6 +211,7 @@ def _add_mce(per_seed: dict[int, dict], reference: dict[int, dict]) -> None:
                 None if run_clean is None else base_clean,
             )
         )
+    return None
 
 
 def summarise_stress(
@@ -198,9 +222,10 @@ def summarise_stress(
     # Every group's reference: its comparison's; a reference group is its own.
     ref_of = {c.other.key: c.reference.key for c in analysis.comparisons}
     ref_of |= {k: k for k in analysis.reference_keys}
+    notes = []
     for key, per_seed in per_group.items():
-        if key in ref_of:
-            _add_mce(per_seed, per_group[ref_of[key]])
+        if key in ref_of and (reason := _add_mce(per_seed, per_group[ref_of[key]])):
+            notes.append(f"{key.label} vs {ref_of[key].name}: {reason}")
     metrics: dict[str, None] = {}
     groups: dict[GroupKey, StressGroup] = {}
     for g in analysis.groups:
@@ -224,4 +249,5 @@ def summarise_stress(
         groups=list(groups.values()),
         reference_keys=set(analysis.reference_keys),
         metrics=ordered,
+        notes=notes,
     )

@@ -4,7 +4,11 @@ Keys written (``<type>`` a corruption name, ``<s>`` a severity 1-5):
 
 * ``corruptions/<type>/<s>/acc``: top-1 accuracy on the corrupted images;
 * ``corruptions/<type>/mean_acc``: mean over the evaluated severities;
-* ``corruptions/mean_acc``: mean over every evaluated type and severity;
+* ``corruptions/mean_acc``: mean over the evaluated *benchmark* types (the 15 of Hendrycks &
+  Dietterich) and severities; ``corruptions/benchmark_types``: how many of the 15 it covers
+  (12 when generated: motion_blur, snow and frost need the published files);
+* ``corruptions/extra_mean_acc``, ``corruptions/extra_types``: the same over the 4 extra
+  ("validation") types, reported apart as the paper does, when any was evaluated;
 * ``corruptions/clean_acc``: accuracy on the same images uncorrupted (generated), or on the
   run's whole test split (published files, whose image order and encoding differ);
 * ``corruptions/num_images`` (per type and severity), ``corruptions/num_types``,
@@ -38,6 +42,7 @@ from cnnstress.stress.context import (
 from cnnstress.stress.corruptions import (
     BENCHMARK_TYPES,
     CORRUPTIONS,
+    EXTRA_TYPES,
     GENERATED_BENCHMARK_TYPES,
     PUBLISHED_TYPES,
     SEVERITIES,
@@ -56,8 +61,8 @@ class CorruptionSettings:
 
     # folder of the published <type>.npy + labels.npy; null: generate from the test split
     root: str | None = None
-    # "all" (every type available), "benchmark" (the paper's 15, those available), or a list
-    types: str | list[str] = "all"
+    # "benchmark" (the paper's 15, those available), "all" (the 4 extra types too), or a list
+    types: str | list[str] = "benchmark"
     severities: list[int] = dataclasses.field(default_factory=lambda: list(SEVERITIES))
     batch_size: int = 1000
     # a fixed random subset of this many images (per type and severity); null: all
@@ -242,7 +247,12 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     table = corruption_accuracies(out)
     for name, by_severity in table.items():
         out[f"corruptions/{name}/mean_acc"] = float(np.mean(list(by_severity.values())))
-    out["corruptions/mean_acc"] = float(np.mean([a for t in table.values() for a in t.values()]))
+    for prefix, group in (("", BENCHMARK_TYPES), ("extra_", EXTRA_TYPES)):
+        accs = [a for t, row in table.items() if t in group for a in row.values()]
+        if accs or not prefix:
+            out[f"corruptions/{prefix}mean_acc"] = float(np.mean(accs)) if accs else float("nan")
+            kind = "benchmark" if not prefix else "extra"
+            out[f"corruptions/{kind}_types"] = sum(t in group for t in table)
     out["corruptions/num_types"] = len(table)
     out["corruptions/seconds"] = time.perf_counter() - start
     plot_corruption_heatmap(
@@ -285,8 +295,9 @@ def mce(
 ) -> dict[str, float]:
     """Corruption errors relative to a baseline (Hendrycks & Dietterich 2019, Sec. 3).
 
-    ``CE_c = sum_s E_{s,c} / sum_s B_{s,c}`` and ``mCE = mean_c CE_c``, over the types (and,
-    per type, the severities) present in both; with both clean errors also the relative
+    ``CE_c = sum_s E_{s,c} / sum_s B_{s,c}`` and ``mCE = mean_c CE_c``, over the benchmark
+    types (the 4 extra types never count) and, per type, the severities present in both; the
+    caller makes sure both cover the same types. With both clean errors also the relative
     ``rCE_c = sum_s (E_{s,c} - E_clean) / sum_s (B_{s,c} - B_clean)`` and its mean. Values are
     ratios (1.0 = as the baseline; the paper prints them in %). The paper normalises by AlexNet
     over all 15 types; here the baseline is whatever run is passed, over the common types, so
@@ -302,10 +313,10 @@ def mce(
         ``corruptions/<type>/relative_ce`` and ``corruptions/relative_mce``. A type whose
         baseline denominator is 0 gets NaN.
     """
-    common = [t for t in errors if t in baseline_errors]
+    common = [t for t in errors if t in baseline_errors and t in BENCHMARK_TYPES]
     if not common:
         raise ValueError(
-            f"no corruption type in common (run: {sorted(errors)}, "
+            f"no benchmark corruption type in common (run: {sorted(errors)}, "
             f"baseline: {sorted(baseline_errors)})"
         )
     relative = clean_error is not None and baseline_clean_error is not None

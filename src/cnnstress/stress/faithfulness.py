@@ -9,20 +9,24 @@ Two checks, with the CAM settings the run used (``callbacks.gradcam.method`` and
   (LeRF) at several percentiles, and measure the change of the predicted class's softmax
   probability. A faithful map makes MoRF hurt and LeRF not: ``combined = (LeRF - MoRF) / 2``
   (``ROADCombined``) is higher for more faithful maps.
-* Model-parameter randomisation (Adebayo et al. 2018): re-initialise the top layers in a
-  cascade (first the classifier head, then also the target layer's block) and compare the CAMs
-  of the same images and classes with the trained model's by Spearman rank correlation
-  (``scipy.stats.spearmanr`` per image, averaged). An explanation that depends on the learned
-  weights must change: a correlation near 1 fails the sanity check.
+* Cascading model-parameter randomisation (Adebayo et al. 2018, "Sanity Checks for Saliency
+  Maps"): re-initialise the backbone's blocks cumulatively from the output down to the block
+  of the CAM's target layer, one block per step (:func:`cascade_units`: the classifier head,
+  then e.g. ``layer4.1``, ``layer4.0``, ``layer3.1``, ``layer3.0`` for a ResNet-18 explained
+  at ``layer3``), and after each step compare the CAMs of the same images and classes with
+  the trained model's by Spearman rank correlation (``scipy.stats.spearmanr`` per image,
+  averaged). An explanation that depends on the learned weights must change: the correlation
+  should fall along the cascade; one that stays near 1 fails the sanity check.
 
 Keys written: ``faithfulness/road/morf``, ``faithfulness/road/lerf``,
 ``faithfulness/road/combined`` (means over the failures), ``faithfulness/num_failures``,
-``faithfulness/randomize/<layers>/spearman`` (``<layers>`` the re-initialised modules joined
-by ``+``, e.g. ``fc`` then ``fc+block3``), ``faithfulness/randomize/<layers>/undefined``
-(fraction of images whose randomised map is constant, so rank correlation is undefined and
-left out of the mean), ``faithfulness/randomization_spearman`` (the full cascade),
+``faithfulness/cascade/<k>/<block>/spearman`` for step ``k`` (``01``, ``02``, ...; ``<block>``
+the block re-initialised at that step, on top of the earlier ones),
+``faithfulness/cascade/<k>/<block>/undefined`` (fraction of images whose randomised map is
+constant, so rank correlation is undefined and left out of the mean),
+``faithfulness/randomization_spearman`` (the whole cascade), ``faithfulness/cascade_steps``,
 ``faithfulness/num_images``, and the strings ``faithfulness/method`` and
-``faithfulness/target_layer``.
+``faithfulness/target_layer``; the curve is drawn in ``stress_faithfulness.png``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,8 +54,7 @@ from cnnstress.cam import check_method, compute_heatmaps, resolve_layer
 from cnnstress.errors import ConfigError
 from cnnstress.stress.context import StressContext, check_int, parse_settings, seeded_subset
 
-HEAD = "head"  # in `randomize`: the last nn.Linear of the backbone
-TARGET = "target_layer"  # in `randomize`: the CAM's target layer
+PLOT_FILE = "stress_faithfulness.png"
 
 
 @dataclasses.dataclass
@@ -64,8 +68,9 @@ class FaithfulnessSettings:
     # ROAD on this many top failures
     num_failures: int = 32
     road_percentiles: list[int] = dataclasses.field(default_factory=lambda: [20, 40, 60, 80])
-    # cascade re-initialised from the top: "head" (last Linear), "target_layer", or module paths
-    randomize: list[str] = dataclasses.field(default_factory=lambda: [HEAD, TARGET])
+    # the randomisation cascade runs from the output down to the block of this module
+    # (null: the CAM's target layer)
+    randomize_to: str | None = None
     # randomisation check on a fixed random subset of the test split of this size
     num_images: int = 64
     batch_size: int = 64
@@ -81,16 +86,62 @@ class FaithfulnessSettings:
         self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
         if not self.road_percentiles or not all(0 < p < 100 for p in self.road_percentiles):
             raise ConfigError(f"{key}.road_percentiles must be a non-empty list in (0, 100)")
-        if not self.randomize:
-            raise ConfigError(f"{key}.randomize must list at least one layer")
 
 
-def head_name(net: nn.Module) -> str:
-    """Dotted path of the last ``nn.Linear`` (the classifier head)."""
-    names = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ConfigError("the model has no nn.Linear head to randomise; list modules in randomize")
-    return names[-1]
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def cascade_units(net: nn.Module, image_size: int = 32) -> list[str]:
+    """The backbone's blocks in forward order: every top-level child with parameters, split into
+    its children when it is a container of blocks (a ``Sequential`` or ``ModuleList`` whose
+    parameterised children all have children of their own, e.g. a ResNet stage). A stage of
+    layers (conv, BN, ReLU) is one block. The order is taken from one forward pass."""
+    candidates: list[tuple[str, nn.Module]] = []
+    for name, child in net.named_children():
+        if not _has_parameters(child):
+            continue
+        kids = [(f"{name}.{n}", k) for n, k in child.named_children() if _has_parameters(k)]
+        blocks = isinstance(child, nn.Sequential | nn.ModuleList) and kids
+        if blocks and all(any(True for _ in k.children()) for _, k in kids):
+            candidates += kids
+        else:
+            candidates.append((name, child))
+    order: list[str] = []
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, _a, n=name: order.append(n))
+        for name, module in candidates
+    ]
+    param = next(net.parameters())
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    return list(dict.fromkeys(order))  # first call of each, in forward order
+
+
+def cascade(net: nn.Module, randomize_to: str, key: str = "randomize_to") -> list[str]:
+    """The blocks re-initialised step by step: from the last block in forward order down to
+    (and including) every block inside, or containing, the module ``randomize_to``."""
+    resolve_layer(net, randomize_to, key)
+    units = cascade_units(net)
+
+    def related(unit: str) -> bool:
+        return (
+            unit == randomize_to
+            or unit.startswith(f"{randomize_to}.")
+            or (randomize_to.startswith(f"{unit}."))
+        )
+
+    inside = [i for i, unit in enumerate(units) if related(unit)]
+    if not inside:
+        raise ConfigError(f"{key}={randomize_to!r} is in no block of the model ({units})")
+    return units[min(inside) :][::-1]
 
 
 def heatmaps(
@@ -202,22 +253,37 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     images = normalised(subset)
     classes = predicted[subset].tolist()
     trained = heatmaps(net, images, classes, method, layer_path, s.batch_size)
-    cascade: list[str] = []
+    steps = cascade(net, s.randomize_to or layer_path, f"{key}.randomize_to")
     out["faithfulness/num_images"] = len(subset)
-    for entry in s.randomize:
-        path = head_name(net) if entry == HEAD else layer_path if entry == TARGET else entry
-        resolve_layer(net, path, f"{key}.randomize")
-        cascade.append(path)
-        randomized = randomized_copy(net, cascade, s.seed)
+    out["faithfulness/cascade_steps"] = len(steps)
+    curve = []
+    for k, block in enumerate(steps, start=1):
+        randomized = randomized_copy(net, steps[:k], s.seed)
         cams = heatmaps(randomized, images, classes, method, layer_path, s.batch_size)
         rho = rank_correlations(trained, cams)
-        name = "+".join(cascade)
         defined = np.isfinite(rho)
-        out[f"faithfulness/randomize/{name}/spearman"] = (
-            float(rho[defined].mean()) if defined.any() else float("nan")
-        )
-        out[f"faithfulness/randomize/{name}/undefined"] = (
-            float(1 - defined.mean()) if len(rho) else 0.0
-        )
-        out["faithfulness/randomization_spearman"] = out[f"faithfulness/randomize/{name}/spearman"]
+        name = f"faithfulness/cascade/{k:02d}/{block}"
+        out[f"{name}/spearman"] = float(rho[defined].mean()) if defined.any() else float("nan")
+        out[f"{name}/undefined"] = float(1 - defined.mean()) if len(rho) else 0.0
+        curve.append((block, out[f"{name}/spearman"]))
+    out["faithfulness/randomization_spearman"] = curve[-1][1]
+    plot_cascade(curve, ctx.run_dir / PLOT_FILE, f"{method} at {layer_path}")
     return out
+
+
+def plot_cascade(curve: Sequence[tuple[str, float]], path: Path, title: str) -> Path:
+    """The cascade curve: mean rank correlation with the trained model's CAMs after each step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 0.8 * len(curve) + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(len(curve) + 1), [1.0, *(v for _, v in curve)], "o-")
+    ax.set_xticks(range(len(curve) + 1), ["trained", *(b for b, _ in curve)], rotation=45,
+                  ha="right", fontsize=8)  # fmt: skip
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman correlation with trained CAMs")
+    ax.set_xlabel("blocks re-initialised, cumulatively from the output")
+    ax.set_title(f"Cascading randomisation ({title})", fontsize=9)
+    fig.savefig(path, dpi=110)
+    return path
