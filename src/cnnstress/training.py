@@ -121,7 +121,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(hparams, final)
     if trainer.is_global_zero:
         predictions = module.predictions("test")
-        write_predictions(run_dir, predictions.index, predictions.target, predictions.probs)
+        write_predictions(
+            run_dir,
+            predictions.index,
+            predictions.target,
+            predictions.probs,
+            official_index=datamodule.official_test_index,
+        )
         write_metrics(run_dir, metrics)
         if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
             names = list(cfg.stress)
