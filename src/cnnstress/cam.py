@@ -256,7 +256,9 @@ def compute_heatmaps(
             chunk = images[start : start + batch_size].clone()  # a normal tensor, not inference
             chunk = chunk.to(param.device, dtype).contiguous(memory_format=memory_format)
             chunk.requires_grad_(True)
-            chunk_targets = targets[start : start + batch_size]
+            # A normal tensor too: targets made in inference mode (e.g. the predictions of a
+            # test-time callback) cannot be saved for backward by the saliency gather.
+            chunk_targets = targets[start : start + batch_size].clone()
             if layer is None:
                 maps = _saliency(model, chunk, chunk_targets).float().cpu()
             else:

@@ -22,7 +22,8 @@ class Predictions:
     """Per-image outputs of one evaluation pass, one row per dataset image, sorted by index.
 
     Attributes:
-        index: ``(N,)`` int64 positions in the evaluated split.
+        index: ``(N,)`` int64 dataset indices of the batches (official test indices where
+            the data has them, else positions in the official split; see the data module).
         target: ``(N,)`` int64 true classes.
         logits: ``(N, C)`` float32.
     """

@@ -71,6 +71,9 @@ def overlay(
     )
 
 
+FRAME_COLOR = (255, 0, 255)  # magenta: marks tiles (e.g. known label errors) in image grids
+
+
 def image_grid(
     tiles: np.ndarray,
     captions: Sequence[str],
@@ -78,6 +81,7 @@ def image_grid(
     title: str | None = None,
     scale: int = 3,
     caption_lines: int = 1,
+    framed: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """Captioned grid of tiles rendered to an RGB array ``(H, W, 3)`` uint8.
 
@@ -85,6 +89,7 @@ def image_grid(
         tiles: uint8 ``(N, h, w, 3)``, shown ``scale`` times larger (nearest neighbour).
         captions: one per tile, drawn above it (``\\n`` for extra lines).
         ncols: tiles per row.
+        framed: per tile, whether to draw a :data:`FRAME_COLOR` frame (3 px) around it.
 
     The tiles are pasted into one montage drawn on a single axes: much faster to render than
     one axes per tile.
@@ -92,14 +97,16 @@ def image_grid(
     n, h, w = tiles.shape[:3]
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    dpi, font_pt, pad = 100, 8, 4
-    th, tw = h * scale, w * scale
+    dpi, font_pt, pad = 100, 8, 6
+    th, tw, ring = h * scale, w * scale, pad // 2
     cap_px = int(caption_lines * font_pt * 1.45 * dpi / 72) + pad
     cell_h, cell_w = th + cap_px + pad, tw + pad
     montage = np.full((nrows * cell_h, ncols * cell_w, 3), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, ncols)
-        y, x = r * cell_h + cap_px, c * cell_w + pad // 2
+        y, x = r * cell_h + cap_px, c * cell_w + ring
+        if framed is not None and framed[i]:
+            montage[y - ring : y + th + ring, x - ring : x + tw + ring] = FRAME_COLOR
         montage[y : y + th, x : x + tw] = tiles[i].repeat(scale, 0).repeat(scale, 1)
     title_px = 24 if title else 0
     total_px = montage.shape[0] + title_px
@@ -111,7 +118,7 @@ def image_grid(
         r, c = divmod(i, ncols)
         ax.text(
             c * cell_w + cell_w / 2,
-            r * cell_h + cap_px - 2,
+            r * cell_h + cap_px - ring - 1,
             caption,
             ha="center",
             va="bottom",

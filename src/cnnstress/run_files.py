@@ -4,7 +4,8 @@ Contract (analysis relies on it):
 
 * ``metrics.json``: flat ``{"group/name": number}``; present only for a finished run.
 * ``predictions.npz``: ``index`` (int64), ``target`` (int64) and ``probs`` (float32, N x C,
-  softmax) for the whole test set, sorted by index.
+  softmax) for the whole test set, sorted by index, and ``official_index`` (bool scalar):
+  whether ``index`` is the official test index (else the position in the sorted test split).
 * ``run.json``: what the run was, written just before ``metrics.json``: ``config`` (the
   resolved config it ran with), ``fingerprint`` (:mod:`cnnstress.identity`), ``overrides``
   (the command-line overrides) and ``improvement`` (its label and the overrides that changed
@@ -58,9 +59,14 @@ def read_metrics(run_dir: str | Path) -> dict[str, float]:
 
 
 def write_predictions(
-    run_dir: str | Path, index: np.ndarray, target: np.ndarray, probs: np.ndarray
+    run_dir: str | Path,
+    index: np.ndarray,
+    target: np.ndarray,
+    probs: np.ndarray,
+    official_index: bool = False,
 ) -> Path:
-    """Write ``predictions.npz`` atomically."""
+    """Write ``predictions.npz`` atomically: ``index`` ``(N,)``, ``target`` ``(N,)``, ``probs``
+    ``(N, C)`` and ``official_index`` (whether ``index`` is the official test index)."""
     path = Path(run_dir) / PREDICTIONS_FILE
 
     def write(tmp: Path) -> None:
@@ -70,6 +76,7 @@ def write_predictions(
                 index=index.astype(np.int64),
                 target=target.astype(np.int64),
                 probs=probs.astype(np.float32),
+                official_index=np.array(bool(official_index)),
             )
 
     _atomic_write(path, write)
@@ -77,9 +84,12 @@ def write_predictions(
 
 
 def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """Read a run's ``predictions.npz`` as a dict of arrays (``index``, ``target``, ``probs``)."""
+    """Read a run's ``predictions.npz`` as a dict of arrays (``index``, ``target``, ``probs``,
+    and ``official_index``, a 0-d bool array: False for files written before it existed)."""
     with np.load(Path(run_dir) / PREDICTIONS_FILE) as data:
-        return {key: data[key] for key in data.files}
+        arrays = {key: data[key] for key in data.files}
+    arrays.setdefault("official_index", np.array(False))
+    return arrays
 
 
 def write_run_record(

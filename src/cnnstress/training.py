@@ -197,7 +197,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(config, final)
     if trainer.is_global_zero:
         predictions = module.predictions("test")
-        write_predictions(run_dir, predictions.index, predictions.target, predictions.probs)
+        write_predictions(
+            run_dir,
+            predictions.index,
+            predictions.target,
+            predictions.probs,
+            official_index=datamodule.official_test_index,
+        )
         overrides = task_overrides()
         changed = improvement_changes(cfg, overrides, IMPROVEMENT_KEYS)
         write_run_record(run_dir, config, overrides, changed)

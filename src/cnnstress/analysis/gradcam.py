@@ -17,7 +17,7 @@ from cnnstress.analysis.compare import Comparison, GroupResult
 from cnnstress.analysis.runs import Run
 from cnnstress.cam import SALIENCY, check_method, compute_heatmaps, resolve_layer
 from cnnstress.checkpoints import load_backbone
-from cnnstress.data import class_names, load_split
+from cnnstress.data import LabeledImages, class_names, load_split
 from cnnstress.errors import DataError
 
 
@@ -80,9 +80,9 @@ def cam_settings(
     return check_method(method or found_method or "gradcam", "gradcam.method"), layer
 
 
-def _test_images(run: Run) -> torch.Tensor:
-    """The run's test split, uint8 ``(N, 3, H, W)``, read from its configured root."""
-    return load_split(str(run.config.dataset.root), run.dataset, "test").images
+def _test_split(run: Run) -> LabeledImages:
+    """The run's test split (uint8 images, labels, official ids), read from its recorded root."""
+    return load_split(str(run.config.dataset.root), run.dataset, "test")
 
 
 def _normalize(images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
@@ -144,11 +144,12 @@ def side_by_side(
     # Most confident failures first; ties broken by test-set position.
     order = np.lexsort((ref_run.index[wrong], -ref_run.confidence[wrong]))
     positions = wrong[order][:top_n]
-    split = _test_images(ref_run)
+    split = _test_split(ref_run)
     index = ref_run.index[positions]
-    if index.max() >= len(split):
-        raise DataError(f"{ref_run.path}: predictions index {index.max()} beyond the test split")
-    images = split[torch.from_numpy(index)]
+    missing = index[~split.contains(index).numpy()]
+    if missing.size:
+        raise DataError(f"{ref_run.path}: predictions index {missing[0]} not in the test split")
+    images = split.images[split.rows(index)]
     columns = [
         _column(reference.key.name, ref_run, positions, images, device, method, target_layer)
     ]

@@ -13,6 +13,7 @@ from torchmetrics.functional.classification import (
 from cnnstress.callbacks.failures import (
     check_count,
     class_names,
+    label_errors_of,
     output_dir,
     tensorboard_writer,
 )
@@ -32,6 +33,10 @@ class ConfusionCalibration(L.Callback):
     * logs ``test/ece`` (expected calibration error, torchmetrics, ``n_bins`` equal-width bins,
       L1 norm) and ``test/acc_class/<class name>`` (per-class accuracy = recall), which land in
       ``metrics.json``;
+    * where the test indices are official and the dataset has a list of known label errors,
+      logs ``test/acc_clean`` (those errors left out) and ``test/acc_corrected`` (likely true
+      class as the target where the workers agreed, the other errors left out; see
+      :meth:`~cnnstress.data.label_errors.LabelErrors.clean_accuracy`); absent otherwise;
     * on global rank 0 writes ``confusion_matrix.json`` (``classes`` in the dataset's official
       order, ``matrix[true][predicted]`` counts), ``confusion_matrix.png``,
       ``reliability.json`` (per-bin count, accuracy, mean confidence) and ``reliability.png``
@@ -61,6 +66,13 @@ class ConfusionCalibration(L.Callback):
         per_class = np.where(support > 0, np.diag(matrix) / np.maximum(support, 1), np.nan)
         metrics = {"test/ece": ece}
         metrics |= {f"test/acc_class/{n}": float(a) for n, a in zip(names, per_class, strict=True)}
+        errors = label_errors_of(trainer, "test")
+        if errors is not None:
+            clean = errors.clean_accuracy(preds.index, preds.target, logits.argmax(1).numpy())
+            if clean.num_clean:
+                metrics["test/acc_clean"] = clean.acc_clean
+            if clean.num_corrected:
+                metrics["test/acc_corrected"] = clean.acc_corrected
         pl_module.log_dict(metrics, sync_dist=False)  # same gathered values on every rank
         if not trainer.is_global_zero:
             return

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from cnnstress.data.label_errors import SOURCE, LabelErrors
 from cnnstress.errors import ConfigError
 from cnnstress.plots import image_grid, save_png, to_hwc
 from cnnstress.run_files import write_json
@@ -35,14 +36,23 @@ def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
 def split_images(trainer: L.Trainer, stage: str, index: np.ndarray) -> torch.Tensor | None:
     """uint8 ``(N, 3, H, W)`` images of the ``stage`` split at dataset ``index``, if known.
 
-    ``index`` is what batches carry: positions in the official split the images come from
-    (the validation split's indices are positions in the official training split).
+    ``index`` is what batches carry: official test indices in a test split that has them, else
+    positions in the official split the images come from (the validation split's indices are
+    positions in the official training split); the split's ``rows`` maps them to its images.
     """
     datamodule = trainer.datamodule
     split = getattr(datamodule, f"{stage}_set", None) if datamodule is not None else None
     if split is None or not hasattr(split, "images"):
         return None
-    return split.images[torch.as_tensor(index, dtype=torch.long)]
+    index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+    return split.images[split.rows(index) if hasattr(split, "rows") else index]
+
+
+def label_errors_of(trainer: L.Trainer, stage: str) -> LabelErrors | None:
+    """The known label errors that apply to the ``stage`` split's indices (see
+    :meth:`CIFARDataModule.label_errors`), or None."""
+    getter = getattr(trainer.datamodule, "label_errors", None) if trainer.datamodule else None
+    return getter(stage) if callable(getter) else None
 
 
 def tensorboard_writer(trainer: L.Trainer) -> Any | None:
@@ -105,24 +115,36 @@ def failure_records(
     rows: np.ndarray,
     names: Sequence[str],
     top_k: int = 3,
+    label_errors: LabelErrors | None = None,
 ) -> list[dict[str, Any]]:
-    """JSON-ready records for ``rows``: index, true and predicted class, confidence, top-k."""
+    """JSON-ready records for ``rows``: index, true and predicted class, confidence, top-k.
+
+    With ``label_errors`` (``index`` holds official test indices), each record also says
+    whether its image is a known ``label_error`` and its ``likely_true`` class (``None`` where
+    the workers did not agree on one, or for an image that is not a label error).
+    """
     records = []
-    for row in rows:
+    if label_errors is not None:
+        is_error = label_errors.is_error(index[rows])
+        likely_true = label_errors.likely_true(index[rows])
+    for k, row in enumerate(rows):
         p = probs[row]
         top = np.argsort(-p, kind="stable")[:top_k]
         pred = int(top[0])
-        records.append(
-            {
-                "index": int(index[row]),
-                "true": {"id": int(target[row]), "name": names[int(target[row])]},
-                "predicted": {"id": pred, "name": names[pred]},
-                "confidence": float(p[pred]),
-                f"top{top_k}": [
-                    {"id": int(c), "name": names[int(c)], "prob": float(p[c])} for c in top
-                ],
-            }
-        )
+        record = {
+            "index": int(index[row]),
+            "true": {"id": int(target[row]), "name": names[int(target[row])]},
+            "predicted": {"id": pred, "name": names[pred]},
+            "confidence": float(p[pred]),
+            f"top{top_k}": [
+                {"id": int(c), "name": names[int(c)], "prob": float(p[c])} for c in top
+            ],
+        }
+        if label_errors is not None:
+            true = int(likely_true[k])
+            record["label_error"] = bool(is_error[k])
+            record["likely_true"] = None if true < 0 else {"id": true, "name": names[true]}
+        records.append(record)
     return records
 
 
@@ -139,6 +161,12 @@ class HighConfidenceFailures(L.Callback):
       and ``<dirpath>/failures_grid.png`` with the ``top_n`` first images captioned
       "true -> predicted (confidence)", and logs the grid to TensorBoard
       (``test/high_conf_failures_grid``);
+    * known label errors, where the split's indices are official and the dataset has a list
+      (:func:`label_errors_of`; the test split only): logs
+      ``{stage}/high_conf_failures_label_errors`` (how many failures are label errors), marks
+      each JSON record (``label_error``, ``likely_true``), and frames those images in the grid
+      with the caption lines "label error", "likely: <likely true class>" (or "true unclear").
+      Nothing label-error related is written otherwise;
     * validation: writes ``<dirpath>/val_failures.json`` (latest epoch) and, every
       ``grid_every_n_epochs`` epochs (0 = never), logs the grid as ``val/high_conf_failures_grid``.
 
@@ -170,6 +198,8 @@ class HighConfidenceFailures(L.Callback):
         self.ncols = check_count(ncols, f"{key}.ncols", 1)
         self.dirpath = dirpath
         self.last: dict[str, list[dict[str, Any]]] = {}
+        # What the latest grid of each stage shows: index, caption and frame per tile.
+        self.last_grid: dict[str, list[dict[str, Any]]] = {}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -184,15 +214,19 @@ class HighConfidenceFailures(L.Callback):
             return
         probs = preds.probs
         rows = find_failures(preds.index, preds.target, probs, self.threshold)
+        errors = label_errors_of(trainer, stage)
         metrics = {
             f"{stage}/high_conf_failures": float(rows.size),
             f"{stage}/high_conf_failure_rate": rows.size / preds.index.size,
         }
+        if errors is not None:
+            num_errors = int(errors.is_error(preds.index[rows]).sum())
+            metrics[f"{stage}/high_conf_failures_label_errors"] = float(num_errors)
         pl_module.log_dict(metrics, sync_dist=False)  # same gathered values on every rank
         if not trainer.is_global_zero:
             return
         names = class_names(trainer, probs.shape[1])
-        records = failure_records(preds.index, preds.target, probs, rows, names, self.top_k)
+        records = failure_records(preds.index, preds.target, probs, rows, names, self.top_k, errors)
         self.last[stage] = records
         folder = output_dir(trainer, self.dirpath, "failures")
         summary = {
@@ -201,8 +235,10 @@ class HighConfidenceFailures(L.Callback):
             "threshold": self.threshold,
             "num_images": int(preds.index.size),
             "count": len(records),
-            "failures": records,
         }
+        if errors is not None:
+            summary["label_errors"] = {"count": num_errors, "source": SOURCE}
+        summary["failures"] = records
         write_json(folder / ("failures.json" if stage == "test" else "val_failures.json"), summary)
         grid_due = stage == "test" or (
             self.grid_every_n_epochs > 0
@@ -218,6 +254,13 @@ class HighConfidenceFailures(L.Callback):
             f"{stage}: {len(records)} of {preds.index.size} images wrong with confidence "
             f">= {self.threshold:g}" + (f" (top {len(shown)})" if len(records) > len(shown) else "")
         )
+        captions, framed = failure_captions(shown)
+        self.last_grid[stage] = [
+            {"index": r["index"], "caption": c, "framed": f}
+            for r, c, f in zip(shown, captions, framed, strict=True)
+        ]
+        if any(framed):
+            title += f"; framed: {sum(framed)} known label errors"
         grid = failures_grid(images, shown, self.ncols, title)
         if stage == "test":
             save_png(grid, folder / "failures_grid.png")
@@ -228,15 +271,32 @@ class HighConfidenceFailures(L.Callback):
             )
 
 
+def failure_captions(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[bool]]:
+    """Caption and frame flag per record: "#index / true -> / predicted (confidence)", plus
+    "label error" and "likely: <class>" (or "true unclear") for a known label error (framed)."""
+    captions, framed = [], []
+    for r in records:
+        true, pred = r["true"]["name"], r["predicted"]["name"]
+        caption = f"#{r['index']}\n{true} ->\n{pred} ({r['confidence']:.2f})"
+        if r.get("label_error"):
+            likely = r.get("likely_true")
+            truth = f"likely: {likely['name']}" if likely else "true unclear"
+            caption += f"\nlabel error\n{truth}"
+        captions.append(caption)
+        framed.append(bool(r.get("label_error")))
+    return captions, framed
+
+
 def failures_grid(
     images: torch.Tensor, records: Sequence[dict[str, Any]], ncols: int, title: str | None
 ) -> np.ndarray:
-    """Grid ``(H, W, 3)`` uint8 of uint8 images ``(N, 3, h, w)`` captioned from ``records``."""
+    """Grid ``(H, W, 3)`` uint8 of uint8 images ``(N, 3, h, w)`` captioned from ``records``
+    (:func:`failure_captions`); known label errors are framed."""
     if len(records) == 0:
         tiles = np.full((1, *images.shape[-2:], 3), 255, np.uint8)
         return image_grid(tiles, ["(no failures)"], 1, title, caption_lines=3)
-    captions = [
-        f"#{r['index']}\n{r['true']['name']} ->\n{r['predicted']['name']} ({r['confidence']:.2f})"
-        for r in records
-    ]
-    return image_grid(to_hwc(images), captions, ncols, title, scale=4, caption_lines=3)
+    captions, framed = failure_captions(records)
+    lines = 5 if any(framed) else 3
+    return image_grid(
+        to_hwc(images), captions, ncols, title, scale=4, caption_lines=lines, framed=framed
+    )

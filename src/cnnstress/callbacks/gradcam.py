@@ -14,6 +14,7 @@ from cnnstress.callbacks.failures import (
     check_threshold,
     class_names,
     find_failures,
+    label_errors_of,
     output_dir,
     split_images,
     tensorboard_writer,
@@ -96,17 +97,20 @@ class GradCAMGrids(L.Callback):
         self.alpha = check_threshold(alpha, f"{KEY}.alpha")
         self._rendered_step: int | None = None
         self.written: list[str] = []
+        self.last_captions: list[str] = []  # of the latest grid, three per image
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.target_layer:
             resolve_layer(explained_model(pl_module), self.target_layer, f"{KEY}.target_layer")
         test_set = getattr(trainer.datamodule, "test_set", None) if trainer.datamodule else None
         if test_set is not None and self.indices:
-            bad = [i for i in self.indices if i >= len(test_set.images)]
+            indices = torch.tensor(self.indices, dtype=torch.long)
+            bad = indices[~test_set.data.contains(indices)].tolist()
             if bad:
+                kind = "official indices" if test_set.official_index else "positions"
                 raise ConfigError(
-                    f"{KEY}.indices {bad} out of range: the test split has "
-                    f"{len(test_set.images)} images (valid 0..{len(test_set.images) - 1})"
+                    f"{KEY}.indices {bad} out of range: the test split's {len(test_set)} "
+                    f"images have {kind} (valid {_ranges(test_set.data.ids, len(test_set))})"
                 )
 
     # -- hooks ------------------------------------------------------------------------------
@@ -129,9 +133,10 @@ class GradCAMGrids(L.Callback):
     # -- rendering --------------------------------------------------------------------------
     def _examples(
         self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str
-    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """Labels, uint8 images ``(N, 3, H, W)`` and true classes ``(N,)`` to render."""
-        labels, images, targets = [], [], []
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor, np.ndarray]:
+        """Labels, uint8 images ``(N, 3, H, W)``, true classes ``(N,)`` and test indices ``(N,)``
+        (-1 for validation images) to render."""
+        labels, images, targets, test_index = [], [], [], []
         # No validation split: nothing to gather (the same answer on every rank).
         has_split = stage != "val" or getattr(trainer.datamodule, "has_val", True)
         preds = pl_module.predictions(stage) if has_split else None  # collective: all ranks
@@ -143,24 +148,41 @@ class GradCAMGrids(L.Callback):
                 labels += [f"{stage} #{i}" for i in preds.index[rows]]
                 images.append(found)
                 targets.append(torch.from_numpy(preds.target[rows]))
+                test_index.append(preds.index[rows] if stage == "test" else np.full(rows.size, -1))
         if self.indices:
             fixed = np.asarray(self.indices, dtype=np.int64)
             found = split_images(trainer, "test", fixed)
             if found is not None:
+                test_set = trainer.datamodule.test_set
                 labels += [f"test #{i} (fixed)" for i in fixed]
                 images.append(found)
-                targets.append(trainer.datamodule.test_set.labels[torch.from_numpy(fixed)])
+                targets.append(test_set.labels[test_set.rows(fixed)])
+                test_index.append(fixed)
         if not images:
-            return [], torch.zeros(0), torch.zeros(0)
-        return labels, torch.cat(images), torch.cat(targets).long()
+            return [], torch.zeros(0), torch.zeros(0), np.zeros(0, np.int64)
+        return labels, torch.cat(images), torch.cat(targets).long(), np.concatenate(test_index)
 
     def _render(
         self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, name: str
     ) -> None:
-        labels, images, targets = self._examples(trainer, pl_module, stage)
+        labels, images, targets, test_index = self._examples(trainer, pl_module, stage)
         if not trainer.is_global_zero or not labels:
             return
-        array = self.grid(trainer, pl_module, images, targets, labels, title_suffix=name)
+        errors = label_errors_of(trainer, "test")
+        likely_true = label_error = None
+        if errors is not None:  # -1 (validation images) is never a label error
+            label_error = errors.is_error(test_index)
+            likely_true = errors.likely_true(test_index)
+        array = self.grid(
+            trainer,
+            pl_module,
+            images,
+            targets,
+            labels,
+            title_suffix=name,
+            label_error=label_error,
+            likely_true=likely_true,
+        )
         path = save_png(array, output_dir(trainer, self.dirpath, "gradcam") / f"{name}.png")
         self.written.append(str(path))
         self._rendered_step = trainer.global_step
@@ -177,8 +199,17 @@ class GradCAMGrids(L.Callback):
         targets: torch.Tensor,
         labels: Sequence[str],
         title_suffix: str = "",
+        label_error: np.ndarray | None = None,
+        likely_true: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Rendered grid ``(H, W, 3)`` uint8 for uint8 ``images`` ``(N, 3, h, w)``."""
+        """Rendered grid ``(H, W, 3)`` uint8 for uint8 ``images`` ``(N, 3, h, w)`` with true
+        classes ``targets`` ``(N,)``.
+
+        ``label_error`` (bool ``(N,)``) and ``likely_true`` (int ``(N,)``, -1 = unknown) mark
+        known label errors: the third panel then shows the CAM of the likely true class
+        ("likely true: frog (label error)"), or of the given label where the workers did not
+        agree ("label: cat (label error)").
+        """
         net = explained_model(pl_module)
         channels_last = bool(getattr(pl_module, "channels_last", False))
         x = trainer.datamodule.normalize(images.to(pl_module.device))
@@ -186,10 +217,15 @@ class GradCAMGrids(L.Callback):
         pred = probs.argmax(1)
         conf = probs.gather(1, pred[:, None])[:, 0]
         n = len(labels)
+        label_error = np.zeros(n, bool) if label_error is None else np.asarray(label_error)
+        likely_true = np.full(n, -1) if likely_true is None else np.asarray(likely_true)
+        # The third panel: the CAM of the likely true class of a label error, else of the label.
+        likely = torch.from_numpy(likely_true.astype(np.int64))
+        third = torch.where(likely >= 0, likely, targets.cpu().long()).to(pred.device)
         heat = compute_heatmaps(
             net,
             torch.cat([x, x]),
-            torch.cat([pred, targets]),
+            torch.cat([pred, third]),
             self.method,
             self.target_layer,
             channels_last=channels_last,
@@ -201,14 +237,22 @@ class GradCAMGrids(L.Callback):
         names = class_names(trainer, probs.shape[1])
         captions: list[str] = []
         for i, label in enumerate(labels):
-            p, t = int(pred[i]), int(targets[i])
+            p, t, c = int(pred[i]), int(targets[i]), int(third[i])
+            if not label_error[i]:
+                third_caption = f"{self.method}\ntrue: {names[t]}"
+            elif likely_true[i] >= 0:
+                third_caption = f"{self.method}\nlikely true: {names[c]}\n(label error)"
+            else:
+                third_caption = f"{self.method}\nlabel: {names[t]}\n(label error)"
             captions += [
                 f"{label}\n{names[t]} -> {names[p]}\n({conf[i]:.2f})",
                 f"{self.method}\npredicted: {names[p]}",
-                f"{self.method}\ntrue: {names[t]}",
+                third_caption,
             ]
+        self.last_captions = captions
         layer = "" if self.method == SALIENCY else f" at {self.target_layer}"
-        title = f"{self.method}{layer}, {title_suffix}: image | predicted class | true class"
+        third_title = "true class (framed: label error)" if label_error.any() else "true class"
+        title = f"{self.method}{layer}, {title_suffix}: image | predicted class | {third_title}"
         return image_grid(
             tiles.reshape(-1, *tiles.shape[2:]),
             captions,
@@ -216,4 +260,18 @@ class GradCAMGrids(L.Callback):
             title,
             scale=4,
             caption_lines=3,
+            framed=[bool(e) and panel == 0 for e in label_error for panel in range(3)],
         )
+
+
+def _ranges(ids: torch.Tensor | None, size: int) -> str:
+    """``0..N-1``, or the official indices present as ranges (``0..19, 40..59``), a few shown."""
+    if ids is None:
+        return f"0..{size - 1}"
+    values = ids.tolist()
+    if not values:
+        return "(none)"
+    starts = [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v - 1]
+    ends = [v for i, v in enumerate(values) if i == len(values) - 1 or values[i + 1] != v + 1]
+    parts = [f"{a}..{b}" if a != b else str(a) for a, b in zip(starts, ends, strict=True)]
+    return ", ".join(parts[:5]) + (f", ... ({len(parts)} ranges)" if len(parts) > 5 else "")

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cnnstress.augment import BatchAugmentation, build_augmentation
 from cnnstress.data.classes import class_names
+from cnnstress.data.label_errors import LabelErrors, load_label_errors
 from cnnstress.data.sources import LabeledImages, load_split
 from cnnstress.errors import ConfigError
 
@@ -19,16 +20,35 @@ Batch = dict[str, torch.Tensor]
 
 
 class IndexedImages(Dataset):
-    """Images, labels and their dataset indices; fetches a whole batch with one indexing op.
+    """The rows ``indices`` of a split, served with their dataset indices; fetches a whole batch
+    with one indexing op.
+
+    A batch's ``index`` is the official index of each image when the split knows it
+    (``data.ids``: the test split of a torchvision root or of officially named files), else its
+    row in ``data`` (the position in the official split). :meth:`rows` maps it back.
 
     ``__getitems__`` makes the DataLoader hand over the list of batch indices at once, so no
     per-sample Python runs; ``collate_fn`` must then be :func:`keep_batch`.
     """
 
     def __init__(self, data: LabeledImages, indices: torch.Tensor | None = None) -> None:
+        self.data = data
         self.images = data.images
         self.labels = data.labels
         self.indices = torch.arange(len(data)) if indices is None else indices
+
+    @property
+    def official_index(self) -> bool:
+        """Whether the ``index`` of a batch is the official index of the image."""
+        return self.data.ids is not None
+
+    def rows(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Rows of :attr:`images`/:attr:`labels` ``(K,)`` for batch ``index`` values ``(K,)``.
+
+        Raises:
+            IndexError: an index is not in the split.
+        """
+        return self.data.rows(index)
 
     def __len__(self) -> int:
         return self.indices.numel()
@@ -37,8 +57,9 @@ class IndexedImages(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, positions: Sequence[int]) -> Batch:
-        index = self.indices[torch.as_tensor(positions)]
-        return {"image": self.images[index], "target": self.labels[index], "index": index}
+        rows = self.indices[torch.as_tensor(positions)]
+        index = rows if self.data.ids is None else self.data.ids[rows]
+        return {"image": self.images[rows], "target": self.labels[rows], "index": index}
 
 
 def keep_batch(batch: Batch) -> Batch:
@@ -50,9 +71,12 @@ class CIFARDataModule(L.LightningDataModule):
     """CIFAR-10/100 with the official splits and an optional held-out validation split.
 
     Batches are dicts: ``image`` uint8 ``(N, 3, 32, 32)`` on the host, ``target`` int64 ``(N,)``,
-    ``index`` int64 ``(N,)`` (position in the official split). After the transfer to the device,
-    training batches are augmented (per-sample randomness) and every batch is normalised to a
-    float ``image``; batch-mixing ops add ``soft_target`` ``(N, num_classes)``.
+    ``index`` int64 ``(N,)``: in the test split the official test index where the data has it
+    (:attr:`official_test_index`), else the position in the official split (always so for the
+    training and validation splits, both carved from the official train split). After the
+    transfer to the device, training batches are augmented (per-sample randomness) and every
+    batch is normalised to a float ``image``; batch-mixing ops add ``soft_target``
+    ``(N, num_classes)``.
 
     Randomness: the shuffle order and the augmentation draw from ``(seed, epoch, rank)`` only,
     so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
@@ -104,6 +128,21 @@ class CIFARDataModule(L.LightningDataModule):
     def has_val(self) -> bool:
         """Whether a validation split is carved from the training split."""
         return self.val_size > 0
+
+    @property
+    def official_test_index(self) -> bool:
+        """Whether test batches carry official test indices (known after :meth:`setup`)."""
+        return self.test_set is not None and self.test_set.official_index
+
+    def label_errors(self, stage: str) -> LabelErrors | None:
+        """The known label errors for the ``stage`` split's indices, or None.
+
+        Only the test split can have them, and only when its indices are official and the
+        dataset has a list (:func:`~cnnstress.data.label_errors.load_label_errors`).
+        """
+        if stage != "test" or not self.official_test_index:
+            return None
+        return load_label_errors(self.name)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits (decoded once per process) and carve the validation split."""

@@ -10,27 +10,42 @@ A dataset root is one of three kinds, detected from what is on disk:
 
 Every split is decoded once (no PIL) and kept in a process-wide cache, so repeated
 ``setup`` calls and tests pay the decoding cost once.
+
+Official test indices: a torchvision root has them (its order is the official one). A zip or
+folder has them when every test file is named by an integer (``test/cat/00000.jpg``), the
+integers are unique and below the official test-set size (10,000), and the labels agree with
+the official ones wherever the shipped label-error lists know them; the test split is then
+ordered by that index (so a complete copy loads in torchvision's order), and it may be a subset
+of the official test set (classes may be missing). Otherwise the test split keeps the sorted
+(class, file name) order and its indices are positions; the log says why, once. Train file names
+are never official indices (the official train split has no such naming convention).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
 from cnnstress.data.classes import class_names
+from cnnstress.data.label_errors import load_label_errors
 from cnnstress.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 IMAGE_SIZE = 32
 _TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 _MEMBER = re.compile(r"^(?:.*/)?(train|test)/([^/]+)/([^/]+)$")
+OFFICIAL_TEST_SIZE = 10_000  # CIFAR-10 and CIFAR-100 alike
 
 
 @dataclass(frozen=True)
@@ -40,13 +55,45 @@ class LabeledImages:
     Attributes:
         images: ``(N, 3, 32, 32)`` uint8 tensor.
         labels: ``(N,)`` int64 tensor of official class indices.
+        ids: ``(N,)`` int64 tensor of the official index of each image, strictly increasing;
+            ``None`` when unknown (then an image's dataset index is its position).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids is not None and (
+            self.ids.shape != self.labels.shape or bool((self.ids.diff() <= 0).any())
+        ):
+            raise ValueError("ids must be a strictly increasing (N,) tensor, one per image")
 
     def __len__(self) -> int:
         return self.labels.numel()
+
+    def contains(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Bool ``(K,)``: is each dataset ``index`` ``(K,)`` one of this split's images?"""
+        index = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        if self.ids is None:
+            return (index >= 0) & (index < len(self))
+        if len(self) == 0:
+            return torch.zeros(index.shape, dtype=torch.bool)
+        pos = torch.searchsorted(self.ids, index).clamp(max=len(self) - 1)
+        return self.ids[pos] == index
+
+    def rows(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """int64 ``(K,)`` rows of ``images``/``labels`` holding the images at dataset ``index``
+        ``(K,)`` (official indices when ``ids`` is known, else positions).
+
+        Raises:
+            IndexError: an index is not in this split.
+        """
+        index = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        missing = index[~self.contains(index)]
+        if missing.numel():
+            raise IndexError(f"dataset indices {missing[:5].tolist()} are not in this split")
+        return index if self.ids is None else torch.searchsorted(self.ids, index)
 
 
 def detect_root_kind(root: Path) -> str:
@@ -56,7 +103,7 @@ def detect_root_kind(root: Path) -> str:
     """
     if root.is_file():
         return "zip"
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    if (root / "train").is_dir() or (root / "test").is_dir():
         return "folder"
     return "torchvision"
 
@@ -100,11 +147,13 @@ def _decode(data: bytes, where: str) -> torch.Tensor:
     return image
 
 
-def _class_index(folder_names: set[str], dataset: str, where: Path) -> dict[str, int]:
+def _class_index(
+    folder_names: set[str], dataset: str, where: Path, allow_missing: bool = False
+) -> dict[str, int]:
     official = class_names(dataset)
-    if folder_names != set(official):
-        unknown = sorted(folder_names - set(official))[:5]
-        missing = sorted(set(official) - folder_names)[:5]
+    unknown = sorted(folder_names - set(official))[:5]
+    missing = sorted(set(official) - folder_names)[:5]
+    if unknown or (missing and not allow_missing):
         raise DataError(
             f"class folders in {where} do not match the official {dataset} classes "
             f"(unexpected: {unknown or 'none'}, missing: {missing or 'none'})"
@@ -112,11 +161,54 @@ def _class_index(folder_names: set[str], dataset: str, where: Path) -> dict[str,
     return {name: i for i, name in enumerate(official)}
 
 
-def _stack(items: list[tuple[int, torch.Tensor]], where: Path, split: str) -> LabeledImages:
+_INTEGER_STEM = re.compile(r"[0-9]+")
+
+
+def _file_ids(names: list[str]) -> tuple[np.ndarray | None, str]:
+    """Official test indices from the file names, or ``(None, why not)``."""
+    stems = [Path(name).stem for name in names]
+    for name, stem in zip(names, stems, strict=True):
+        if not _INTEGER_STEM.fullmatch(stem):
+            return None, f"file {name!r} is not named by an integer"
+    ids = np.array([int(stem) for stem in stems], dtype=np.int64)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        return None, f"{int((counts > 1).sum())} file numbers repeat (e.g. {unique[counts > 1][0]})"
+    if ids.max() >= OFFICIAL_TEST_SIZE:
+        return None, f"file number {ids.max()} is not below the official size {OFFICIAL_TEST_SIZE}"
+    return ids, ""
+
+
+def _stack(
+    items: list[tuple[int, torch.Tensor]],
+    where: Path,
+    dataset: str,
+    split: str,
+    ids: np.ndarray | None = None,
+    why_no_ids: str = "",
+) -> LabeledImages:
+    """The split from ``(label, image)`` items; ordered by ``ids`` when they are official."""
     if not items:
         raise DataError(f"no {split} images found in {where}")
     labels = torch.tensor([label for label, _ in items], dtype=torch.int64)
-    return LabeledImages(torch.stack([image for _, image in items]), labels)
+    images = torch.stack([image for _, image in items])
+    if split != "test":
+        return LabeledImages(images, labels)
+    errors = load_label_errors(dataset)
+    if ids is not None and errors is not None:
+        wrong = errors.label_mismatches(ids, labels.numpy())
+        if wrong:
+            ids, why_no_ids = None, f"{wrong} images have labels other than the official ones"
+    if ids is None:
+        log.warning(
+            "%s: test images are indexed by position, not by official test index (%s); "
+            "label-error features are off",
+            where,
+            why_no_ids,
+        )
+        return LabeledImages(images, labels)
+    order = torch.from_numpy(np.argsort(ids, kind="stable"))
+    return LabeledImages(images[order], labels[order], torch.from_numpy(ids)[order])
 
 
 def _load_zip(path: Path, dataset: str, split: str) -> LabeledImages:
@@ -129,24 +221,34 @@ def _load_zip(path: Path, dataset: str, split: str) -> LabeledImages:
                     members.append((match[2], name))
             if not members:
                 raise DataError(f"zip {path} has no {split}/<class>/<image> entries")
-            index = _class_index({c for c, _ in members}, dataset, path)
-            members.sort(key=lambda m: (index[m[0]], m[1]))
+            ids, why = _file_ids([n for _, n in members]) if split == "test" else (None, "")
+            index = _class_index({c for c, _ in members}, dataset, path, ids is not None)
+            order = sorted(range(len(members)), key=lambda i: (index[members[i][0]], members[i][1]))
+            members = [members[i] for i in order]
             items = [(index[c], _decode(archive.read(n), f"{path}:{n}")) for c, n in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
         raise DataError(f"cannot read zip {path}: {err} (is it a complete zip file?)") from None
-    return _stack(items, path, split)
+    return _stack(items, path, dataset, split, None if ids is None else ids[order], why)
 
 
 def _load_folder(root: Path, dataset: str, split: str) -> LabeledImages:
     split_dir = root / split
-    folders = {p.name: p for p in split_dir.iterdir() if p.is_dir()}
-    index = _class_index(set(folders), dataset, split_dir)
-    items = []
-    for name in sorted(folders, key=index.__getitem__):
-        for file in sorted(folders[name].iterdir()):
-            if file.suffix.lower() in _IMAGE_SUFFIXES:
-                items.append((index[name], _decode(file.read_bytes(), str(file))))
-    return _stack(items, split_dir, split)
+    if not split_dir.is_dir():
+        raise DataError(f"{root} has no {split}/ folder of {split}/<class>/<image> files")
+    files = [
+        (folder.name, file)
+        for folder in split_dir.iterdir()
+        if folder.is_dir()
+        for file in folder.iterdir()
+        if file.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    ids, why = _file_ids([f.name for _, f in files]) if split == "test" and files else (None, "")
+    folders = {p.name for p in split_dir.iterdir() if p.is_dir()}
+    index = _class_index(folders, dataset, split_dir, ids is not None)
+    order = sorted(range(len(files)), key=lambda i: (index[files[i][0]], files[i][1].name))
+    files = [files[i] for i in order]
+    items = [(index[name], _decode(file.read_bytes(), str(file))) for name, file in files]
+    return _stack(items, split_dir, dataset, split, None if ids is None else ids[order], why)
 
 
 def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> LabeledImages:
@@ -166,4 +268,6 @@ def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> L
     except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
         raise DataError(f"cannot load or download {dataset} at {root} ({err}); {hint}") from None
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-    return LabeledImages(images, torch.tensor(data.targets, dtype=torch.int64))
+    labels = torch.tensor(data.targets, dtype=torch.int64)
+    # torchvision keeps the official order: the test index is the position.
+    return LabeledImages(images, labels, torch.arange(len(labels)) if split == "test" else None)
