@@ -164,15 +164,18 @@ def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
         b_sum, c_sum = b_sum + expected[0], c_sum + expected[1]
     pooled = comparison.pooled
     assert (pooled.corrected, pooled.worsened) == (b_sum, c_sum)
-    n = b_sum + c_sum
-    if n >= 25:  # chi-square with continuity correction, by hand
-        assert pooled.mcnemar.method == "chi2-cc"
-        assert pooled.mcnemar.statistic == pytest.approx((abs(b_sum - c_sum) - 1) ** 2 / n)
-    else:  # exact: two-sided binomial tail, by hand
-        k = min(b_sum, c_sum)
-        tail = sum(stats.binom.pmf(i, n, 0.5) for i in range(k + 1))
-        assert pooled.mcnemar.method == "exact"
-        assert pooled.mcnemar.pvalue == pytest.approx(min(1.0, 2 * tail))
+    assert pooled.mcnemar is None  # the pooled test is the bootstrap over images and seeds
+    boot = comparison.bootstrap
+    assert (boot.seeds, boot.images) == (2, 80)
+    assert boot.delta == pytest.approx((b_sum - c_sum) / (2 * 80))
+    assert boot.ci_low <= boot.delta <= boot.ci_high
+    for seed in SEEDS:  # per seed: McNemar, exact below 25 discordant pairs
+        table = comparison.transitions[seed]
+        n, k = table.corrected + table.worsened, min(table.corrected, table.worsened)
+        if n < 25:
+            tail = sum(stats.binom.pmf(i, n, 0.5) for i in range(k + 1))
+            assert table.mcnemar.method == "exact"
+            assert table.mcnemar.pvalue == pytest.approx(min(1.0, 2 * tail))
     ref_acc = [_correct(sweep / f"baseline_{s}").mean() for s in SEEDS]
     ls_acc = [_correct(sweep / f"label_smoothing_{s}").mean() for s in SEEDS]
     diffs = np.subtract(ls_acc, ref_acc)

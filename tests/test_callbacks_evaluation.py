@@ -15,7 +15,7 @@ from cnnstress.config import instantiate
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
-from cnnstress.plots import reliability_bins
+from cnnstress.plots import expected_calibration_error, reliability_bins
 from cnnstress.training import build_datamodule, build_trainer
 from tests.test_callbacks_failures import ConstantLogits
 
@@ -39,7 +39,8 @@ def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip
     expected[:, 0] = 8
     assert confusion["matrix"] == expected.tolist()
     reliability = json.loads((run / "reliability.json").read_text())
-    assert reliability["n_bins"] == 15 and len(reliability["count"]) == 15
+    # 15 bins and the confidence-1.0 bin torchmetrics keeps apart.
+    assert reliability["n_bins"] == 15 and len(reliability["count"]) == 16
     assert reliability["count"][14] == 80 and reliability["accuracy"][14] == pytest.approx(0.1)
     for name in ("confusion_matrix.png", "reliability.png"):
         image = read_image(str(run / name))
@@ -60,6 +61,27 @@ def test_reliability_bins_give_torchmetrics_ece():
     expected = multiclass_calibration_error(probs, target, 10, n_bins=15, norm="l1")
     assert ece == pytest.approx(float(expected), abs=1e-6)
     assert bins["count"].sum() == 500
+
+
+def test_saturated_confidences_are_binned_as_torchmetrics_bins_them():
+    # Confidence exactly 1.0 sits in a bin of its own in torchmetrics, and a confidence on an
+    # edge in the upper bin. Merging 1.0 into the last bin would change the ECE here, as the
+    # two bins' gaps have opposite signs.
+    probs = torch.zeros(11, 10)
+    probs[:5, 0] = 1.0  # saturated: 3 right, 2 wrong
+    probs[5:8, 0], probs[5:8, 1] = 0.95, 0.05  # last bin, all right: under-confident
+    probs[8:, 0], probs[8:, 1] = 0.6, 0.4  # 0.6 = 9/15 is an edge: bin [0.6, 0.667)
+    target = torch.tensor([0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0])
+    confidence, predicted = probs.max(1)
+    bins = reliability_bins(confidence.numpy(), (predicted == target).numpy(), 15)
+    assert bins["count"][15] == 5 and bins["accuracy"][15] == pytest.approx(0.6)
+    assert bins["count"][14] == 3 and bins["count"][9] == 3
+    expected = multiclass_calibration_error(probs, target, 10, n_bins=15, norm="l1")
+    ece = expected_calibration_error(bins)
+    assert ece == pytest.approx(float(expected), abs=1e-6)
+    apart = (5 * abs(0.6 - 1.0) + 3 * abs(1.0 - 0.95) + 3 * abs(1 / 3 - 0.6)) / 11
+    merged = (8 * abs(6 / 8 - (5 + 2.85) / 8) + 3 * abs(1 / 3 - 0.6)) / 11
+    assert ece == pytest.approx(apart) and abs(apart - merged) > 0.02
 
 
 def test_bad_bin_count_is_a_config_error(make_config):

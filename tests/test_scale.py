@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +30,24 @@ def run_sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     return result
 
 
+def zip_with_81_test_images(source: Path, target: Path) -> Path:
+    """``source`` plus one more airplane test image: 81 test images, odd on 2 ranks."""
+    shutil.copy(source, target)
+    with zipfile.ZipFile(target, "a") as archive:
+        archive.writestr("test/airplane/0008.png", archive.read("test/airplane/0000.png"))
+    return target
+
+
 def test_ddp_job_in_a_multirun_equals_single_process_evaluation(
     make_config, tiny_cifar10_zip, tmp_path
 ):
+    # 81 test images and 33 validation images on 2 ranks: the distributed sampler pads both
+    # splits with a duplicate, which must never be counted.
+    data = zip_with_81_test_images(tiny_cifar10_zip, tmp_path / "odd.zip")
     sweep = tmp_path / "sweep"
     run_sweep(
-        sweep, f"dataset.root={tiny_cifar10_zip}", "seed=3", "trainer=ddp",
-        "trainer.accelerator=cpu", "trainer.devices=2",
+        sweep, f"dataset.root={data}", "seed=3", "trainer=ddp", "trainer.accelerator=cpu",
+        "trainer.devices=2", "dataset.val_size=33",
     )  # fmt: skip
     # One job, both ranks in its directory, one set of files (rank 0 writes).
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]
@@ -45,18 +58,21 @@ def test_ddp_job_in_a_multirun_equals_single_process_evaluation(
     ddp = read_metrics(run)
     assert ddp["train/effective_batch_size"] == 2 * 16
 
+    val = json.loads((run / "failures" / "val_failures.json").read_text())
+    assert val["num_images"] == 33  # not 34: the padded duplicate is dropped
     evaluation = tmp_path / "eval"
     single = train(
         make_config(
-            f"dataset.root={tiny_cifar10_zip}", "train=false",
-            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", output_dir=evaluation,
+            f"dataset.root={data}", "train=false", "dataset.val_size=33",
+            f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", output_dir=evaluation,
         )
     )  # fmt: skip
     for key in ("test/acc", "test/acc_top5", "test/high_conf_failures"):
         assert ddp[key] == single[key], key
     assert ddp["test/loss"] == pytest.approx(single["test/loss"], rel=1e-5)
     a, b = read_predictions(run), read_predictions(evaluation)
-    assert a["probs"].shape == (80, 10)  # padding the sampler added is not counted
+    assert a["probs"].shape == (81, 10)  # padding the sampler added is not counted
+    assert len(np.unique(a["index"])) == 81
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_array_equal(a["target"], b["target"])
     np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)

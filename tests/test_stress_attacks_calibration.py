@@ -12,8 +12,8 @@ from cnnstress.stress.adversarial import AdversarialSettings, eps_key, fgsm, par
 from cnnstress.stress.calibration import (
     calibration_error,
     fit_temperature,
+    logit_bins,
     nll,
-    reliability_bins,
 )
 from cnnstress.stress.context import NormalizedModel, parse_settings
 
@@ -110,7 +110,7 @@ def test_reliability_bins_reproduce_torchmetrics_ece():
     g = torch.Generator().manual_seed(1)
     logits = 3 * torch.randn(5000, 10, generator=g)
     labels = torch.randint(0, 10, (5000,), generator=g)
-    bins = reliability_bins(logits, labels, 15)
+    bins = logit_bins(logits, labels, 15)
     weights = bins["count"] / bins["count"].sum()
     gaps = np.nan_to_num(np.abs(bins["accuracy"] - bins["confidence"]))
     assert bins["count"].sum() == 5000

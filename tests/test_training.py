@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.run_files import read_metrics, read_predictions
 from cnnstress.training import train
-from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN
+from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN, compose_train_config
 
 # Metrics that measure the machine, not the model.
 TIMING = ("time/wall_seconds", "train/images_per_sec")
@@ -173,3 +173,13 @@ def test_run_without_logger_still_writes_run_files(make_config, tiny_cifar10_zip
     train(make_config(f"dataset.root={tiny_cifar10_zip}", "~logger"))
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["dataset=cifar100"], ["experiment=simple_cnn_cifar10"], ["experiment=resnet18_cifar10"],
+     ["experiment=resnet18_cifar100"]],
+)  # fmt: skip
+def test_validation_split_is_on_by_default_and_in_every_recipe(tmp_path, overrides):
+    cfg = compose_train_config(tmp_path, overrides)
+    assert cfg.dataset.val_size == 5000 and cfg.dataset.val_seed == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,21 +169,54 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> F
 def reliability_bins(
     confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15
 ) -> dict[str, np.ndarray]:
-    """Equal-width confidence bins over [0, 1], as torchmetrics' calibration error bins them.
+    """Confidence bins exactly as torchmetrics' calibration error bins them: ``n_bins``
+    equal-width bins over [0, 1), each including its lower edge (a confidence equal to an edge
+    lands in the upper bin), plus one more for a confidence of exactly 1.0, which torchmetrics
+    keeps apart (it is common for saturated models).
 
-    Returns ``edges`` ``(n_bins + 1,)`` and per-bin ``count``, ``accuracy`` and ``confidence``
-    ``(n_bins,)`` (0 where empty). A confidence of exactly 1.0, which torchmetrics puts in an
-    extra bin of its own, lands in the last bin here; that does not change the ECE.
+    Returns ``edges`` ``(n_bins + 1,)`` and per bin ``count``, ``accuracy`` and ``confidence``
+    ``(n_bins + 1,)``: the last entry is the confidence-1.0 bin; empty bins hold 0. The
+    count-weighted mean of ``|accuracy - confidence|`` is torchmetrics' ECE (norm ``l1``).
     """
     confidences = np.asarray(confidences, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
     edges = np.linspace(0, 1, n_bins + 1)
-    which = np.clip(np.searchsorted(edges, confidences, side="right") - 1, 0, n_bins - 1)
-    count = np.bincount(which, minlength=n_bins).astype(np.float64)
+    which = np.searchsorted(edges, confidences, side="right") - 1  # 1.0 -> n_bins
+    which = np.clip(which, 0, n_bins)
+    count = np.bincount(which, minlength=n_bins + 1).astype(np.float64)
     safe = np.maximum(count, 1)
-    accuracy = np.bincount(which, weights=correct, minlength=n_bins) / safe
-    confidence = np.bincount(which, weights=confidences, minlength=n_bins) / safe
+    accuracy = np.bincount(which, weights=correct, minlength=n_bins + 1) / safe
+    confidence = np.bincount(which, weights=confidences, minlength=n_bins + 1) / safe
     return {"edges": edges, "count": count, "accuracy": accuracy, "confidence": confidence}
+
+
+def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
+    """ECE (L1) of :func:`reliability_bins`' output: count-weighted mean gap."""
+    total = max(bins["count"].sum(), 1)
+    return float(np.sum(np.abs(bins["accuracy"] - bins["confidence"]) * bins["count"]) / total)
+
+
+def draw_reliability(ax: Any, bins: dict[str, np.ndarray], title: str) -> None:
+    """Reliability bars on ``ax``: per-bin accuracy (blue) and its gap to the bin's mean
+    confidence (red, hatched), the diagonal, and the confidence-1.0 bin as a marker at 1.0."""
+    edges, count = bins["edges"], bins["count"]
+    n_bins = len(edges) - 1
+    centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    filled = count[:n_bins] > 0
+    acc, conf = bins["accuracy"][:n_bins][filled], bins["confidence"][:n_bins][filled]
+    ax.bar(centers[filled], acc, width=width, edgecolor="black", color="tab:blue",
+           label="accuracy")  # fmt: skip
+    ax.bar(centers[filled], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width,
+           color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//",
+           label="gap to mean confidence")  # fmt: skip
+    if count[n_bins] > 0:
+        ax.plot([1.0], [bins["accuracy"][n_bins]], "D", color="tab:purple", clip_on=False,
+                label=f"confidence 1.0 ({int(count[n_bins])} predictions)")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
 
 
 def reliability_figure(
@@ -196,38 +230,14 @@ def reliability_figure(
     bins = reliability_bins(confidences, correct, n_bins)
     edges, count = bins["edges"], bins["count"]
     centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-    filled = count > 0
     fig = new_figure(5, 6.2)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.bar(
-        centers[filled],
-        bins["accuracy"][filled],
-        width=width,
-        edgecolor="black",
-        color="tab:blue",
-        label="accuracy",
-    )
-    gap = bins["confidence"] - bins["accuracy"]
-    top.bar(
-        centers[filled],
-        gap[filled],
-        bottom=bins["accuracy"][filled],
-        width=width,
-        color="tab:red",
-        alpha=0.3,
-        edgecolor="tab:red",
-        hatch="//",
-        label="gap to mean confidence",
-    )
-    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
-    top.set_ylabel("accuracy")
-    top.legend(loc="upper left", fontsize=8)
     title = "Reliability diagram"
     if ece is not None:
         title += f" (ECE {ece:.4f}, {n_bins} bins)"
-    top.set_title(title)
+    draw_reliability(top, bins, title)
+    top.legend(loc="upper left", fontsize=8)
+    count = count[:n_bins] + np.eye(n_bins)[-1] * count[n_bins]  # histogram: 1.0 in the last bar
     bottom.bar(centers, count / max(count.sum(), 1), width=width, color="gray", edgecolor="black")
     bottom.set_xlabel("confidence (max probability)")
     bottom.set_ylabel("fraction")

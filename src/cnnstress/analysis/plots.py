@@ -173,7 +173,7 @@ def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Fi
         for group in (g for g in analysis.groups if g.key.setting == setting):
             conf = np.concatenate([r.confidence for r in group.runs])
             correct = np.concatenate([r.correct for r in group.runs])
-            bins = reliability_bins(conf, correct, n_bins)
+            bins = reliability_bins(conf, correct, n_bins)  # the last bin: confidence 1.0
             filled = bins["count"] > 0
             ax.plot(bins["confidence"][filled], bins["accuracy"][filled], "o-", markersize=4,
                     label=f"{group.key.name} (ECE {group.ece.mean:.3f})")  # fmt: skip

@@ -12,7 +12,8 @@ Keys written: ``calibration/temperature``, ``calibration/ece_before``,
 ``calibration/acc`` (reported images), ``calibration/fit_images``,
 ``calibration/eval_images``, and the string ``calibration/fit_split``. ECE is torchmetrics'
 ``MulticlassCalibrationError`` (``n_bins`` equal-width bins, L1 norm); torchmetrics has no
-reliability diagram, so :func:`reliability_bins` computes its bars.
+reliability diagram, so :func:`cnnstress.plots.reliability_bins` computes its bars, with
+torchmetrics' bin edges.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from cnnstress.plots import draw_reliability, reliability_bins
 from cnnstress.stress.context import StressContext, check_int, parse_settings
 
 PLOT_FILE = "stress_calibration.png"
@@ -91,26 +93,10 @@ def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.double(), labels))
 
 
-def reliability_bins(
-    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
-) -> dict[str, np.ndarray]:
-    """Per confidence bin (equal width on [0, 1], as torchmetrics): ``confidence`` (mean top-1
-    probability), ``accuracy`` and ``count``, each ``(n_bins,)``; empty bins hold NaN."""
-    probs = logits.float().softmax(1)
-    confidence, predicted = probs.max(1)
-    correct = (predicted == labels).double()
-    bins = torch.bucketize(
-        confidence.double(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1], right=True
-    )
-    count = torch.bincount(bins, minlength=n_bins).double()
-    sum_conf = torch.bincount(bins, weights=confidence.double(), minlength=n_bins)
-    sum_acc = torch.bincount(bins, weights=correct, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {
-            "confidence": (sum_conf / count).numpy(),
-            "accuracy": (sum_acc / count).numpy(),
-            "count": count.numpy(),
-        }
+def logit_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """:func:`cnnstress.plots.reliability_bins` of ``softmax(logits)``'s top-1 predictions."""
+    confidence, predicted = logits.float().softmax(1).max(1)
+    return reliability_bins(confidence.numpy(), (predicted == labels).numpy(), n_bins)
 
 
 def plot_reliability(
@@ -119,31 +105,16 @@ def plot_reliability(
     path: str | Path,
     titles: tuple[str, str] = ("before", "after"),
 ) -> Path:
-    """Two reliability diagrams side by side: accuracy per confidence bin (blue) and its gap to
-    the bin's mean confidence (red); ``before``/``after`` from :func:`reliability_bins`."""
+    """Two reliability diagrams side by side (:func:`cnnstress.plots.draw_reliability`);
+    ``before``/``after`` from :func:`logit_bins`."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, bins, title in zip(axes, (before, after), titles, strict=True):
-        n_bins = len(bins["count"])
-        centres = (np.arange(n_bins) + 0.5) / n_bins
-        filled = bins["count"] > 0  # empty bins draw nothing
-        acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
-        ax.bar(
-            centres[filled], acc, width=1 / n_bins, edgecolor="black", color="tab:blue",
-            label="accuracy",
-        )  # fmt: skip
-        ax.bar(
-            centres[filled], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=1 / n_bins,
-            color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to mean confidence",
-        )  # fmt: skip
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        draw_reliability(ax, bins, title)
         ax.set_xlabel("confidence")
-        ax.set_title(title, fontsize=9)
-    axes[0].set_ylabel("accuracy")
+    axes[1].set_ylabel("")
     axes[0].legend(loc="upper left", fontsize=8)
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -176,8 +147,8 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
         "calibration/nll_after": nll(scaled, labels),
     }
     plot_reliability(
-        reliability_bins(logits, labels, s.n_bins),
-        reliability_bins(scaled, labels, s.n_bins),
+        logit_bins(logits, labels, s.n_bins),
+        logit_bins(scaled, labels, s.n_bins),
         ctx.run_dir / PLOT_FILE,
         titles=(
             f"before: ECE {out['calibration/ece_before']:.3f}",
