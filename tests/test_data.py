@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets.cifar
 
 from cnnstress.data import CIFARDataModule, load_split
 from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.data.sources import detect_root_kind
+from cnnstress.data.sources import detect_root_kind, resolve_root
 from cnnstress.errors import ConfigError, DataError
+from cnnstress.run_files import read_run_record
+from cnnstress.training import train
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP
 
 
@@ -134,3 +139,58 @@ def test_real_subset_has_official_layout(real_cifar10_subset_zip):
     test = load_split(real_cifar10_subset_zip, "cifar10", "test")
     assert test.images.shape == (1000, 3, 32, 32)
     assert torch.bincount(test.labels).tolist() == [100] * 10
+
+
+# -- where the data comes from ---------------------------------------------------------------
+
+
+def test_data_root_resolution_order(tiny_cifar10_zip, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    download = tmp_path / "data"
+    # 1. dataset.root when given, whatever else exists.
+    found = resolve_root("cifar10", "/my/copy.zip", shared, download)
+    assert (found.path, found.source) == ("/my/copy.zip", "dataset.root")
+    # 2. nothing local: the torchvision root under the project's data/, downloaded on first use.
+    found = resolve_root("cifar10", None, shared, download)
+    assert (found.path, found.download, found.source) == (str(download), True, "download")
+    # 3. a local copy in $CNNSTRESS_DATA: a zip by its usual name, or a torchvision root.
+    shutil.copy(tiny_cifar10_zip, shared / "cifar10-jpeg.zip")
+    found = resolve_root("cifar10", None, shared, download)
+    assert (found.path, found.download) == (str(shared / "cifar10-jpeg.zip"), False)
+    assert resolve_root("cifar100", None, shared, download).source == "download"
+    (shared / "cifar-100-python").mkdir()
+    assert resolve_root("cifar100", None, shared, download).path == str(shared)
+    with pytest.raises(ConfigError, match=r"unknown dataset\.name='mnist'"):
+        resolve_root("mnist", None, shared, download)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_failed_download_is_one_line_naming_the_dataset(dataset, tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    found = resolve_root(dataset, None, tmp_path / "empty", tmp_path / "data")
+    with pytest.raises(DataError) as err:
+        load_split(found.path, dataset, "train", found.download)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not download {dataset} into {tmp_path / 'data'} (")
+    assert "Temporary failure in name resolution" in message
+    assert f"pass a local copy of {dataset} as dataset.root=PATH" in message
+    other = "cifar100" if dataset == "cifar10" else "cifar10"
+    assert f"{other}-jpeg" not in message and f"/{other}" not in message
+
+
+def test_a_run_records_the_data_it_found(make_config, tiny_cifar10_zip, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(tiny_cifar10_zip, shared / "cifar10.zip")
+    cfg = make_config(f"paths.data_dir={shared}", f"paths.download_dir={tmp_path / 'data'}")
+    assert cfg.dataset.root is None
+    train(cfg)
+    record = read_run_record(tmp_path / "run")
+    assert record["config"]["dataset"]["root"] == str(shared / "cifar10.zip")
+    assert record["config"]["dataset"]["download"] is False
+    assert not (tmp_path / "data").exists()

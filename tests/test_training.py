@@ -91,7 +91,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cif
         ("loss.label_smoothing=1.5", ConfigError, "loss.label_smoothing"),
         ("augmentation.flip.p=1.5", ConfigError, "augmentation.flip.p must be a probability"),
         ("ckpt_path=/no/such.ckpt", ConfigError, "ckpt_path=/no/such.ckpt does not exist"),
-        ("dataset.root=/no/such/dir", DataError, "pass dataset.root="),
+        (
+            "dataset.root=/no/such/copy.zip",
+            DataError,
+            "pass a local copy of cifar10 as dataset.root=PATH",
+        ),
     ],
 )
 def test_user_mistakes_raise_clear_errors(make_config, tmp_path, override, error, message):

@@ -12,11 +12,12 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.config import improvement_changes, instantiate, validate_config
 from cnnstress.data import CIFARDataModule
+from cnnstress.data.sources import resolve_root
 from cnnstress.distributed import prepare_hydra_relaunch
 from cnnstress.errors import ConfigError
 from cnnstress.identity import IMPROVEMENT_KEYS, describe, differences, run_identity
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
     """The data module of ``cfg.dataset``, augmenting with ``cfg.augmentation`` (none when
     ``augmentation=[]``)."""
+    resolve_data_root(cfg)
     node = cfg.get("augmentation")
     augmentation = OmegaConf.to_container(node, resolve=True) if node else {}
     return instantiate(cfg.dataset, seed=cfg.seed, augmentation=augmentation)
@@ -118,6 +120,25 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def resolve_data_root(cfg: DictConfig) -> None:
+    """Write the dataset root the run reads into ``cfg.dataset.root`` (and whether it may
+    download there), so the run record names the data it used (:func:`resolve_root`)."""
+    found = resolve_root(
+        str(cfg.dataset.name),
+        cfg.dataset.get("root"),
+        OmegaConf.select(cfg, "paths.data_dir", default=None),
+        OmegaConf.select(cfg, "paths.download_dir", default="data"),
+        bool(cfg.dataset.get("download", True)),
+    )
+    with open_dict(cfg):
+        cfg.dataset.root, cfg.dataset.download = found.path, found.download
+    if found.source != "dataset.root":
+        how = "a local copy" if found.source == "data_dir" else "downloaded on first use"
+        log.info("%s data: %s (%s)", cfg.dataset.name, found.path, how)
+        if found.source == "download" and not Path(found.path).is_dir():
+            log.info("downloading %s into %s (once; about 170 MB)", cfg.dataset.name, found.path)
+
+
 def finished_run(cfg: DictConfig, run_dir: Path) -> dict[str, float] | None:
     """Decide what to do with a run directory that already holds a finished run.
 
@@ -165,6 +186,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    resolve_data_root(cfg)
     if (done := finished_run(cfg, run_dir)) is not None:
         return done
     validate_config(cfg)

@@ -96,6 +96,66 @@ class LabeledImages:
         return index if self.ids is None else torch.searchsorted(self.ids, index)
 
 
+# Names a local copy of each dataset may have inside a data folder ($CNNSTRESS_DATA), in the
+# order they are looked for; a torchvision root is the data folder itself.
+LOCAL_COPIES = {
+    "cifar10": ("cifar10-jpeg.zip", "cifar10.zip", "cifar10"),
+    "cifar100": ("cifar100.zip", "cifar100"),
+}
+
+
+def holds_dataset(path: Path, dataset: str) -> bool:
+    """Whether ``path`` is a usable local copy of ``dataset`` (a zip, an image-folder tree
+    with a train split, or a torchvision root with the dataset's folder)."""
+    if path.is_file():
+        return path.suffix.lower() == ".zip"
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return True
+    return (path / _TORCHVISION_FOLDERS.get(dataset, "?")).is_dir()
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """Where a dataset is read from and how it was found.
+
+    Attributes:
+        path: the root handed to :func:`load_split`.
+        download: whether torchvision may download into ``path`` (only for the fallback).
+        source: ``"dataset.root"``, ``"data_dir"`` or ``"download"``.
+    """
+
+    path: str
+    download: bool
+    source: str
+
+
+def resolve_root(
+    dataset: str,
+    root: str | Path | None,
+    data_dir: str | Path | None,
+    download_dir: str | Path,
+    download: bool = True,
+) -> DataRoot:
+    """Find ``dataset``, in this order: ``root`` when given; a local copy in ``data_dir``
+    (``$CNNSTRESS_DATA``, by default the shared copy beside the project; names in
+    :data:`LOCAL_COPIES`, or ``data_dir`` as a torchvision root); else the torchvision root
+    ``download_dir``, which torchvision fills on first use when ``download`` is true.
+
+    Nothing is read or downloaded here; :func:`load_split` does that.
+    """
+    class_names(dataset)  # an unknown dataset is a ConfigError naming the valid ones
+    if root not in (None, ""):
+        return DataRoot(str(Path(root).expanduser()), download, "dataset.root")
+    if data_dir not in (None, ""):
+        folder = Path(data_dir).expanduser()
+        for name in LOCAL_COPIES.get(dataset, ()):
+            if holds_dataset(folder / name, dataset):
+                return DataRoot(str(folder / name), False, "data_dir")
+        if holds_dataset(folder, dataset):
+            return DataRoot(str(folder), False, "data_dir")
+    return DataRoot(str(Path(download_dir).expanduser()), download, "download")
+
+
 def detect_root_kind(root: Path) -> str:
     """Return ``"zip"``, ``"folder"`` or ``"torchvision"`` for a dataset root.
 
@@ -255,9 +315,11 @@ def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> L
     from torchvision.datasets import CIFAR10, CIFAR100
 
     dataset_cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[dataset]
+    example = {"cifar10": "/data/cifar10-jpeg.zip", "cifar100": "/data/cifar-100-root"}[dataset]
     hint = (
-        "pass dataset.root=<zip of train/<class>/*, test/<class>/*>, such a folder, or a "
-        "torchvision CIFAR root (e.g. ../shared/datasets/cifar10-jpeg.zip)"
+        f"pass a local copy of {dataset} as dataset.root=PATH (a zip or folder of "
+        f"train/<class>/* and test/<class>/*, or a torchvision root; e.g. "
+        f"dataset.root={example}), or put it in $CNNSTRESS_DATA"
     )
     if root.suffix.lower() == ".zip" or (
         not (root / _TORCHVISION_FOLDERS[dataset]).is_dir() and not download
@@ -266,7 +328,9 @@ def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> L
     try:
         data = dataset_cls(str(root), train=split == "train", download=download)
     except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
-        raise DataError(f"cannot load or download {dataset} at {root} ({err}); {hint}") from None
+        reason = " ".join(str(err).split()) or type(err).__name__
+        what = "download" if download else "load"
+        raise DataError(f"could not {what} {dataset} into {root} ({reason}); {hint}") from None
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(data.targets, dtype=torch.int64)
     # torchvision keeps the official order: the test index is the position.
