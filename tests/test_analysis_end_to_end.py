@@ -29,6 +29,7 @@ from torchvision.io import encode_png
 
 from cnnstress.analysis import analyse, analyze, collect_runs
 from cnnstress.analysis.gradcam import side_by_side
+from cnnstress.analysis.runs import latest_multirun
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError, DataError
@@ -392,3 +393,20 @@ def test_cli_on_sweep_and_on_empty_folder(sweep, tmp_path):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert lines[-1] == f"cnnstress: error: no run directories (with run.json) below sweep={empty}"
+
+
+def test_latest_multirun_is_analysed_when_nothing_is_named(sweep, tmp_path):
+    logs = tmp_path / "outputs"
+    for when in ("2026-11-22/23-59-59", "2026-11-23/09-00-00", "2026-11-23/09-00-00-1"):
+        (logs / "multiruns" / when).mkdir(parents=True)
+    assert latest_multirun(logs).name == "09-00-00-1"
+    assert latest_multirun(logs, 3).name == "23-59-59"
+    with pytest.raises(ConfigError, match="only 3 multirun"):
+        latest_multirun(logs, 4)
+    newest = logs / "multiruns" / "2026-11-23" / "09-00-00-1"
+    for name in ("baseline_1", "label_smoothing_1"):
+        shutil.copytree(sweep / name, newest / name)
+    out = analyze(_analysis_config(tmp_path / "report", f"paths.log_dir={logs}", "gradcam.top_n=0"))
+    assert f"sweep={newest}" in (out / "report.md").read_text()
+    with pytest.raises(ConfigError, match="no multirun under"):
+        analyze(_analysis_config(tmp_path / "r2", f"paths.log_dir={tmp_path / 'none'}"))

@@ -12,7 +12,7 @@ from cnnstress.analysis import plots
 from cnnstress.analysis.compare import Analysis, analyse
 from cnnstress.analysis.gradcam import default_filename, side_by_side
 from cnnstress.analysis.report import write_report
-from cnnstress.analysis.runs import collect_runs
+from cnnstress.analysis.runs import collect_runs, latest_multirun
 from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names, summarise_stress
 from cnnstress.cam import check_method
 from cnnstress.errors import ConfigError, UserError
@@ -156,6 +156,14 @@ def analyze(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     runs = list(cfg.get("runs") or [])
     sweep = cfg.get("sweep")
+    if not runs and sweep is None:
+        latest = cfg.get("latest", 1)
+        sweep = str(latest_multirun(cfg.paths.log_dir, latest))
+        which = (
+            "the most recent multirun" if latest == 1 else f"multirun number {latest} from the end"
+        )
+        log.info("no runs= or sweep= given: analysing %s, %s", which, sweep)
+        print(f"cnnstress: analysing {which}: {sweep}")
     collection = collect_runs(runs, sweep, exclude=[out])
     analysis = analyse(collection, cfg.reference, _thresholds(cfg))
     figures = _draw(analysis, out)

@@ -164,6 +164,31 @@ def find_run_dirs(sweep: str | Path) -> list[Path]:
     return sorted(found)
 
 
+def latest_multirun(log_dir: str | Path, latest: int = 1) -> Path:
+    """The ``latest``-th most recent sweep directory ``<log_dir>/multiruns/<date>/<time>``
+    (1 = the most recent), by its date and time of start.
+
+    Raises:
+        ConfigError: ``latest`` is not a positive integer, or there are fewer sweeps.
+    """
+    if isinstance(latest, bool) or not isinstance(latest, int) or latest < 1:
+        raise ConfigError(f"latest must be an integer >= 1, got {latest!r}")
+    root = Path(log_dir) / "multiruns"
+
+    def started(path: Path) -> tuple[str, str, int]:  # <date>/<HH-MM-SS>[-n]
+        time, _, n = path.name[:8], path.name[8:9], path.name[9:]
+        return (path.parent.name, time, int(n) if n.isdigit() else 0)
+
+    sweeps = sorted((p for p in root.glob("*/*") if p.is_dir()), key=started)
+    if len(sweeps) < latest:
+        found = f"only {len(sweeps)} multirun(s)" if sweeps else "no multirun"
+        raise ConfigError(
+            f"{found} under {root} (latest={latest}): run `python train.py -m ...` first, "
+            "or give sweep=DIR or runs=[DIR,...]"
+        )
+    return sweeps[-latest]
+
+
 def _number(metrics: dict[str, Any], key: str) -> None:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
