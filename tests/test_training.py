@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_files import read_metrics, read_predictions
+from cnnstress.run_files import read_metrics, read_predictions, read_run_record
 from cnnstress.training import train
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN, compose_train_config
 
@@ -187,3 +187,27 @@ def test_run_without_logger_still_writes_run_files(make_config, tiny_cifar10_zip
 def test_validation_split_is_on_by_default_and_in_every_recipe(tmp_path, overrides):
     cfg = compose_train_config(tmp_path, overrides)
     assert cfg.dataset.val_size == 5000 and cfg.dataset.val_seed == 0
+
+
+def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path):
+    """Output to a pipe (not a terminal): no progress bar, one line per epoch, no library
+    noise the user cannot act on, no line printed twice."""
+    tiny = [o for o in TINY_RUN if not o.startswith("trainer.enable_progress_bar")]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *tiny, f"dataset.root={tiny_cifar10_zip}",
+         "trainer.max_epochs=2", "dataset.val_size=32", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "\r" not in out and "it/s" not in out
+    epochs = [line for line in out.splitlines() if "cnnstress.callbacks.progress" in line]
+    assert [line.split("] - ")[1].split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert all("img/s" in line and "val loss" in line and "ETA" in line for line in epochs)
+    for noise in ("litlogger", "LeafSpec", "does not have many workers", "Test metric"):
+        assert noise not in out, noise
+    assert out.count("GPU available") == 1
+    assert "test: acc " in out
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("cnnstress.callbacks.progress") == 2 and "\r" not in log
+    assert read_run_record(tmp_path / "run")["config"]["trainer"]["enable_progress_bar"] is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,18 @@ def run_dir(training: bool, ckpt_path: str | None, pattern: str) -> str:
     return claim_unique_dir(pattern)
 
 
+def stdout_isatty() -> bool:
+    """Whether standard output is a terminal (the progress bar's default)."""
+    return sys.stdout.isatty()
+
+
 # Cached like Hydra's own ${now:...}: the value is resolved once and Hydra copies the cache
 # into every job's config, so a job never claims a second directory.
-for _name, _resolver in {"run_dir": run_dir, "unique_dir": claim_unique_dir}.items():
+for _name, _resolver in {
+    "run_dir": run_dir,
+    "unique_dir": claim_unique_dir,
+    "stdout_isatty": stdout_isatty,
+}.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver, use_cache=True)
 

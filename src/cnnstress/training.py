@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.config import improvement_changes, instantiate, validate_config
+from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
 from cnnstress.distributed import prepare_hydra_relaunch
@@ -184,6 +185,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     last, ``metrics.json`` at the very end, so a run that fails leaves no ``metrics.json``. A
     directory that already holds a finished run is handled by :func:`finished_run`.
     """
+    quiet_library_noise()
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     resolve_data_root(cfg)
@@ -207,7 +209,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=PATH")
     metrics = _scalar_metrics(trainer)  # last epoch's train/ and val/ values
     metrics.update({"train/effective_batch_size": batch, "train/base_lr": lr})
-    trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+    # verbose=False: Lightning's table lists every per-class accuracy (100 rows for CIFAR-100);
+    # the run ends with one summary line instead (:func:`test_summary`).
+    trainer.test(
+        module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False
+    )
     metrics.update(_scalar_metrics(trainer))
     speed = next((c for c in trainer.callbacks if isinstance(c, TrainSpeed)), None)
     if speed is not None:
@@ -233,5 +239,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
             names = list(cfg.stress)
             run_stress(run_dir, names, cfg.stress, module.device, net=module.net, cfg=cfg)
-        log.info("test/acc=%.4f; run files in %s", metrics.get("test/acc", float("nan")), run_dir)
+        log.info("%s; run files in %s", test_summary(metrics), run_dir)
     return metrics
+
+
+def test_summary(metrics: dict[str, float]) -> str:
+    """``test: acc 0.9213, loss 0.261, top-5 0.9978, ECE 0.0123, 41 confident failures (3 known
+    label errors), clean acc 0.9251`` from the keys present."""
+    parts = []
+    for key, name, digits in (("test/acc", "acc", 4), ("test/loss", "loss", 3),
+                              ("test/acc_top5", "top-5", 4), ("test/ece", "ECE", 4)):  # fmt: skip
+        if metrics.get(key) is not None:
+            parts.append(f"{name} {metrics[key]:.{digits}f}")
+    if metrics.get("test/high_conf_failures") is not None:
+        failures = f"{int(metrics['test/high_conf_failures'])} confident failures"
+        if metrics.get("test/high_conf_failures_label_errors") is not None:
+            errors = int(metrics["test/high_conf_failures_label_errors"])
+            failures += f" ({errors} known label errors)"
+        parts.append(failures)
+    if metrics.get("test/acc_clean") is not None:
+        parts.append(f"clean acc {metrics['test/acc_clean']:.4f}")
+    return "test: " + ", ".join(parts)

@@ -15,6 +15,7 @@ from cnnstress.analysis.report import write_report
 from cnnstress.analysis.runs import collect_runs, latest_multirun
 from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names, summarise_stress
 from cnnstress.cam import check_method
+from cnnstress.console import quiet_library_noise
 from cnnstress.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def analyze(cfg: DictConfig) -> Path:
         ConfigError: a bad setting (thresholds, device, gradcam.*, reference, stress).
         DataError: no finished run found.
     """
+    quiet_library_noise()
     check_config(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,11 @@ class TrainSpeed(L.Callback):
         """Training images per second over every epoch so far (0 before the first epoch)."""
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def epoch_images_per_sec(self) -> float:
+        """Training images per second of the latest epoch (0 before the first epoch)."""
+        return self._epoch_images / self._epoch_seconds if self._epoch_seconds > 0 else 0.0
+
     def _now(self, pl_module: L.LightningModule) -> float:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
