@@ -6,6 +6,7 @@ Each filter below targets one message where it arises; nothing mutes warnings or
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 # Lightning's hint to install its cloud logger, printed at every Trainer construction.
@@ -44,3 +45,32 @@ def quiet_library_noise() -> None:
         for handler in list(lightning.handlers):
             if type(handler) is logging.StreamHandler:
                 lightning.removeHandler(handler)
+
+
+def clock(seconds: float) -> str:
+    """``75.3`` -> ``"1:15"``, ``3725`` -> ``"1:02:05"``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """Log lines ``<what> 3/12: <item>, 0:35 elapsed, ETA 2:20`` for a long loop of ``total``
+    steps (the corruption suite, the stresses of an analysis): the same in a terminal and in a
+    redirected log."""
+
+    def __init__(self, what: str, total: int, logger: logging.Logger) -> None:
+        self.what, self.total, self.logger = what, total, logger
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def step(self, item: str) -> None:
+        """Count one finished step and log it."""
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        self.logger.info(
+            "%s %d/%d: %s, %s elapsed, ETA %s",
+            self.what, self.done, self.total, item, clock(elapsed), clock(eta),
+        )  # fmt: skip

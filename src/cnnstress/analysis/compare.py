@@ -450,6 +450,11 @@ class Analysis:
         return key in self.reference_keys
 
     @property
+    def runs(self) -> list[Run]:
+        """Every analysed run, group by group."""
+        return [r for g in self.groups for r in g.runs]
+
+    @property
     def settings(self) -> list[tuple[str, str]]:
         """The distinct (dataset, model) settings, sorted."""
         return sorted({g.key.setting for g in self.groups})

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnstress.analysis.compare import Analysis, Estimate, GroupResult, PairedTest, estimate
 from cnnstress.analysis.compare import paired_test as paired
 from cnnstress.analysis.runs import GroupKey
+from cnnstress.console import Progress
 from cnnstress.errors import ConfigError, UserError
 from cnnstress.stress import corruption_accuracies, corruption_errors, mce, run_stress
 from cnnstress.stress.corruptions import BENCHMARK_TYPES
@@ -85,6 +86,7 @@ def run_stresses(
     settings = OmegaConf.to_container(cfg.stress, resolve=True)
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    progress = Progress(f"stress {'+'.join(names)}: run", len(analysis.runs), log)
     for group in analysis.groups:
         for run in group.runs:
             try:
@@ -94,6 +96,7 @@ def run_stresses(
             except UserError as err:
                 notes.append(f"{run.path}: no stress results: {err}")
                 log.warning("no stress results for %s: %s", run.path, err)
+            progress.step(f"{group.key.label} seed {run.seed}")
     return results, notes
 
 

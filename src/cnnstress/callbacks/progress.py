@@ -10,16 +10,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from cnnstress.callbacks.speed import TrainSpeed
+from cnnstress.console import clock
 
 log = logging.getLogger(__name__)
-
-
-def clock(seconds: float) -> str:
-    """``75.3`` -> ``"1:15"``, ``3725`` -> ``"1:02:05"``."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class EpochLog(L.Callback):

@@ -21,6 +21,7 @@ The corruption error relative to a baseline run (mCE) needs two runs: :func:`mce
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnstress.console import Progress
 from cnnstress.data.sources import LabeledImages
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.stress.context import (
@@ -50,6 +52,8 @@ from cnnstress.stress.corruptions import (
     check_type,
     corrupt,
 )
+
+log = logging.getLogger(__name__)
 
 PLOT_FILE = "stress_corruptions.png"
 LABELS_FILE = "labels.npy"
@@ -122,6 +126,7 @@ def _generated(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> d
         "corruptions/clean_acc": accuracy(ctx.clean_logits()[subset], labels),
         "corruptions/num_images": len(subset),
     }
+    progress = Progress("corruptions", len(types), log)
     for name in types:
         for severity in s.severities:
             correct = 0
@@ -131,6 +136,7 @@ def _generated(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> d
                 correct += (logits.argmax(1) == labels[start : start + len(batch)]).sum().item()
                 start += len(batch)
             out[f"corruptions/{name}/{severity}/acc"] = correct / max(len(labels), 1)
+        progress.step(f"{name} on {len(subset)} images x {len(s.severities)} severities")
     return out
 
 
@@ -197,6 +203,7 @@ def _from_files(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> 
         "corruptions/clean_acc": ctx.clean_acc(),
         "corruptions/num_images": len(subset),
     }
+    progress = Progress("corruptions", len(types), log)
     for name in types:
         for severity in s.severities:
             data = load_published(s.root, name, severity, subset)
@@ -207,6 +214,7 @@ def _from_files(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> 
                 )
             logits = ctx.logits(data.images, s.batch_size)
             out[f"corruptions/{name}/{severity}/acc"] = accuracy(logits, data.labels)
+        progress.step(f"{name} ({s.root})")
     return out
 
 
