@@ -205,6 +205,15 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
                  "per_class_delta.png", "reliability.png", "gradcam_side_by_side.png"):  # fmt: skip
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text()
+    # Contents first, then the verdict; every in-page link has its target; tables scroll.
+    headings = re.findall(r'<h2 id="([^"]+)">([^<]+)</h2>', html)
+    assert [text for _, text in headings[:2]] == ["Contents", "Verdict"]
+    links = re.findall(r'<a href="#([^"]+)">', html)
+    assert set(links) == {anchor for anchor, _ in headings[1:]}
+    assert html.count("<table>") == html.count('<div class="table-wrap"><table>')
+    verdict = re.search(r'id="verdict">Verdict</h2>\s*<ul><li>([^<]+)</li>', html).group(1)
+    assert verdict.startswith("label_smoothing vs baseline (cifar10/simple_cnn): accuracy ")
+    assert "Confident failures (≥ 0.8)" in verdict
     images = re.findall(r'<img [^>]*src="([^"]*)"', html)
     assert len(images) == 6 and all(s.startswith("data:image/png;base64,") for s in images)
     md = (out / "report.md").read_text()

@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 
-def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
-    """A figure of ``width`` x ``height`` inches on an Agg canvas."""
-    fig = Figure(figsize=(width, height), dpi=dpi)
+def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None) -> Figure:
+    """A figure of ``width`` x ``height`` inches on an Agg canvas (``layout="constrained"``
+    keeps a suptitle clear of the axes' titles, which ``tight_layout`` does not)."""
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 

@@ -37,7 +37,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 def _grid(n: int, ncols: int, panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = new_figure(panel[0] * ncols, panel[1] * nrows)
+    fig = new_figure(panel[0] * ncols, panel[1] * nrows, layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -78,7 +78,6 @@ def transitions_figure(analysis: Analysis) -> Figure | None:
         "over images and seeds)",
         fontsize=10,
     )
-    fig.tight_layout()
     return fig
 
 
@@ -96,7 +95,6 @@ def confidence_figure(analysis: Analysis) -> Figure:
         ax.set_ylabel("predictions")
         ax.set_xlim(0, 1)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -117,7 +115,6 @@ def high_conf_errors_figure(analysis: Analysis) -> Figure:
         ax.set_title("/".join(setting), fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -160,7 +157,6 @@ def per_class_delta_figure(analysis: Analysis) -> Figure | None:
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_xlabel("accuracy change (percentage points, mean over seeds)")
         ax.set_title(f"{_title(comparison)}\n{subtitle}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -183,7 +179,6 @@ def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Fi
         ax.set_ylabel("accuracy per bin")
         ax.set_title("/".join(setting), fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
     return fig
 
 
@@ -191,7 +186,7 @@ def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
     """Rows: the reference's top failures. Columns: the image, then each model's CAM overlay
     for its own prediction, captioned "predicted (confidence)" in green when right."""
     rows, cols = len(side.index), 1 + len(side.columns)
-    fig = new_figure(1.9 * cols, 2.05 * rows + 0.6)
+    fig = new_figure(1.9 * cols, 2.05 * rows + 0.6, layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
     images = to_hwc(side.images)
     overlays = [overlay(images, c.heatmaps, alpha) for c in side.columns]
@@ -210,7 +205,6 @@ def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.suptitle(f"{'/'.join(side.setting)}: reference's most confident test failures", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -247,7 +241,6 @@ def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
         _label_accuracy_axes(
             ax, setting, "corruption severity", "top-1 accuracy (mean over corruption types)"
         )
-    fig.tight_layout()
     return fig
 
 
@@ -286,7 +279,6 @@ def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
                             fmt="o-", capsize=3, markersize=4,
                             label=f"{group.key.name} {attack}")  # fmt: skip
         _label_accuracy_axes(ax, setting, "eps (x 1/255, L-inf, pixel space)", "robust accuracy")
-    fig.tight_layout()
     return fig
 
 
@@ -324,5 +316,4 @@ def stress_faithfulness_figure(stress: StressSummary) -> Figure | None:
         ax.set_title("/".join(setting), fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig

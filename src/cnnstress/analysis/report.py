@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,12 +107,37 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0;font-size:0.88em}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+.table-wrap{max-width:100%;overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;font-size:0.88em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:top;
+max-width:22em;overflow-wrap:anywhere}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}
 figcaption{font-style:italic;color:#555}code{background:#f4f4f4;padding:0 3px}
+ul.toc-list{background:#f7f7f7;border:1px solid #ddd;padding:0.5em 1em 0.5em 2em;margin:1em 0}
+
+ul.verdict li{margin:0.4em 0}
 """
+
+
+def anchor(text: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    kept = "".join(c for c in text.lower() if c.isalnum() or c in " -_")
+    return kept.strip().replace(" ", "-")
+
+
+def table_of_contents(blocks: Sequence[Block]) -> Bullets:
+    """Links to every level-2 heading of ``blocks``."""
+    return Bullets([f"[{b.text}](#{anchor(b.text)})" for b in blocks
+                    if isinstance(b, Heading) and b.level == 2])  # fmt: skip
+
+
+_LINK = re.compile(r"\[([^\]]+)\]\(#([\w-]+)\)")
+
+
+def _link(text: str) -> str:
+    """Markdown in-page links ``[text](#anchor)`` as HTML links."""
+    return _LINK.sub(r'<a href="#\2">\1</a>', text)
 
 
 def to_html(blocks: Sequence[Block], directory: Path, title: str) -> str:
@@ -120,19 +146,25 @@ def to_html(blocks: Sequence[Block], directory: Path, title: str) -> str:
     body: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            body.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
+            body.append(
+                f'<h{block.level} id="{anchor(block.text)}">{esc(block.text)}</h{block.level}>'
+            )
         elif isinstance(block, Paragraph):
             body.append(f"<p>{esc(block.text)}</p>")
         elif isinstance(block, Bullets):
-            items = "".join(f"<li>{esc(i)}</li>" for i in block.items)
-            body.append(f"<ul>{items}</ul>")
+            items = "".join(f"<li>{_link(esc(i))}</li>" for i in block.items)
+            kind = ' class="toc-list"' if block.items and block.items[0].startswith("[") else ""
+            body.append(f"<ul{kind}>{items}</ul>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(h)}</th>" for h in block.headers)
             rows = "".join(
                 "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
                 for row in block.rows
             )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            body.append(
+                f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+                f"<tbody>{rows}</tbody></table></div>"
+            )
         elif isinstance(block, Image):
             data = base64.b64encode((directory / block.filename).read_bytes()).decode("ascii")
             body.append(
@@ -523,6 +555,79 @@ METHOD_NOTES = [
 ]
 
 
+VERDICT_THRESHOLD = 0.8  # the failures callback's default confidence
+
+
+def _hce_column(analysis: Analysis) -> int:
+    """The threshold column closest to :data:`VERDICT_THRESHOLD`."""
+    return int(np.argmin([abs(t - VERDICT_THRESHOLD) for t in analysis.thresholds]))
+
+
+def verdict(c: Comparison, hce: int, threshold: float) -> str:
+    """One plain sentence on a comparison: the accuracy difference with its interval and test,
+    the change in confident failures, and whether the seeds suffice."""
+    name = f"{c.other.key.name} vs {c.reference.key.name} ({'/'.join(c.other.key.setting)})"
+    if not c.constrained:
+        name += (
+            ", an UNCONSTRAINED comparison (also differs in "
+            + ", ".join(c.unconstrained_keys[:3])
+            + ")"
+        )
+    boot, paired, n = c.bootstrap, c.paired, c.paired.delta.n
+    delta = (boot.delta if boot is not None else c.delta_mean) * 100
+    text = f"{name}: accuracy {delta:+.2f} pp"
+    if boot is not None:
+        text += f" (bootstrap 95% CI {boot.ci_low * 100:+.2f} to {boot.ci_high * 100:+.2f}"
+        if paired.pvalue is not None:
+            text += f"; paired t-test p = {_p(paired.pvalue)}, Holm {_p(c.paired_p_holm)}"
+        text += ")"
+    sure = boot is not None and (boot.ci_low > 0 or boot.ci_high < 0)
+    significant = c.paired_p_holm is not None and c.paired_p_holm < 0.05
+    if sure and significant:
+        text += ": a clear " + ("gain" if delta > 0 else "loss")
+    elif sure:
+        text += ": the interval excludes 0 but the seeds' test does not confirm it"
+    else:
+        text += ": no clear difference"
+    ref_hce = c.reference.high_conf[:, hce].mean()
+    other_hce = c.other.high_conf[:, hce].mean()
+    change = f" ({(other_hce - ref_hce) / ref_hce * 100:+.0f}%)" if ref_hce > 0 else ""
+    text += (
+        f". Confident failures (≥ {threshold:g}): {ref_hce:.1f} -> {other_hce:.1f} per run{change}."
+    )
+    power = c.power
+    if n < 2 or power is None or power.detectable is None:
+        text += f" {n} shared seed(s): no seed-to-seed spread, so no test; run 3 or more."
+    elif power.needed is None or power.needed <= n:
+        text += (
+            f" The {n} seeds detect differences of ±{power.detectable * 100:.2f} pp and suffice "
+            "for this one."
+        )
+    else:
+        text += (
+            f" The {n} seeds detect only ±{power.detectable * 100:.2f} pp; this difference needs "
+            f"about {power.needed} seeds for a conclusive answer."
+        )
+    return text
+
+
+def verdict_blocks(analysis: Analysis) -> list[Block]:
+    """The report's first section: one sentence per comparison."""
+    if not analysis.comparisons:
+        return [Heading(2, "Verdict"), Paragraph("No group to compare with a reference.")]
+    column = _hce_column(analysis)
+    sentences = [verdict(c, column, analysis.thresholds[column]) for c in analysis.comparisons]
+    return [
+        Heading(2, "Verdict"),
+        Bullets(sentences),
+        Paragraph(
+            "A gain or loss is called clear when the bootstrap interval (images and seeds "
+            "resampled) excludes 0 and the Holm-adjusted paired t-test gives p < 0.05; see "
+            "'How the numbers are computed' at the end."
+        ),
+    ]
+
+
 def build_blocks(
     analysis: Analysis,
     figures: dict[str, list[str]],
@@ -542,6 +647,7 @@ def build_blocks(
             f"groups, {len(analysis.skipped)} skipped."
         ),
     ]
+    blocks += verdict_blocks(analysis)
     notes = [*analysis.notes, *(n for c in analysis.comparisons for n in
                                 (f"{c.other.key.label}: {x}" for x in c.notes))]  # fmt: skip
     if notes:
@@ -608,7 +714,7 @@ def build_blocks(
             Table(["path", "reason"], [[str(s.path), s.reason] for s in analysis.skipped]),
         ]
     blocks += [Heading(2, "How the numbers are computed"), Bullets(METHOD_NOTES)]
-    return blocks
+    return [*blocks[:2], Heading(2, "Contents"), table_of_contents(blocks), *blocks[2:]]
 
 
 def _runs_table(groups: Sequence[GroupResult]) -> Table:
@@ -648,6 +754,8 @@ def write_report(
     summary = [
         Heading(1, "cnnstress summary"),
         Paragraph(f"Reference: {analysis.reference}. Sources: {'; '.join(sources)}."),
+        *verdict_blocks(analysis),
+        Heading(2, "Groups"),
         summary_table(analysis),
     ]
     if analysis.comparisons:
