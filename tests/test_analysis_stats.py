@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from scipy import stats
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cnnstress.analysis.compare import (
+    Analysis,
+    analyse,
     bootstrap_difference,
     estimate,
     expected_calibration_error,
@@ -27,8 +31,18 @@ from cnnstress.analysis.compare import (
 )
 from cnnstress.analysis.gradcam import cam_settings
 from cnnstress.analysis.plots import per_class_selection
-from cnnstress.analysis.report import Heading, Image, Paragraph, Table, to_html, to_markdown
+from cnnstress.analysis.report import (
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    to_html,
+    to_markdown,
+    verdict,
+)
+from cnnstress.analysis.runs import Run, RunCollection
 from cnnstress.errors import ConfigError
+from cnnstress.identity import run_identity
 from tests.conftest import TINY_RUN, compose_train_config
 
 
@@ -198,3 +212,44 @@ def test_seed_power_matches_the_noncentral_t_by_hand():
 def test_holm_by_hand():
     # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
     assert holm([0.04, 0.01, None, 0.03]) == pytest.approx([0.06, 0.03, None, 0.06])
+
+
+def planted_run(name: str, seed: int, correct: np.ndarray, tmp: str = "/planted") -> Run:
+    """A run whose test predictions are right exactly where ``correct`` says (10 classes)."""
+    n = correct.size
+    target = np.arange(n) % 10
+    pred = np.where(correct, target, (target + 1) % 10)
+    probs = np.full((n, 10), 0.01, np.float32)
+    probs[np.arange(n), pred] = 0.91
+    config = {"dataset": {"name": "cifar10"}, "model": {"name": "net"}, "seed": seed,
+              "loss": {"label_smoothing": 0.1 if name != "baseline" else 0.0}}  # fmt: skip
+    return Run(Path(tmp) / f"{name}_{seed}", OmegaConf.create(config),
+               run_identity(config), seed, name, (), {"test/acc": float(correct.mean())},
+               np.arange(n), target, probs)  # fmt: skip
+
+
+def planted_analysis(gains: list[float], n: int = 2000) -> Analysis:
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed, gain in enumerate(gains):
+        base = rng.random(n) < 0.7
+        better = base.copy()
+        pool = np.flatnonzero(~base if gain > 0 else base)
+        better[rng.choice(pool, round(abs(gain) * n), replace=False)] = gain > 0
+        runs += [planted_run("baseline", seed, base), planted_run("smooth", seed, better)]
+    return analyse(RunCollection(runs=runs), "baseline", (0.5, 0.8))
+
+
+def test_verdict_of_a_clear_gain_and_of_too_few_seeds():
+    (clear,) = planted_analysis([0.05, 0.06, 0.055]).comparisons
+    text = verdict(clear, 1, 0.8)
+    assert text.startswith("smooth vs baseline (cifar10/net): accuracy +5.50 pp")
+    assert ": a clear gain." in text and "suffice for this one" in text
+    (unsure,) = planted_analysis([0.004, -0.002, 0.003]).comparisons
+    text = verdict(unsure, 1, 0.8)
+    assert "no clear difference" in text
+    assert f"needs about {unsure.power.needed} seeds" in text and unsure.power.needed > 3
+    # Every wrong prediction is confident (0.91): the counts are the wrong images per run.
+    ref = np.mean([(~r.correct).sum() for r in unsure.reference.runs])
+    other = np.mean([(~r.correct).sum() for r in unsure.other.runs])
+    assert f"Confident failures (≥ 0.8): {ref:.1f} -> {other:.1f} per run" in text
