@@ -36,11 +36,13 @@ from cnnstress.analysis.report import (
     Image,
     Paragraph,
     Table,
+    label_error_blocks,
     to_html,
     to_markdown,
     verdict,
 )
 from cnnstress.analysis.runs import Run, RunCollection
+from cnnstress.data.label_errors import load_label_errors
 from cnnstress.errors import ConfigError
 from cnnstress.identity import run_identity
 from tests.conftest import TINY_RUN, compose_train_config
@@ -214,18 +216,27 @@ def test_holm_by_hand():
     assert holm([0.04, 0.01, None, 0.03]) == pytest.approx([0.06, 0.03, None, 0.06])
 
 
-def planted_run(name: str, seed: int, correct: np.ndarray, tmp: str = "/planted") -> Run:
-    """A run whose test predictions are right exactly where ``correct`` says (10 classes)."""
+def planted_run(
+    name: str,
+    seed: int,
+    correct: np.ndarray,
+    index: np.ndarray | None = None,
+    target: np.ndarray | None = None,
+) -> Run:
+    """A run whose test predictions are right exactly where ``correct`` says (10 classes),
+    confidently (0.91); ``index`` makes its test indices official."""
     n = correct.size
-    target = np.arange(n) % 10
+    official = index is not None
+    index = np.arange(n) if index is None else index
+    target = np.arange(n) % 10 if target is None else target
     pred = np.where(correct, target, (target + 1) % 10)
     probs = np.full((n, 10), 0.01, np.float32)
     probs[np.arange(n), pred] = 0.91
     config = {"dataset": {"name": "cifar10"}, "model": {"name": "net"}, "seed": seed,
               "loss": {"label_smoothing": 0.1 if name != "baseline" else 0.0}}  # fmt: skip
-    return Run(Path(tmp) / f"{name}_{seed}", OmegaConf.create(config),
+    return Run(Path("/planted") / f"{name}_{seed}", OmegaConf.create(config),
                run_identity(config), seed, name, (), {"test/acc": float(correct.mean())},
-               np.arange(n), target, probs)  # fmt: skip
+               index, target, probs, official)  # fmt: skip
 
 
 def planted_analysis(gains: list[float], n: int = 2000) -> Analysis:
@@ -253,3 +264,41 @@ def test_verdict_of_a_clear_gain_and_of_too_few_seeds():
     ref = np.mean([(~r.correct).sum() for r in unsure.reference.runs])
     other = np.mean([(~r.correct).sum() for r in unsure.other.runs])
     assert f"Confident failures (≥ 0.8): {ref:.1f} -> {other:.1f} per run" in text
+
+
+def test_label_errors_in_the_analysis_of_planted_runs():
+    """The improvement 'gains' only by predicting the given (wrong) label of known label errors:
+    its accuracy rises, its clean accuracy does not, and the analysis says so."""
+    errors = load_label_errors("cifar10")
+    error_ids = errors.ids[:40]
+    clean_ids = np.setdiff1d(np.arange(2000), errors.ids)[:1960]
+    index = np.sort(np.concatenate([error_ids, clean_ids]))
+    is_error = errors.is_error(index)
+    target = np.where(is_error, errors.given[np.searchsorted(errors.ids, index).clip(max=53)],
+                      index % 10)  # fmt: skip
+    rng = np.random.default_rng(1)
+    runs = []
+    for seed in range(3):
+        base = (rng.random(index.size) < 0.7) & ~is_error  # never "right" on a label error
+        better = base | is_error  # the same, plus every label error's given label
+        runs += [planted_run("baseline", seed, base, index, target),
+                 planted_run("smooth", seed, better, index, target)]  # fmt: skip
+    analysis = analyse(RunCollection(runs=runs), "baseline", (0.5, 0.8))
+    ref, other = analysis.groups
+    assert ref.has_label_errors and other.has_label_errors
+    for group in (ref, other):
+        for run in group.runs:
+            keep = ~run.is_label_error
+            assert group.clean_by_seed[run.seed] == pytest.approx(run.correct[keep].mean())
+    # The baseline fails confidently on all 40 label errors (wrong w.r.t. the given label).
+    assert ref.high_conf_label_errors[:, 1].tolist() == [40, 40, 40]
+    assert other.high_conf_label_errors[:, 1].tolist() == [0, 0, 0]
+    (c,) = analysis.comparisons
+    assert all(t.corrected_label_errors == 40 == t.corrected for t in c.transitions.values())
+    assert c.bootstrap.delta == pytest.approx(40 / 2000)
+    assert c.bootstrap_clean.delta == 0 and c.bootstrap_clean.images == 1960
+    text = verdict(c, 1, 0.8)
+    assert "Without the 40 known label errors: +0.00 pp" in text
+    blocks = label_error_blocks(analysis)
+    rendered = to_markdown(blocks)
+    assert "Known label errors" in rendered and "| 40 |" in rendered

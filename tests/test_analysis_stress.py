@@ -127,7 +127,7 @@ def test_report_has_the_stress_section_and_figures(analysed):
     assert "stress_corruptions.png" in md and "stress_adversarial.png" in md
     assert "## Stress" in (out / "summary.md").read_text()
     html = (out / "report.html").read_text()
-    assert "<h2>Stress</h2>" in html
+    assert '<h2 id="stress">Stress</h2>' in html
     # five analysis figures (no Grad-CAM) plus the two stress figures, all embedded
     images = re.findall(r'<img [^>]*src="([^"]*)"', html)
     assert len(images) == 7 and all(s.startswith("data:image/png;base64,") for s in images)

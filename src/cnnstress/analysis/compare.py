@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,6 +107,9 @@ class Transitions:
     both_wrong: int
     both_right: int
     mcnemar: McNemar | None
+    # of the corrected / worsened images, how many are known label errors (None: unknown)
+    corrected_label_errors: int | None = None
+    worsened_label_errors: int | None = None
 
     @property
     def total(self) -> int:
@@ -113,29 +117,44 @@ class Transitions:
         return self.corrected + self.worsened + self.both_wrong + self.both_right
 
 
-def transitions(reference_correct: np.ndarray, other_correct: np.ndarray) -> Transitions:
-    """Count corrected / worsened / both wrong / both right from two ``(N,)`` bool arrays."""
+def transitions(
+    reference_correct: np.ndarray,
+    other_correct: np.ndarray,
+    label_error: np.ndarray | None = None,
+) -> Transitions:
+    """Count corrected / worsened / both wrong / both right from two ``(N,)`` bool arrays, and
+    with ``label_error`` ``(N,)`` how many corrected and worsened images are label errors."""
     ref, other = np.asarray(reference_correct, bool), np.asarray(other_correct, bool)
     corrected = int((~ref & other).sum())
     worsened = int((ref & ~other).sum())
+    errors = {}
+    if label_error is not None:
+        errors = {
+            "corrected_label_errors": int((~ref & other & label_error).sum()),
+            "worsened_label_errors": int((ref & ~other & label_error).sum()),
+        }
     return Transitions(
         corrected=corrected,
         worsened=worsened,
         both_wrong=int((~ref & ~other).sum()),
         both_right=int((ref & other).sum()),
         mcnemar=mcnemar(corrected, worsened),
+        **errors,
     )
 
 
 def pool_transitions(tables: Sequence[Transitions]) -> Transitions:
     """Sum per-seed tables (counts only: see :class:`Transitions`; the pooled test is
     :func:`bootstrap_difference`)."""
+    known = all(t.corrected_label_errors is not None for t in tables)
     return Transitions(
         corrected=sum(t.corrected for t in tables),
         worsened=sum(t.worsened for t in tables),
         both_wrong=sum(t.both_wrong for t in tables),
         both_right=sum(t.both_right for t in tables),
         mcnemar=None,
+        corrected_label_errors=sum(t.corrected_label_errors for t in tables) if known else None,
+        worsened_label_errors=sum(t.worsened_label_errors for t in tables) if known else None,
     )
 
 
@@ -344,6 +363,25 @@ class GroupResult:
     ece_by_seed: dict[int, float]
     high_conf: np.ndarray
     per_class: np.ndarray
+    # With known label errors (official indices, CIFAR-10/100) in every run, else empty/None:
+    clean_by_seed: dict[int, float] = field(default_factory=dict)
+    corrected_by_seed: dict[int, float] = field(default_factory=dict)
+    high_conf_label_errors: np.ndarray | None = None  # (S, T), like high_conf
+
+    @property
+    def has_label_errors(self) -> bool:
+        """Whether every run's test images can be matched with the known label errors."""
+        return bool(self.clean_by_seed)
+
+    @property
+    def clean_accuracy(self) -> Estimate:
+        """Accuracy with the known label errors left out, over seeds."""
+        return estimate(list(self.clean_by_seed.values()))
+
+    @property
+    def corrected_accuracy(self) -> Estimate:
+        """Accuracy on the corrected test set (likely true classes), over seeds."""
+        return estimate(list(self.corrected_by_seed.values()))
 
     @property
     def identity(self) -> dict[str, object]:
@@ -396,6 +434,9 @@ class Comparison:
     per_class_delta: np.ndarray
     bootstrap: BootstrapTest | None = None
     power: SeedPower | None = None
+    # the same on the clean test set (known label errors left out), when known
+    paired_clean: PairedTest | None = None
+    bootstrap_clean: BootstrapTest | None = None
     differences: dict[str, tuple[object, object]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # Holm-adjusted over the comparisons against the same reference (set by ``analyse``).
@@ -475,7 +516,26 @@ def group_result(key: GroupKey, runs: Sequence[Run], thresholds: Sequence[float]
         ece_by_seed={r.seed: expected_calibration_error(r.probs, r.target) for r in runs},
         high_conf=np.stack([high_conf_errors(r.probs, r.target, thresholds) for r in runs]),
         per_class=per_class_mean,
+        **label_error_numbers(runs, thresholds),
     )
+
+
+def label_error_numbers(runs: Sequence[Run], thresholds: Sequence[float]) -> dict[str, Any]:
+    """Clean and corrected accuracies and label-error counts among the high-confidence errors,
+    per seed; empty when any run lacks official indices or a known list."""
+    if not runs or any(r.label_errors is None for r in runs):
+        return {}
+    clean, corrected, counts = {}, {}, []
+    for run in runs:
+        result = run.label_errors.clean_accuracy(run.index, run.target, run.pred)
+        clean[run.seed], corrected[run.seed] = result.acc_clean, result.acc_corrected
+        errors = run.is_label_error
+        counts.append(high_conf_errors(run.probs[errors], run.target[errors], thresholds))
+    return {
+        "clean_by_seed": clean,
+        "corrected_by_seed": corrected,
+        "high_conf_label_errors": np.stack(counts),
+    }
 
 
 def compare(reference: GroupResult, other: GroupResult) -> Comparison:
@@ -492,7 +552,7 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
         if not same_images:
             notes.append(f"seed {seed}: the two runs were tested on different images; no table")
             continue
-        tables[seed] = transitions(ref_run.correct, other_run.correct)
+        tables[seed] = transitions(ref_run.correct, other_run.correct, ref_run.is_label_error)
     if not tables:
         notes.append("no seed shared with the reference on the same test images: no transitions")
     boot = None
@@ -506,6 +566,14 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
         )
     elif seeds:
         notes.append("the seeds were tested on different images: no bootstrap over seeds")
+    clean_paired = clean_boot = None
+    if boot is not None and reference.has_label_errors and other.has_label_errors:
+        clean_paired = paired_test(reference.clean_by_seed, other.clean_by_seed)
+        keep = ~reference.run(seeds[0]).is_label_error
+        clean_boot = bootstrap_difference(
+            np.stack([reference.run(s).correct[keep] for s in seeds]),
+            np.stack([other.run(s).correct[keep] for s in seeds]),
+        )
     paired = paired_test(reference.accuracy_by_seed, other.accuracy_by_seed)
     return Comparison(
         reference=reference,
@@ -516,6 +584,8 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
         per_class_delta=other.per_class - reference.per_class,
         bootstrap=boot,
         power=seed_power(paired.differences),
+        paired_clean=clean_paired,
+        bootstrap_clean=clean_boot,
         differences=differences(reference.identity, other.identity),
         notes=notes,
     )

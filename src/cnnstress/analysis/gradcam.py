@@ -50,8 +50,10 @@ class SideBySide:
     """A reference group's top failures and every compared model's CAMs on them.
 
     Attributes:
-        images: ``(N, 3, H, W)`` uint8 test images. index: ``(N,)`` their test-set positions.
-        target: ``(N,)`` true classes. columns: reference first, then the improvements.
+        images: ``(N, 3, H, W)`` uint8 test images. index: ``(N,)`` their test-set indices.
+        target: ``(N,)`` their labels. columns: reference first, then the improvements.
+        likely_true: ``(N,)`` for a known label error the workers' class (-1 where they did
+            not agree), -2 for an image that is no known label error; ``None`` when unknown.
     """
 
     setting: tuple[str, str]
@@ -60,6 +62,7 @@ class SideBySide:
     target: np.ndarray
     images: np.ndarray
     columns: list[CamColumn]
+    likely_true: np.ndarray | None = None
 
 
 def cam_settings(
@@ -161,6 +164,10 @@ def side_by_side(
         columns.append(
             _column(group.key.name, run, positions, images, device, method, target_layer)
         )
+    errors = ref_run.label_errors
+    likely = None
+    if errors is not None:
+        likely = np.where(errors.is_error(index), errors.likely_true(index), -2)
     return SideBySide(
         setting=reference.key.setting,
         classes=class_names(reference.key.dataset),
@@ -168,6 +175,7 @@ def side_by_side(
         target=ref_run.target[positions],
         images=images.numpy(),
         columns=columns,
+        likely_true=likely,
     )
 
 

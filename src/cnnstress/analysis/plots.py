@@ -183,8 +183,9 @@ def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Fi
 
 
 def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
-    """Rows: the reference's top failures. Columns: the image, then each model's CAM overlay
-    for its own prediction, captioned "predicted (confidence)" in green when right."""
+    """Rows: the reference's top failures. Columns: the image (a known label error is marked,
+    with the workers' class), then each model's CAM overlay for its own prediction, captioned
+    "predicted (confidence)" in green when it equals the label."""
     rows, cols = len(side.index), 1 + len(side.columns)
     fig = new_figure(1.9 * cols, 2.05 * rows + 0.6, layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
@@ -193,7 +194,12 @@ def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
     for r in range(rows):
         truth = side.classes[side.target[r]]
         axes[r, 0].imshow(images[r])
-        axes[r, 0].set_title(f"#{side.index[r]}\ntrue: {truth}", fontsize=8)
+        title, colour = f"#{side.index[r]}\nlabel: {truth}", "black"
+        if side.likely_true is not None and side.likely_true[r] > -2:
+            likely = side.likely_true[r]
+            title += "\nLABEL ERROR" + (f": likely {side.classes[likely]}" if likely >= 0 else "")
+            colour = "tab:purple"
+        axes[r, 0].set_title(title, fontsize=8, color=colour)
         for c, column in enumerate(side.columns, start=1):
             pred = int(column.pred[r])
             ok = pred == side.target[r]

@@ -290,16 +290,19 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
         "dataset", "model", "name", "label", "is_reference", "n_seeds", "seeds",
         "acc_mean", "acc_std", "acc_ci_low", "acc_ci_high",
         "ece_mean", "ece_std", "ece_ci_low", "ece_ci_high",
+        "acc_clean_mean", "acc_clean_std", "acc_corrected_mean", "acc_corrected_std",
     ]  # fmt: skip
     for t in analysis.thresholds:
-        header += [f"hce_mean@{_threshold(t)}", f"hce_std@{_threshold(t)}"]
+        header += [f"hce_mean@{_threshold(t)}", f"hce_std@{_threshold(t)}",
+                   f"hce_label_errors_mean@{_threshold(t)}"]  # fmt: skip
     comparison_columns = [
         "reference", "delta_acc_of_means", "paired_n", "paired_delta_mean", "paired_delta_std",
         "paired_delta_ci_low", "paired_delta_ci_high", "paired_t", "paired_p", "paired_p_holm",
         "bootstrap_delta", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p",
         "bootstrap_p_holm", "p_better", "seed_spread", "detectable_delta", "seeds_needed",
         "pooled_corrected", "pooled_worsened", "pooled_both_wrong", "pooled_both_right",
-        "constrained", "differs_in",
+        "constrained", "differs_in", "clean_delta", "clean_ci_low", "clean_ci_high",
+        "clean_bootstrap_p", "clean_paired_p",
     ]  # fmt: skip
     header += comparison_columns
     with path.open("w", newline="") as f:
@@ -313,9 +316,15 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
                 acc.mean, _opt(acc.std), _opt(acc.ci_low), _opt(acc.ci_high),
                 ece.mean, _opt(ece.std), _opt(ece.ci_low), _opt(ece.ci_high),
             ]  # fmt: skip
+            if g.has_label_errors:
+                clean, corrected = g.clean_accuracy, g.corrected_accuracy
+                row += [clean.mean, _opt(clean.std), corrected.mean, _opt(corrected.std)]
+            else:
+                row += ["", "", "", ""]
             for i in range(len(analysis.thresholds)):
                 h = g.high_conf_estimate(i)
-                row += [h.mean, _opt(h.std)]
+                errors = g.high_conf_label_errors
+                row += [h.mean, _opt(h.std), "" if errors is None else errors[:, i].mean()]
             c = analysis.comparison_for(g.key)
             if c is None:
                 row += [""] * len(comparison_columns)
@@ -344,6 +353,13 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
                     else [pooled.corrected, pooled.worsened, pooled.both_wrong, pooled.both_right]
                 )
                 row += [int(c.constrained), describe(c.differences, limit=50)]
+                clean = c.bootstrap_clean
+                row += (
+                    ["", "", "", ""]
+                    if clean is None
+                    else [clean.delta, clean.ci_low, clean.ci_high, clean.pvalue]
+                )
+                row.append("" if c.paired_clean is None else _opt(c.paired_clean.pvalue))
             writer.writerow(row)
     return path
 
@@ -457,9 +473,14 @@ def stress_blocks(stress: StressSummary | None, figures: dict[str, list[str]]) -
     return blocks
 
 
+def _with_errors(count: int, errors: int | None) -> str:
+    return str(count) if errors is None else f"{count} ({errors} label errors)"
+
+
 def _transition_row(name: str, t: Transitions, boot: BootstrapTest | None = None) -> list[str]:
-    counts = [name, str(t.corrected), str(t.worsened), str(t.both_wrong), str(t.both_right),
-              str(t.total)]  # fmt: skip
+    counts = [name, _with_errors(t.corrected, t.corrected_label_errors),
+              _with_errors(t.worsened, t.worsened_label_errors), str(t.both_wrong),
+              str(t.both_right), str(t.total)]  # fmt: skip
     m = t.mcnemar
     if m is not None:
         statistic = f"{m.statistic:.0f}" if m.method == "exact" else f"{m.statistic:.3f}"
@@ -479,7 +500,8 @@ def write_transitions_csv(analysis: Analysis, path: Path) -> Path:
     """``transitions.csv``: one row per comparison and seed, plus a ``pooled`` row each."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["reference", "group", *(h.replace(" ", "_") for h in TRANSITION_HEADERS)])
+        writer.writerow(["reference", "group", *(h.replace(" ", "_") for h in TRANSITION_HEADERS),
+                         "corrected_label_errors", "worsened_label_errors"])  # fmt: skip
         for c in analysis.comparisons:
             tables = [*((str(s), t) for s, t in c.transitions.items())]
             if c.pooled is not None:
@@ -492,9 +514,11 @@ def write_transitions_csv(analysis: Analysis, path: Path) -> Path:
                     test = ["bootstrap-images-x-seeds", boot.delta, boot.pvalue]
                 else:
                     test = ["", "", ""]
+                errors = [_opt(table.corrected_label_errors), _opt(table.worsened_label_errors)]
                 writer.writerow([
                     c.reference.key.label, c.other.key.label, name, table.corrected,
                     table.worsened, table.both_wrong, table.both_right, table.total, *test,
+                    *errors,
                 ])  # fmt: skip
     return path
 
@@ -595,6 +619,17 @@ def verdict(c: Comparison, hce: int, threshold: float) -> str:
     text += (
         f". Confident failures (≥ {threshold:g}): {ref_hce:.1f} -> {other_hce:.1f} per run{change}."
     )
+    clean = c.bootstrap_clean
+    if clean is not None:
+        holds = (clean.ci_low > 0) if delta > 0 else (clean.ci_high < 0)
+        errors = int(c.reference.runs[0].is_label_error.sum())
+        text += (
+            f" Without the {errors} known label errors: {clean.delta * 100:+.2f} pp "
+            f"(CI {clean.ci_low * 100:+.2f} to {clean.ci_high * 100:+.2f}), "
+            + ("so the difference holds on the clean test set." if sure and holds
+               else "the clean test set does not confirm a difference." if sure
+               else "no clear difference there either.")
+        )  # fmt: skip
     power = c.power
     if n < 2 or power is None or power.detectable is None:
         text += f" {n} shared seed(s): no seed-to-seed spread, so no test; run 3 or more."
@@ -609,6 +644,73 @@ def verdict(c: Comparison, hce: int, threshold: float) -> str:
             f"about {power.needed} seeds for a conclusive answer."
         )
     return text
+
+
+def label_error_blocks(analysis: Analysis) -> list[Block]:
+    """The report's "Known label errors" section (nothing when no group has official test
+    indices of CIFAR-10/100)."""
+    groups = [g for g in analysis.groups if g.has_label_errors]
+    if not groups:
+        return []
+    column = _hce_column(analysis)
+    threshold = analysis.thresholds[column]
+    rows = []
+    for g in groups:
+        total = g.high_conf[:, column].astype(float)
+        errors = g.high_conf_label_errors[:, column].astype(float)
+        rows.append([
+            g.key.label, str(int(g.runs[0].is_label_error.sum())),
+            _mean_std(g.accuracy, 100), _mean_std(g.clean_accuracy, 100),
+            _mean_std(g.corrected_accuracy, 100),
+            f"{total.mean():.1f}", f"{(total - errors).mean():.1f}", f"{errors.mean():.1f}",
+        ])  # fmt: skip
+    blocks: list[Block] = [
+        Heading(2, "Known label errors"),
+        Paragraph(
+            "Human-verified label errors of the test set (Northcutt, Athalye & Mueller, NeurIPS "
+            "2021: fewer than 3 of 5 workers agreed with the given label). A confident failure "
+            "on such an image is often the model being right. Clean accuracy leaves them out; "
+            "corrected accuracy uses the workers' class where 3 or more agreed and leaves the "
+            "rest out. Numbers are mean ± std over seeds (%)."
+        ),
+        Table(
+            [
+                "group",
+                "label errors in the test images",
+                "test acc %",
+                "clean acc %",
+                "corrected acc %",
+                f"confident failures ≥{threshold:g}",
+                "of which model errors",
+                "of which label errors",
+            ],
+            rows,
+        ),
+    ]
+    compared = [c for c in analysis.comparisons if c.bootstrap_clean is not None]
+    if compared:
+        rows = []
+        for c in compared:
+            all_, clean = c.bootstrap, c.bootstrap_clean
+            p = NA if c.paired_clean is None else _p(c.paired_clean.pvalue)
+            rows.append([
+                f"{c.other.key.label} vs {c.reference.key.name}",
+                f"{all_.delta * 100:+.2f} [{all_.ci_low * 100:+.2f}, {all_.ci_high * 100:+.2f}]",
+                f"{clean.delta * 100:+.2f} [{clean.ci_low * 100:+.2f}, {clean.ci_high * 100:+.2f}]",
+                p,
+            ])  # fmt: skip
+        blocks.append(
+            Table(
+                [
+                    "group vs reference",
+                    "Δ acc (pp), all test images [bootstrap 95% CI]",
+                    "Δ acc (pp), clean test set [bootstrap 95% CI]",
+                    "paired t-test p (clean)",
+                ],
+                rows,
+            )
+        )
+    return blocks
 
 
 def verdict_blocks(analysis: Analysis) -> list[Block]:
@@ -655,6 +757,7 @@ def build_blocks(
     blocks += [Heading(2, "Summary"), summary_table(analysis)]
     if analysis.comparisons:
         blocks += [Heading(2, "Comparisons against the reference"), comparison_table(analysis)]
+    blocks += label_error_blocks(analysis)
 
     blocks.append(Heading(2, "Transitions against the reference"))
     if not analysis.comparisons:
@@ -760,6 +863,7 @@ def write_report(
     ]
     if analysis.comparisons:
         summary += [Heading(2, "Comparisons against the reference"), comparison_table(analysis)]
+    summary += label_error_blocks(analysis)
     if analysis.skipped:
         summary += [
             Heading(2, "Skipped run directories"),

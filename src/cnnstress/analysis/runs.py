@@ -18,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cnnstress.data import class_names
+from cnnstress.data.label_errors import LabelErrors, load_label_errors
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.identity import SEED_KEYS, fingerprint, run_identity
 from cnnstress.run_files import (
@@ -75,8 +76,10 @@ class Run:
         changed_by: the command-line overrides that changed that improvement's augmentation or
             loss (empty: the run is exactly the improvement).
         metrics: ``metrics.json``.
-        index: ``(N,)`` int64 test-set indices. target: ``(N,)`` int64 true classes.
-        probs: ``(N, C)`` float32 softmax outputs.
+        index: ``(N,)`` int64 test-set indices (official test indices when
+            ``official_index``, else positions in the test split).
+        target: ``(N,)`` int64 true classes. probs: ``(N, C)`` float32 softmax outputs.
+        official_index: whether ``index`` holds official test indices.
     """
 
     path: Path
@@ -89,6 +92,18 @@ class Run:
     index: np.ndarray
     target: np.ndarray
     probs: np.ndarray
+    official_index: bool = False
+
+    @property
+    def label_errors(self) -> LabelErrors | None:
+        """The dataset's known test-set label errors, when this run's indices are official."""
+        return load_label_errors(self.dataset) if self.official_index else None
+
+    @property
+    def is_label_error(self) -> np.ndarray | None:
+        """``(N,)`` bool: is each test image a known label error (None when unknown)."""
+        errors = self.label_errors
+        return None if errors is None else errors.is_error(self.index)
 
     @property
     def dataset(self) -> str:
@@ -246,6 +261,7 @@ def load_run(path: str | Path) -> Run:
         index=index,
         target=target,
         probs=probs.astype(np.float32),
+        official_index=bool(preds.get("official_index", False)),
     )
 
 
