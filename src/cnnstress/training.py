@@ -9,8 +9,10 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torchvision.io import ImageReadMode, read_image
 
 from cnnstress.callbacks import TrainSpeed
+from cnnstress.callbacks.failures import tensorboard_writer
 from cnnstress.config import instantiate, validate_config
 from cnnstress.data import CIFARDataModule
 from cnnstress.distributed import prepare_hydra_relaunch
@@ -78,6 +80,17 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     }
 
 
+def log_stress_figures(trainer: L.Trainer, run_dir: Path) -> None:
+    """Add every ``stress_*.png`` in ``run_dir`` to the TensorBoard log as ``stress/<stem>``."""
+    writer = tensorboard_writer(trainer)
+    if writer is None:
+        return
+    for path in sorted(run_dir.glob("stress_*.png")):
+        image = read_image(str(path), ImageReadMode.RGB)  # (3, H, W) uint8
+        writer.add_image(f"stress/{path.stem}", image, trainer.global_step)
+    writer.flush()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test, and write ``metrics.json`` and ``predictions.npz`` into the run directory.
 
@@ -126,5 +139,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
             names = list(cfg.stress)
             run_stress(run_dir, names, cfg.stress, module.device, net=module.net, cfg=cfg)
+            log_stress_figures(trainer, run_dir)
         log.info("test/acc=%.4f; run files in %s", metrics.get("test/acc", float("nan")), run_dir)
     return metrics
