@@ -171,5 +171,5 @@ def test_cli_composes_one_stress_and_rejects_unknown_names(analysed, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "cnnstress: error: unknown stress option 'nope'; valid choices: adversarial, "
-        "calibration, corruptions, faithfulness, shift"
+        "background, calibration, corruptions, faithfulness, shift"
     )

@@ -17,6 +17,7 @@ from cnnstress.errors import ConfigError
 from cnnstress.models import SimpleCNN
 from cnnstress.stress import STRESSES, read_stress, run_stress
 from cnnstress.stress.adversarial import AdversarialSettings
+from cnnstress.stress.background import BackgroundSettings
 from cnnstress.stress.calibration import CalibrationSettings
 from cnnstress.stress.corruption_suite import CorruptionSettings, iter_corrupted
 from cnnstress.stress.faithfulness import (
@@ -34,6 +35,7 @@ SETTINGS = {
     "adversarial": AdversarialSettings,
     "calibration": CalibrationSettings,
     "faithfulness": FaithfulnessSettings,
+    "background": BackgroundSettings,
 }
 TYPES = ["gaussian_noise", "fog", "jpeg_compression", "speckle_noise"]  # speckle: an extra type
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from pytorch_grad_cam import (
     EigenCAM,
     EigenGradCAM,
@@ -65,6 +66,29 @@ def check_method(method: str, key: str = "method") -> str:
     if name not in METHODS:
         raise ConfigError(f"unknown {key}={method!r}; valid choices: {', '.join(METHODS)}")
     return name
+
+
+def run_cam_settings(
+    cfg: DictConfig,
+    method: str | None = None,
+    target_layer: str | None = None,
+    *,
+    key: str = "method",
+) -> tuple[str, str | None]:
+    """The CAM method and target layer a run used, unless given here.
+
+    ``method``: else the run's ``callbacks.gradcam.method``, else ``gradcam``; ``target_layer``:
+    else ``callbacks.gradcam.target_layer``, else ``model.target_layer``, else None (fine for
+    ``saliency``). The method is checked with :func:`check_method` (``key`` names it in the
+    error).
+    """
+    found = OmegaConf.select(cfg, "callbacks.gradcam.method", default=None)
+    layer = (
+        target_layer
+        or OmegaConf.select(cfg, "callbacks.gradcam.target_layer", default=None)
+        or OmegaConf.select(cfg, "model.target_layer", default=None)
+    )
+    return check_method(method or found or "gradcam", key), None if layer is None else str(layer)
 
 
 def resolve_layer(model: nn.Module, path: str, key: str = "target_layer") -> nn.Module:

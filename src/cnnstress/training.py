@@ -13,8 +13,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torchvision.io import ImageReadMode, read_image
 
 from cnnstress.callbacks import TrainSpeed
+from cnnstress.callbacks.failures import tensorboard_writer
 from cnnstress.config import improvement_changes, instantiate, validate_config
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
@@ -177,6 +179,17 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> dict[str, float] | None:
     return None
 
 
+def log_stress_figures(trainer: L.Trainer, run_dir: Path) -> None:
+    """Add every ``stress_*.png`` in ``run_dir`` to the TensorBoard log as ``stress/<stem>``."""
+    writer = tensorboard_writer(trainer)
+    if writer is None:
+        return
+    for path in sorted(run_dir.glob("stress_*.png")):
+        image = read_image(str(path), ImageReadMode.RGB)  # (3, H, W) uint8
+        writer.add_image(f"stress/{path.stem}", image, trainer.global_step)
+    writer.flush()
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test, and write ``run.json``, ``predictions.npz`` and ``metrics.json``.
 
@@ -239,6 +252,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
             names = list(cfg.stress)
             run_stress(run_dir, names, cfg.stress, module.device, net=module.net, cfg=cfg)
+            log_stress_figures(trainer, run_dir)
         log.info("%s; run files in %s", test_summary(metrics), run_dir)
     return metrics
 

@@ -19,7 +19,14 @@ from torch import nn
 
 from cnnstress.errors import ConfigError
 from cnnstress.run_files import write_json
-from cnnstress.stress import adversarial, calibration, corruption_suite, faithfulness, shift
+from cnnstress.stress import (
+    adversarial,
+    background,
+    calibration,
+    corruption_suite,
+    faithfulness,
+    shift,
+)
 from cnnstress.stress.context import StressContext, load_context
 
 STRESS_FILE = "stress.json"
@@ -33,6 +40,7 @@ STRESSES: dict[str, StressFn] = {
     "adversarial": adversarial.evaluate,
     "calibration": calibration.evaluate,
     "faithfulness": faithfulness.evaluate,
+    "background": background.evaluate,
 }
 
 
@@ -63,7 +71,7 @@ def run_stress(
         run_dir: the run directory (``.hydra/config.yaml`` and ``checkpoints/``; results and
             ``stress_*.png`` are written there).
         names: stresses to run, from :data:`STRESSES` (corruptions, shift, adversarial,
-            calibration, faithfulness).
+            calibration, faithfulness, background).
         stress_cfg: ``{name: {knob: value}}``, e.g. the composed ``cfg.stress``; missing
             stresses or knobs take the defaults of ``conf/stress/<name>.yaml``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
@@ -77,7 +85,8 @@ def run_stress(
         Everything now in ``stress.json``: earlier results of other stresses are kept, those of
         the stresses run now are replaced. Values are numbers (NaN written as null), except a
         few descriptive strings (``*/source``, ``*/version``, ``calibration/fit_split``,
-        ``faithfulness/method``, ``faithfulness/target_layer``).
+        ``faithfulness/method``, ``faithfulness/target_layer``, ``background/fill``,
+        ``background/cam/method``, ``background/cam/target_layer``).
 
     Raises:
         ConfigError: unknown stress or knob, or a knob with an invalid value.

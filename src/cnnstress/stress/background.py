@@ -1,0 +1,538 @@
+"""Background reliance: does the model classify the object or what surrounds it?
+
+After Xiao et al., "Noise or Signal: The Role of Image Backgrounds in Object Recognition"
+(ICLR 2021), who swap real foreground masks on ImageNet-9. CIFAR has no masks, but its objects
+sit near the image centre, so a centred square of side ``centre_size`` pixels stands in for the
+object and the rest of the image, the *surround*, for the background (default 16 of 32: rows
+and columns 8-23, a quarter of the area). It is a proxy: large objects spill into the surround,
+small or off-centre ones leave background in the centre.
+
+Images: the test split, or a fixed random subset of ``max_images`` (``seed``). Partners and the
+CAM subset depend only on the test labels and ``seed``, so every run of a comparison sees the
+same images and pairs. Each image ``A`` (class ``y_A``) is fed to the model in five versions:
+
+* ``only_centre``: the surround replaced by ``fill``; ``only_surround``: the centre replaced.
+  ``fill``: ``mean`` = the image's own mean colour (per channel) over the region that stays
+  visible, so the filled image carries nothing of the removed region; ``dataset_mean`` = the
+  dataset's normalisation mean (a zero input after normalisation); or a grey level in [0, 1].
+* ``conflict`` (cue conflict): the centre of ``A`` on the surround of a partner ``B`` of another
+  class (the class drawn uniformly from the other classes present, then the image uniformly
+  within it).
+* ``mixed_same``: the centre of ``A`` on the surround of another image of ``A``'s class
+  (``A`` itself only when its class has no other image in the set).
+* ``mixed_rand``: the centre of ``A`` on the surround of an image of a random class (uniform
+  over the classes present, ``A``'s included, as Xiao et al.'s Mixed-Rand), then a random image
+  of it.
+
+Keys written (an accuracy compares the prediction with ``y_A``, the class of the centre):
+
+* ``background/clean_acc``: the unchanged images; ``background/chance``: ``1 / classes``.
+* ``background/only_centre/acc``, ``background/only_surround/acc``. An ``only_surround``
+  accuracy far above chance is a model that classifies from the background.
+* ``background/conflict/follows_centre``, ``.../follows_surround``, ``.../neither``: fractions
+  of cue-conflict predictions equal to ``y_A``, equal to ``y_B``, or neither (they sum to 1);
+  ``background/surround_share = follows_surround / (follows_centre + follows_surround)``
+  (NaN when no prediction follows either): 0 = always the object, 1 = always the background.
+* ``background/mixed_same/acc``, ``background/mixed_rand/acc``, and
+  ``background/bg_gap = mixed_same/acc - mixed_rand/acc`` (Xiao et al.'s BG-gap).
+* CAM (``compute_heatmaps`` of the clean image's predicted class, the run's method and target
+  layer unless set here) on a fixed subset of ``cam_images`` of the images: the share of the
+  map's mass outside the centre, ``sum(map * surround) / sum(map)`` per image (a map scaled to
+  [0, 1]; a flat map gives ``background/cam/outside_uniform`` = the surround's share of the
+  area, 0.75 by default), averaged over ``background/cam/outside_correct`` (correct
+  predictions), ``.../outside_confident_failures`` (wrong with softmax confidence >=
+  ``threshold``) and ``.../outside_all``. Constant maps (no mass) are left out and counted in
+  ``background/cam/undefined``.
+* Per class ``<name>`` (official names): ``background/class/<name>/only_surround`` (accuracy
+  on the images of that class), ``background/class/<name>/surround_share`` (cue conflicts
+  whose *surround* comes from that class: how often that class's background wins),
+  ``background/class/<name>/cam_outside`` (mean outside-share over the CAM images of that class,
+  any prediction).
+* Counts: ``background/num_images``, ``background/mixed_same/num_unpaired`` (images used as their
+  own same-class partner), ``background/cam/num_images``, ``background/cam/num_correct``,
+  ``background/cam/num_confident_failures``; settings: ``background/centre_size``,
+  ``background/cam/threshold``, and the strings ``background/fill``, ``background/cam/method``,
+  ``background/cam/target_layer``.
+
+Cost: one forward pass of the images per version, plus the clean logits (shared with the other
+stresses), plus the CAMs of the subset. Figures: ``stress_background_examples.png`` (what each
+test feeds the model) and ``stress_background_classes.png`` (the per-class numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnstress.cam import check_method, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.data.classes import class_names
+from cnnstress.errors import ConfigError, DataError
+from cnnstress.stress.context import (
+    StressContext,
+    check_int,
+    parse_settings,
+    seeded_subset,
+    to_unit,
+)
+
+EXAMPLES_FILE = "stress_background_examples.png"
+CLASSES_FILE = "stress_background_classes.png"
+FILLS = ("mean", "dataset_mean")
+# The versions of each image fed to the model, in the order of the examples figure.
+VARIANTS = ("only_centre", "only_surround", "conflict", "mixed_same", "mixed_rand")
+PARTNERS = ("conflict", "mixed_same", "mixed_rand")
+
+
+@dataclasses.dataclass
+class BackgroundSettings:
+    """Knobs of ``stress.background`` (conf/stress/background.yaml)."""
+
+    # side in pixels of the centred square standing in for the object
+    centre_size: int = 16
+    # what replaces the removed region: mean, dataset_mean, or a grey level in [0, 1]
+    fill: Any = "mean"
+    # a fixed random subset of the test split; null: all of it
+    max_images: int | None = None
+    # images whose CAM is measured (a fixed subset of the evaluated images)
+    cam_images: int = 1000
+    # confident failures: wrong with softmax confidence >= threshold
+    threshold: float = 0.8
+    # null: the run's callbacks.gradcam.method, else gradcam
+    method: str | None = None
+    # null: the run's callbacks.gradcam.target_layer, else model.target_layer
+    target_layer: str | None = None
+    # rows of the examples figure
+    examples: int = 8
+    batch_size: int = 500
+    # subset, partners and CAM images (fixed across runs)
+    seed: int = 0
+
+    def validate(self, key: str) -> None:
+        """Raise :class:`ConfigError` for an invalid knob."""
+        self.centre_size = check_int(self.centre_size, f"{key}.centre_size")
+        self.fill = parse_fill(self.fill, f"{key}.fill")
+        self.max_images = check_int(self.max_images, f"{key}.max_images", allow_none=True)
+        self.cam_images = check_int(self.cam_images, f"{key}.cam_images", minimum=0)
+        self.threshold = _unit_number(self.threshold, f"{key}.threshold")
+        if self.method is not None:
+            self.method = check_method(self.method, f"{key}.method")
+        self.examples = check_int(self.examples, f"{key}.examples")
+        self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
+        self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
+
+
+def _unit_number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def parse_fill(value: Any, key: str = "fill") -> str | float:
+    """``mean``, ``dataset_mean``, or a grey level in [0, 1]; else :class:`ConfigError`."""
+    if isinstance(value, str):
+        if value not in FILLS:
+            raise ConfigError(
+                f"{key} must be one of {', '.join(FILLS)} or a number in [0, 1], got {value!r}"
+            )
+        return value
+    return _unit_number(value, key)
+
+
+def centre_mask(height: int, width: int, size: int, device: Any = "cpu") -> torch.Tensor:
+    """Bool ``(H, W)``, True on the centred ``size`` x ``size`` square.
+
+    The square starts at row ``(H - size) // 2`` and column ``(W - size) // 2``.
+    """
+    if not 1 <= size < min(height, width):
+        raise ConfigError(
+            f"stress.background.centre_size must be between 1 and {min(height, width) - 1} "
+            f"for {height}x{width} images, got {size}"
+        )
+    top, left = (height - size) // 2, (width - size) // 2
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def keep_region(
+    images: torch.Tensor, keep: torch.Tensor, fill: str | float, dataset_mean: Sequence[float]
+) -> torch.Tensor:
+    """``images`` with every pixel outside ``keep`` replaced by the fill colour.
+
+    Args:
+        images: float ``(N, 3, H, W)`` in [0, 1].
+        keep: bool ``(H, W)``, the region left visible.
+        fill: ``"mean"`` (each image's mean colour over ``keep``), ``"dataset_mean"``
+            (``dataset_mean``), or a grey level.
+
+    Returns:
+        float ``(N, 3, H, W)``.
+    """
+    if fill == "mean":
+        weights = keep.to(images.dtype)
+        colour = (images * weights).sum((2, 3), keepdim=True) / weights.sum()
+    elif fill == "dataset_mean":
+        colour = torch.as_tensor(dataset_mean, dtype=images.dtype, device=images.device)
+        colour = colour.view(1, -1, 1, 1)
+    else:
+        colour = torch.full((1, 1, 1, 1), float(fill), dtype=images.dtype, device=images.device)
+    return torch.where(keep, images, colour)
+
+
+def paste_centre(
+    centres: torch.Tensor, surrounds: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The centre of each of ``centres`` on the surround of the matching one of ``surrounds``.
+
+    ``centres``, ``surrounds``: ``(N, 3, H, W)`` of one dtype; ``mask``: bool ``(H, W)``, the
+    centre. Returns ``(N, 3, H, W)``.
+    """
+    return torch.where(mask, centres, surrounds)
+
+
+def draw_partners(labels: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Partner positions ``(N,)`` int64 for every image, drawn from a generator seeded by ``seed``.
+
+    ``conflict``: an image of another class (class uniform over the other classes present,
+    image uniform within it); ``mixed_same``: another image of the same class (the image itself
+    when its class has no other); ``mixed_rand``: class uniform over the classes present, image
+    uniform within it. Depends only on ``labels`` ``(N,)`` and ``seed``.
+
+    Raises:
+        DataError: fewer than two classes among ``labels`` (no cue conflict possible).
+    """
+    labels = labels.cpu()
+    n = labels.numel()
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    if len(classes) < 2:
+        raise DataError("the background stress needs images of at least two classes")
+    order = torch.argsort(labels, stable=True)  # positions grouped by class
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.searchsorted(classes, labels)  # index of each image's class among `classes`
+    within = torch.empty(n, dtype=torch.long)
+    within[order] = torch.arange(n) - starts[rank[order]]
+
+    def uniform(high: torch.Tensor) -> torch.Tensor:  # an integer in [0, high) per entry
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return torch.minimum((u * high).long(), high - 1)
+
+    def image_of(class_rank: torch.Tensor) -> torch.Tensor:
+        return order[starts[class_rank] + uniform(counts[class_rank])]
+
+    own = counts[rank]
+    step = 1 + uniform((own - 1).clamp_min(1))  # 1 .. own-1: never the image itself
+    same = order[starts[rank] + (within + step) % own]
+    other = (rank + 1 + uniform(torch.full((n,), len(classes) - 1))) % len(classes)
+    conflict = image_of(other)
+    random_class = uniform(torch.full((n,), len(classes)))
+    return {"conflict": conflict, "mixed_same": same, "mixed_rand": image_of(random_class)}
+
+
+def make_variants(
+    images: torch.Tensor,
+    positions: torch.Tensor,
+    partners: Mapping[str, torch.Tensor],
+    mask: torch.Tensor,
+    fill: str | float,
+    dataset_mean: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """The versions of ``images[positions]`` fed to the model, float ``(B, 3, H, W)`` in [0, 1].
+
+    Args:
+        images: all evaluated images, uint8 ``(N, 3, H, W)`` (partners index into them).
+        positions: ``(B,)`` the images ``A`` of this batch.
+        partners: from :func:`draw_partners`, ``(N,)`` each.
+        mask: bool ``(H, W)``, the centre.
+
+    Returns:
+        ``{name: images}`` for every name of :data:`VARIANTS`.
+    """
+    a = to_unit(images[positions])
+    out = {
+        "only_centre": keep_region(a, mask, fill, dataset_mean),
+        "only_surround": keep_region(a, ~mask, fill, dataset_mean),
+    }
+    for name in PARTNERS:
+        b = to_unit(images[partners[name][positions]])
+        out[name] = paste_centre(a, b, mask)
+    return out
+
+
+def outside_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per map, the share of its mass outside ``mask``: ``sum(map * ~mask) / sum(map)``.
+
+    ``maps``: non-negative ``(N, H, W)``; ``mask``: bool ``(H, W)``. Returns float64 ``(N,)``,
+    NaN for a map with no mass.
+    """
+    maps = maps.double()
+    total = maps.sum((1, 2))
+    outside = (maps * (~mask).to(maps.device)).sum((1, 2))
+    return torch.where(total > 0, outside / total.clamp_min(1e-300), torch.nan)
+
+
+def _mean(values: torch.Tensor) -> float:
+    values = values[torch.isfinite(values)]
+    return float(values.mean()) if values.numel() else float("nan")
+
+
+def _share(surround: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    total = surround + centre
+    return torch.where(total > 0, surround / total.clamp_min(1), torch.nan)
+
+
+def _class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean of finite ``values`` per class of ``labels``; NaN for a class with none."""
+    finite = torch.isfinite(values)
+    sums = torch.bincount(labels[finite], values[finite].double(), minlength=num_classes)
+    counts = torch.bincount(labels[finite], minlength=num_classes).double()
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
+
+
+def _predict(
+    ctx: StressContext,
+    s: BackgroundSettings,
+    images: torch.Tensor,
+    partners: Mapping[str, torch.Tensor],
+    mask: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Predicted classes ``(N,)`` on the CPU of every variant, batch by batch on the device."""
+    model = ctx.model.eval()
+    dataset_mean = list(ctx.cfg.dataset.mean)
+    n = images.shape[0]
+    preds = {name: torch.empty(n, dtype=torch.long, device=ctx.device) for name in VARIANTS}
+    with torch.no_grad():
+        for start in range(0, n, s.batch_size):
+            positions = torch.arange(start, min(start + s.batch_size, n), device=ctx.device)
+            batches = make_variants(images, positions, partners, mask, s.fill, dataset_mean)
+            for name, batch in batches.items():
+                preds[name][positions] = model(batch).argmax(1)
+    return {name: p.cpu() for name, p in preds.items()}
+
+
+def _cam_settings(ctx: StressContext, s: BackgroundSettings) -> tuple[str, str | None]:
+    """The CAM method and target layer (the run's unless set), checked against the model."""
+    key = "stress.background"
+    method, layer = run_cam_settings(ctx.cfg, s.method, s.target_layer, key=f"{key}.method")
+    if layer is None and method != "saliency":
+        raise ConfigError(f"no CAM target layer: set {key}.target_layer")
+    if layer is not None:
+        resolve_layer(ctx.net, layer, f"{key}.target_layer")
+    return method, layer
+
+
+def _cam_outside(
+    ctx: StressContext,
+    s: BackgroundSettings,
+    images: torch.Tensor,
+    predicted: torch.Tensor,
+    mask: torch.Tensor,
+    method: str,
+    layer: str | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions ``(M,)`` of the CAM subset of ``images`` and their outside-shares ``(M,)``,
+    explaining the clean ``predicted`` class."""
+    positions = seeded_subset(images.shape[0], s.cam_images, s.seed)
+    if not len(positions):
+        return positions, torch.zeros(0, dtype=torch.float64)
+    mean = torch.tensor(list(ctx.cfg.dataset.mean), device=ctx.device).view(1, -1, 1, 1)
+    std = torch.tensor(list(ctx.cfg.dataset.std), device=ctx.device).view(1, -1, 1, 1)
+    normalised = (to_unit(images[positions.to(ctx.device)]) - mean) / std
+    maps = compute_heatmaps(
+        ctx.net.eval(), normalised, predicted[positions], method, layer, batch_size=s.batch_size
+    )
+    return positions, outside_share(maps, mask.cpu())
+
+
+def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run every background test on a run; draw the two ``stress_background_*.png`` figures."""
+    s = parse_settings(BackgroundSettings, settings, "stress.background")
+    method, layer = _cam_settings(ctx, s)  # setting errors before any work
+    height, width = ctx.test.images.shape[2:]
+    mask = centre_mask(height, width, s.centre_size, ctx.device)
+    subset = seeded_subset(len(ctx.test), s.max_images, s.seed)
+    labels = ctx.test.labels[subset]
+    images = ctx.test.images[subset].to(ctx.device)
+    partners = draw_partners(labels, s.seed)
+    on_device = {name: p.to(ctx.device) for name, p in partners.items()}
+    preds = _predict(ctx, s, images, on_device, mask)
+    logits = ctx.clean_logits()[subset]
+    confidence, predicted = logits.softmax(1).max(1)
+    c = ctx.num_classes
+    y_b = labels[partners["conflict"]]
+    follows_centre = preds["conflict"] == labels
+    follows_surround = preds["conflict"] == y_b
+
+    def acc(name: str) -> float:
+        return float((preds[name] == labels).double().mean())
+
+    n = len(labels)
+    fc, fs = follows_centre.double().sum(), follows_surround.double().sum()
+    out: dict[str, Any] = {
+        "background/num_images": n,
+        "background/centre_size": s.centre_size,
+        "background/fill": str(s.fill),
+        "background/chance": 1 / c,
+        "background/clean_acc": float((predicted == labels).double().mean()),
+        "background/only_centre/acc": acc("only_centre"),
+        "background/only_surround/acc": acc("only_surround"),
+        "background/conflict/follows_centre": float(fc / n),
+        "background/conflict/follows_surround": float(fs / n),
+        "background/conflict/neither": float(1 - (fc + fs) / n),
+        "background/surround_share": float(_share(fs, fc)),
+        "background/mixed_same/acc": acc("mixed_same"),
+        "background/mixed_rand/acc": acc("mixed_rand"),
+        "background/mixed_same/num_unpaired": int(
+            (partners["mixed_same"] == torch.arange(n)).sum()
+        ),
+    }
+    out["background/bg_gap"] = out["background/mixed_same/acc"] - out["background/mixed_rand/acc"]
+
+    cam_positions, shares = _cam_outside(ctx, s, images, predicted, mask, method, layer)
+    cam_correct = predicted[cam_positions] == labels[cam_positions]
+    cam_failure = ~cam_correct & (confidence[cam_positions] >= s.threshold)
+    out.update({
+        "background/cam/method": method,
+        "background/cam/target_layer": layer,
+        "background/cam/threshold": s.threshold,
+        "background/cam/num_images": len(cam_positions),
+        "background/cam/num_correct": int(cam_correct.sum()),
+        "background/cam/num_confident_failures": int(cam_failure.sum()),
+        "background/cam/undefined": int((~torch.isfinite(shares)).sum()),
+        "background/cam/outside_uniform": float(1 - mask.double().mean()),
+        "background/cam/outside_all": _mean(shares),
+        "background/cam/outside_correct": _mean(shares[cam_correct]),
+        "background/cam/outside_confident_failures": _mean(shares[cam_failure]),
+    })  # fmt: skip
+
+    per_class = {
+        "only_surround": _class_mean((preds["only_surround"] == labels).double(), labels, c),
+        "surround_share": _share(
+            torch.bincount(y_b, follows_surround.double(), minlength=c),
+            torch.bincount(y_b, follows_centre.double(), minlength=c),
+        ),
+        "cam_outside": _class_mean(shares, labels[cam_positions], c),
+    }
+    names = class_names(ctx.dataset_name)
+    for i, name in enumerate(names):
+        for metric, values in per_class.items():
+            out[f"background/class/{name}/{metric}"] = float(values[i])
+
+    plot_examples(ctx, s, images, labels, partners, preds, predicted, mask, names)
+    plot_classes(
+        names, {k: v.numpy() for k, v in per_class.items()}, out, ctx.run_dir / CLASSES_FILE
+    )
+    return out
+
+
+def example_positions(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Up to ``count`` positions: the first image of each class in class order, then the
+    second of each, and so on (a varied, fixed choice)."""
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique(labels, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(labels)) - torch.repeat_interleave(starts, counts)
+    # sort by (rank within class, class): round-robin over the classes
+    key = within * (int(labels.max()) + 1 if len(labels) else 1) + labels[order]
+    return order[torch.argsort(key)][:count]
+
+
+def plot_examples(
+    ctx: StressContext,
+    s: BackgroundSettings,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    partners: Mapping[str, torch.Tensor],
+    preds: Mapping[str, torch.Tensor],
+    predicted: torch.Tensor,
+    mask: torch.Tensor,
+    names: Sequence[str],
+) -> Path:
+    """``stress_background_examples.png``: one row per example image, one column per test
+    (original, only centre, only surround, cue conflict, mixed-same, mixed-rand), each
+    captioned with the classes involved and the model's prediction."""
+    from cnnstress.plots import image_grid, save_png, to_hwc
+
+    positions = example_positions(labels, s.examples)
+    on_device = {name: p.to(ctx.device) for name, p in partners.items()}
+    variants = make_variants(
+        images, positions.to(ctx.device), on_device, mask, s.fill, list(ctx.cfg.dataset.mean)
+    )
+    columns = [images[positions.to(ctx.device)]] + [
+        (variants[name] * 255).round().to(torch.uint8) for name in VARIANTS
+    ]
+    tiles = np.stack([to_hwc(col) for col in columns], axis=1).reshape(-1, *columns[0].shape[2:], 3)
+    captions = []
+    for p in positions.tolist():
+        a = names[labels[p]]
+
+        def other(name: str, p: int = p) -> str:
+            return names[labels[partners[name][p]]]
+
+        arrow = {name: f"-> {names[preds[name][p]]}" for name in VARIANTS}
+        captions += [
+            f"original: {a}\n-> {names[predicted[p]]}",
+            f"only centre\n{arrow['only_centre']}",
+            f"only surround\n{arrow['only_surround']}",
+            f"{a} on {other('conflict')}\n{arrow['conflict']}",
+            f"same: on {other('mixed_same')}\n{arrow['mixed_same']}",
+            f"rand: on {other('mixed_rand')}\n{arrow['mixed_rand']}",
+        ]
+    title = (
+        f"{ctx.run_dir.name}: centre {s.centre_size}px (object proxy), fill {s.fill}; "
+        "'X on Y' = centre of X on the surround of Y; -> prediction"
+    )
+    array = image_grid(tiles, captions, ncols=1 + len(VARIANTS), title=title, scale=4,
+                       caption_lines=2)  # fmt: skip
+    return save_png(array, ctx.run_dir / EXAMPLES_FILE)
+
+
+def plot_classes(
+    names: Sequence[str],
+    per_class: Mapping[str, np.ndarray],
+    overall: Mapping[str, Any],
+    path: str | Path,
+) -> Path:
+    """Three bar panels over the classes (rows): ``only_surround`` accuracy (chance marked),
+    surround share and CAM outside-share (the area share of the surround marked); the overall
+    value of each is a dashed line."""
+    from matplotlib.figure import Figure
+
+    c = len(names)
+    small = c > 20
+    fig = Figure(figsize=(11, 1.4 + (0.14 if small else 0.3) * c), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    panels = (
+        ("only_surround", "only-surround accuracy", "background/only_surround/acc",
+         ("chance", overall["background/chance"])),
+        ("surround_share", "surround share (cue conflict,\nby the surround's class)",
+         "background/surround_share", ("even", 0.5)),
+        ("cam_outside", "CAM mass outside the centre", "background/cam/outside_all",
+         ("flat map", overall["background/cam/outside_uniform"])),
+    )  # fmt: skip
+    y = np.arange(c)
+    for ax, (metric, label, key, (ref_label, ref)) in zip(axes, panels, strict=True):
+        values = np.asarray(per_class[metric], dtype=float)
+        ax.barh(y, np.nan_to_num(values), color="tab:blue", height=0.7)
+        ax.axvline(ref, color="tab:red", linewidth=1, label=ref_label)
+        mean = overall.get(key)
+        if mean is not None and np.isfinite(mean):
+            ax.axvline(mean, color="black", linestyle="--", linewidth=1, label="all images")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(label)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=7, frameon=False)
+    axes[0].set_yticks(y, list(names), fontsize=5 if small else 8)
+    axes[0].set_ylim(c - 0.5, -0.5)  # official class order from the top
+    fig.suptitle(
+        f"background reliance per class (centre {overall['background/centre_size']}px; "
+        f"{overall['background/num_images']} images, CAM {overall['background/cam/num_images']})",
+        fontsize=9,
+    )
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
