@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import open_dict
+from scipy import stats
 
 from cnnstress.analysis import analyze
 from cnnstress.errors import ConfigError
@@ -26,7 +27,8 @@ SEEDS = (1, 2)
 IMPROVEMENTS = ("baseline", "label_smoothing")
 TYPES = ("gaussian_noise", "brightness")
 STRESS = (
-    "stress=[corruptions,adversarial,calibration]",
+    "stress=[corruptions,adversarial,calibration,background]",
+    "stress.background.cam_images=16",
     "stress.corruptions.max_images=40",
     f"stress.corruptions.types=[{','.join(TYPES)}]",
     "stress.corruptions.severities=[1,5]",
@@ -128,9 +130,9 @@ def test_report_has_the_stress_section_and_figures(analysed):
     assert "## Stress" in (out / "summary.md").read_text()
     html = (out / "report.html").read_text()
     assert '<h2 id="stress">Stress</h2>' in html
-    # five analysis figures (no Grad-CAM) plus the two stress figures, all embedded
+    # five analysis figures (no Grad-CAM), two stress figures and the background one, embedded
     images = re.findall(r'<img [^>]*src="([^"]*)"', html)
-    assert len(images) == 7 and all(s.startswith("data:image/png;base64,") for s in images)
+    assert len(images) == 8 and all(s.startswith("data:image/png;base64,") for s in images)
     assert (out / "stress_corruptions.png").stat().st_size > 0
 
 
@@ -173,3 +175,29 @@ def test_cli_composes_one_stress_and_rejects_unknown_names(analysed, tmp_path):
         "cnnstress: error: unknown stress option 'nope'; valid choices: adversarial, "
         "background, calibration, corruptions, faithfulness, shift"
     )
+
+
+def test_background_reliance_section_with_its_statistics(analysed):
+    sweep, out = analysed
+    rows = _rows(out)
+    for metric in ("background/surround_share", "background/only_surround/acc",
+                   "background/bg_gap"):  # fmt: skip
+        values = {i: [_stress(sweep, i, s)[metric] for s in SEEDS] for i in IMPROVEMENTS}
+        for improvement in IMPROVEMENTS:
+            row = rows[(improvement, metric)]
+            assert float(row["mean"]) == pytest.approx(np.mean(values[improvement]))
+        paired = stats.ttest_rel(values["label_smoothing"], values["baseline"])
+        p = rows[("label_smoothing", metric)]["paired_p"]
+        if np.ptp(np.subtract(values["label_smoothing"], values["baseline"])) > 1e-12:
+            assert float(p) == pytest.approx(paired.pvalue)
+    assert any(m.startswith("background/class/") for _, m in rows)
+    report = (out / "report.md").read_text()
+    section = report.split("## Background reliance", 1)[1].split("\n## ", 1)[0]
+    ref = np.mean([_stress(sweep, "baseline", s)["background/surround_share"] for s in SEEDS])
+    other = np.mean(
+        [_stress(sweep, "label_smoothing", s)["background/surround_share"] for s in SEEDS]
+    )
+    assert f"the surround share (cue conflict) from {ref:.3f} to {other:.3f}" in section
+    assert "proxy" in section and "![" in section  # the figure next to accuracy
+    assert (out / "background.png").stat().st_size > 0
+    assert "## Background reliance" in (out / "summary.md").read_text()

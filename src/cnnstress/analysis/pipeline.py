@@ -126,8 +126,12 @@ def _stress(cfg: DictConfig, analysis: Analysis, out: Path) -> StressSummary | N
     return summary
 
 
-def _draw_stress(stress: StressSummary, out: Path) -> dict[str, list[str]]:
+def _draw_stress(stress: StressSummary, analysis: Analysis, out: Path) -> dict[str, list[str]]:
     figures: dict[str, list[str]] = {}
+    fig = plots.background_figure(stress, analysis)
+    if fig is not None:
+        plots.save_figure(fig, out / "background.png")
+        figures["background"] = ["background.png"]
     for name, make in {
         "stress_corruptions": plots.stress_corruptions_figure,
         "stress_adversarial": plots.stress_adversarial_figure,
@@ -174,7 +178,7 @@ def analyze(cfg: DictConfig) -> Path:
         figures["gradcam"] = gradcam_files
     stress = _stress(cfg, analysis, out)
     if stress is not None:
-        figures.update(_draw_stress(stress, out))
+        figures.update(_draw_stress(stress, analysis, out))
     sources = [f"runs={runs}"] if runs else []
     if sweep is not None:
         sources.append(f"sweep={sweep}")

@@ -323,3 +323,41 @@ def stress_faithfulness_figure(stress: StressSummary) -> Figure | None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     return fig
+
+
+def background_figure(stress: StressSummary, analysis: Analysis) -> Figure | None:
+    """Per setting: test accuracy next to the background-reliance numbers, one bar per group
+    (mean ± std over seeds)."""
+    metrics = [
+        ("accuracy", None),
+        ("only-centre acc", "background/only_centre/acc"),
+        ("only-surround acc", "background/only_surround/acc"),
+        ("surround share", "background/surround_share"),
+        ("BG-gap", "background/bg_gap"),
+        ("CAM outside centre", "background/cam/outside_correct"),
+    ]
+    shown = [g for g in stress.groups if "background/surround_share" in g.values]
+    if not shown:
+        return None
+    accuracy = {g.key: g for g in analysis.groups}
+    settings = sorted({g.key.setting for g in shown})
+    fig, axes = _grid(len(settings), 1, (max(6.0, 1.4 * len(metrics) * 1.2), 4.0))
+    for ax, setting in zip(axes, settings, strict=True):
+        members = [g for g in shown if g.key.setting == setting]
+        width = 0.8 / len(members)
+        for i, group in enumerate(members):
+            means, stds = [], []
+            for _, metric in metrics:
+                e = accuracy[group.key].accuracy if metric is None else group.estimate(metric)
+                means.append(e.mean)
+                stds.append(e.std or 0.0)
+            x = np.arange(len(metrics)) + (i - (len(members) - 1) / 2) * width
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=group.key.name)
+        ax.set_xticks(np.arange(len(metrics)), [name for name, _ in metrics], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction")
+        ax.set_title(f"{'/'.join(setting)}: accuracy and background reliance (centre square "
+                     "as the object's proxy)", fontsize=9)  # fmt: skip
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    return fig

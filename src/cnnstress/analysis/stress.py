@@ -42,12 +42,17 @@ HEADLINE = (
     r"calibration/(temperature|ece_before|ece_after|nll_before|nll_after)",
     r"faithfulness/road/[^/]+",
     r"faithfulness/randomization_spearman",
+    r"background/(chance|only_centre/acc|only_surround/acc|surround_share|mixed_same/acc"
+    r"|mixed_rand/acc|bg_gap|cam/outside_correct|cam/outside_confident_failures)",
 )
 DETAIL = (
     r"corruptions/[^/]+/mean_acc",
     r"corruptions/[^/]+/\d+/acc",
     r"corruptions/[^/]+/(ce|relative_ce)",
     r"faithfulness/cascade/\d+/[^/]+/spearman",
+    r"background/conflict/[^/]+",
+    r"background/clean_acc",
+    r"background/class/[^/]+/(only_surround|surround_share|cam_outside)",
 )
 _HEADLINE = [re.compile(p) for p in HEADLINE]
 _DETAIL = [re.compile(p) for p in DETAIL]
