@@ -43,7 +43,9 @@ def test_other_cifar_backbones(build, expected):
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("model", ["resnet18", "preact_resnet18", "wide_resnet", "simple_cnn"])
+@pytest.mark.parametrize(
+    "model", ["resnet18", "preact_resnet18", "wide_resnet", "simple_cnn", "fast_net"]
+)
 def test_class_count_follows_the_dataset(tmp_path, model):
     cfg = compose_train_config(tmp_path, [f"model={model}", "dataset=cifar100"])
     if model == "wide_resnet":  # WRN-28-10 is slow to build; the head is what matters here

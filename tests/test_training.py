@@ -127,8 +127,8 @@ def test_cli_unknown_option_lists_valid_choices(tmp_path):
     result = run_train_py("model=resnet1000", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "cnnstress: error: unknown model option 'resnet1000'; valid choices: preact_resnet18, "
-        "resnet18, simple_cnn, wide_resnet"
+        "cnnstress: error: unknown model option 'resnet1000'; valid choices: fast_net, "
+        "preact_resnet18, resnet18, simple_cnn, wide_resnet"
     )
 
 
@@ -182,7 +182,7 @@ def test_run_without_logger_still_writes_run_files(make_config, tiny_cifar10_zip
 @pytest.mark.parametrize(
     "overrides",
     [[], ["dataset=cifar100"], ["experiment=simple_cnn_cifar10"], ["experiment=resnet18_cifar10"],
-     ["experiment=resnet18_cifar100"]],
+     ["experiment=resnet18_cifar100"], ["experiment=fast_cifar10"], ["experiment=fast_cifar100"]],
 )  # fmt: skip
 def test_validation_split_is_on_by_default_and_in_every_recipe(tmp_path, overrides):
     cfg = compose_train_config(tmp_path, overrides)

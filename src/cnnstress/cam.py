@@ -3,6 +3,8 @@
 :func:`compute_heatmaps` is the one entry point: training callbacks and analysis both use it.
 The CAM methods come from pytorch-grad-cam; plain gradient saliency (Simonyan et al. 2014) is
 written here because pytorch-grad-cam offers only guided backprop, which rewires every ReLU.
+Maps always explain the plain model, never a test-time-augmentation ensemble (``tta``): the
+CAM of an average over shifted and mirrored views is not a map of the image the model saw.
 """
 
 from __future__ import annotations

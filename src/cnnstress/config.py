@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -180,6 +181,34 @@ def improvement_changes(
 
     same = all(section(canonical, k) == section(cfg, k) for k in keys)
     return [] if same else touching
+
+
+def drop_unlisted_ops(cfg: DictConfig) -> list[str]:
+    """Remove from ``cfg.augmentation`` the ops that are not in the augmentation list but whose
+    parameters a recipe or an override set; return their names.
+
+    An op of the list always carries every parameter of its ``conf/augmentation`` file. A node
+    with only some of them was created by a setting such as the fast recipe's
+    ``augmentation.crop.padding: 2`` in a run whose list does not have the op
+    (``experiment=fast_cifar10 augmentation=[]``): it must not add the op with default values.
+    """
+    from cnnstress.augment import IMAGE_OPS, MIX_OPS  # torch-heavy: only when needed
+
+    node = cfg.get("augmentation")
+    if not isinstance(node, DictConfig):
+        return []
+    ops = {**IMAGE_OPS, **MIX_OPS}
+    dropped = [
+        name
+        for name, params in node.items()
+        if name in ops
+        and isinstance(params, DictConfig)
+        and not set(inspect.signature(ops[name]).parameters) <= set(params)
+    ]
+    with open_dict(cfg):
+        for name in dropped:
+            del cfg.augmentation[name]
+    return dropped
 
 
 def instantiate(config: Any, **kwargs: Any) -> Any:

@@ -33,8 +33,17 @@ NOT_IDENTITY = (
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
-# Callbacks only observe a run, except the checkpoint callback, which picks the tested weights.
-IDENTITY_CALLBACKS = ("model_checkpoint",)
+# Callbacks only observe a run, except the checkpoint callback, which picks the tested weights,
+# and weight averaging, which makes them.
+IDENTITY_CALLBACKS = ("model_checkpoint", "weight_averaging")
+# Keys whose default changes nothing: left out of the identity at that value, so a run recorded
+# before the key existed keeps its fingerprint (and its group).
+NEUTRAL_DEFAULTS: dict[str, object] = {
+    "tta": None,
+    "tta_val": True,
+    "param_groups": {},
+    "augmentation.crop.padding_mode": "constant",
+}
 # Keys that may differ between the seeds of one group.
 SEED_KEYS = ("seed",)
 # Keys a constrained improvement may change (everything else must equal the reference's).
@@ -73,6 +82,8 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         ):
             continue
         if key == "ckpt_path" and config.get("train", True):
+            continue
+        if key in NEUTRAL_DEFAULTS and value == NEUTRAL_DEFAULTS[key]:
             continue
         kept[key] = value
     return dict(sorted(kept.items()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+
+from cnnstress.errors import ConfigError
+from cnnstress.param_groups import check_param_groups, parameter_groups
+from cnnstress.tta import TTA_VIEWS, check_tta, tta_logits
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -49,7 +53,16 @@ class ClassifierModule(L.LightningModule):
     Validation and test metrics are computed from the gathered per-image logits of the whole
     split (see :meth:`predictions`), so under DDP the padding a distributed sampler adds is
     never counted: ``{stage}/loss`` is the plain cross-entropy, ``{stage}/acc`` top-1 and
-    ``{stage}/acc_top5`` top-5 accuracy.
+    ``{stage}/acc_top5`` top-5 accuracy. With ``tta`` (:mod:`cnnstress.tta`) the test logits,
+    and with ``tta_val`` also the validation logits, are the test-time-augmentation ensemble's;
+    ``{stage}/tta_views`` says how many views were averaged (1: none).
+
+    Backbone hooks, used when the backbone has them (e.g. :class:`~cnnstress.models.FastNet`):
+    ``init_from_data(images)`` is called once at the start of a new fit (never on resume: the
+    checkpoint holds the result) with ``init_images`` normalised training images (a fixed
+    subset, see :meth:`init_images`); ``on_train_epoch_start(epoch)`` at every training epoch.
+    ``param_groups`` (:mod:`cnnstress.param_groups`) scales the learning rate and weight decay
+    of groups of parameters.
     """
 
     def __init__(
@@ -61,6 +74,9 @@ class ClassifierModule(L.LightningModule):
         num_classes: int = 10,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        tta: str | None = None,
+        tta_val: bool = True,
+        param_groups: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
@@ -70,6 +86,9 @@ class ClassifierModule(L.LightningModule):
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        self.tta = check_tta(tta)
+        self.tta_val = bool(tta_val)
+        self.param_groups = check_param_groups(param_groups)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._gathered: dict[str, Predictions] = {}
@@ -91,8 +110,12 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     # -- evaluation: keep per-image logits, compute metrics on the gathered split ------------
+    def tta_mode(self, stage: str) -> str | None:
+        """The test-time augmentation of the ``stage`` split's logits (None: the plain model)."""
+        return self.tta if stage == "test" or self.tta_val else None
+
     def _eval_step(self, stage: str, batch: dict[str, torch.Tensor]) -> None:
-        logits = self(batch["image"]).float()
+        logits = tta_logits(self, batch["image"], self.tta_mode(stage)).float()
         self._outputs.setdefault(stage, []).append((batch["index"], batch["target"], logits))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -147,6 +170,7 @@ class ClassifierModule(L.LightningModule):
             f"{stage}/loss": F.cross_entropy(logits, target).item(),
             f"{stage}/acc": (logits.argmax(1) == target).float().mean().item(),
             f"{stage}/acc_top5": (top5 == target[:, None]).any(1).float().mean().item(),
+            f"{stage}/tta_views": float(TTA_VIEWS[self.tta_mode(stage)]),
         }
         # Every rank holds the same gathered values, so no further reduction is needed.
         self.log_dict(metrics, on_epoch=True, sync_dist=False, rank_zero_only=False)
@@ -157,14 +181,46 @@ class ClassifierModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval_metrics("test")
 
+    # -- backbone hooks: data-dependent initialisation, per-epoch switches ---------------------
+    def init_images(self, count: int) -> torch.Tensor:
+        """Up to ``count`` training images ``(K, 3, H, W)`` on the module's device, normalised as
+        training batches are (without augmentation): a fixed subset of the training split (a
+        permutation seeded with 0), the same for every run seed and every process."""
+        train_set = self.trainer.datamodule.train_set
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+        rows = train_set.indices[order[:count].sort().values]
+        return self.trainer.datamodule.normalize(train_set.images[rows].to(self.device))
+
+    def on_fit_start(self) -> None:
+        init = getattr(self.net, "init_from_data", None)
+        if init is None or self.trainer.ckpt_path is not None:
+            return  # nothing to do, or resuming: the checkpoint holds the initialised weights
+        init(self.init_images(int(getattr(self.net, "init_images", 5000))))
+
+    def on_train_epoch_start(self) -> None:
+        hook = getattr(self.net, "on_train_epoch_start", None)
+        if hook is not None:
+            hook(self.current_epoch)
+
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        params: Any = self.parameters()
+        defaults = getattr(self.optimizer_factory, "keywords", {})
+        if self.param_groups:
+            lr, weight_decay = defaults.get("lr"), defaults.get("weight_decay", 0.0)
+            if lr is None:
+                raise ConfigError("param_groups needs an optimizer with an explicit lr")
+            params = parameter_groups(self, self.param_groups, lr, weight_decay)
+        optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if getattr(self.scheduler_factory, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            # OneCycle sets every group's rate itself: give each group its scaled peak.
+            peak = self.scheduler_factory.keywords.get("max_lr")
+            if self.param_groups and peak is not None:
+                kwargs["max_lr"] = [peak * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {
             "optimizer": optimizer,

@@ -11,13 +11,14 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.io import ImageReadMode, read_image
 
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.callbacks.failures import tensorboard_writer
-from cnnstress.config import improvement_changes, instantiate, validate_config
+from cnnstress.config import drop_unlisted_ops, improvement_changes, instantiate, validate_config
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
@@ -63,6 +64,7 @@ def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
     """The LightningModule: ``cfg.model.net`` with ``cfg.optimizer`` (its ``lr`` replaced by
     ``lr`` when given) and ``cfg.scheduler``."""
     scheduler = cfg.get("scheduler") or {}
+    groups = cfg.get("param_groups")
     optimizer = instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr}))
     schedule = None
     if scheduler.get("schedule"):
@@ -78,6 +80,9 @@ def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
         num_classes=cfg.dataset.num_classes,
         label_smoothing=cfg.loss.label_smoothing,
         channels_last=cfg.get("channels_last", False),
+        tta=cfg.get("tta"),
+        tta_val=cfg.get("tta_val", True),
+        param_groups=OmegaConf.to_container(groups, resolve=True) if groups else {},
     )
 
 
@@ -90,6 +95,9 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
         checkpoint.update(monitor=None, save_top_k=0)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in callback_cfgs.values() if c]
+    # Weight averaging first: its swaps then happen before any other callback observes the
+    # weights (e.g. the Grad-CAM grid at the end of training sees the averaged weights).
+    callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
     # Without a validation split, switch the validation loop off instead of feeding it nothing.
     no_val = {} if has_val else {"limit_val_batches": 0}
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_val)
@@ -200,6 +208,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     quiet_library_noise()
     start = time.perf_counter()
+    for name in drop_unlisted_ops(cfg):
+        log.info(
+            "augmentation.%s is set, but %s is not in the augmentation list: not applied",
+            name,
+            name,
+        )
     run_dir = Path(cfg.paths.output_dir)
     resolve_data_root(cfg)
     if (done := finished_run(cfg, run_dir)) is not None:

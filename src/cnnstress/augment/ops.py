@@ -115,18 +115,34 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
 
 # -- image ops --------------------------------------------------------------------------------
 class RandomCrop:
-    """Zero-pad by ``padding`` pixels, then crop back to the input size at a random offset.
+    """Pad by ``padding`` pixels, then crop back to the input size at a random offset.
 
     Offsets are drawn uniformly per image from ``[0, 2 * padding]`` on each axis.
+    ``padding_mode``: ``constant`` (zeros, the usual CIFAR crop) or ``reflect`` (mirror the
+    border without repeating it, as airbench's translate; ``padding`` must then be smaller than
+    the image).
     """
 
-    def __init__(self, padding: int = 4, p: float = 1.0) -> None:
+    PADDING_MODES = ("constant", "reflect")
+
+    def __init__(self, padding: int = 4, p: float = 1.0, padding_mode: str = "constant") -> None:
         self.padding = check_int("augmentation.crop.padding", padding, 0)
         self.p = check_probability("augmentation.crop.p", p)
+        if padding_mode not in self.PADDING_MODES:
+            raise ConfigError(
+                f"augmentation.crop.padding_mode must be one of {', '.join(self.PADDING_MODES)}, "
+                f"got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, c, h, w = images.shape
         pad, dev = self.padding, images.device
+        if self.padding_mode == "reflect" and pad >= min(h, w):
+            raise ConfigError(
+                f"augmentation.crop.padding={pad} must be < the image size ({h}x{w}) with "
+                "padding_mode=reflect"
+            )
         offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=dev)
         # An image that is not cropped keeps the centre offset, i.e. stays unchanged.
         offsets = torch.where(draw_mask(n, self.p, generator), offsets, pad)
@@ -135,7 +151,7 @@ class RandomCrop:
         rows = offsets[0, :, None] + torch.arange(h, device=dev)  # (N, H)
         cols = offsets[1, :, None] + torch.arange(w, device=dev)  # (N, W)
         flat = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]
-        padded = F.pad(images, (pad, pad, pad, pad)).flatten(2)
+        padded = F.pad(images, (pad, pad, pad, pad), mode=self.padding_mode).flatten(2)
         cropped = padded.gather(2, flat.view(n, 1, h * w).expand(n, c, h * w))
         return cropped.view(n, c, h, w)
 

@@ -1,4 +1,4 @@
-"""Lightning callbacks: training speed, and the stress-test collectors."""
+"""Lightning callbacks: training speed, weight averaging, and the stress-test collectors."""
 
 from cnnstress.callbacks.evaluation import ConfusionCalibration
 from cnnstress.callbacks.failures import HighConfidenceFailures
@@ -6,6 +6,7 @@ from cnnstress.callbacks.gradcam import GradCAMGrids
 from cnnstress.callbacks.learning_rate import LearningRate
 from cnnstress.callbacks.progress import EpochLog
 from cnnstress.callbacks.speed import TrainSpeed
+from cnnstress.callbacks.weight_averaging import WeightAverage
 
 __all__ = [
     "ConfusionCalibration",
@@ -14,4 +15,5 @@ __all__ = [
     "HighConfidenceFailures",
     "LearningRate",
     "TrainSpeed",
+    "WeightAverage",
 ]

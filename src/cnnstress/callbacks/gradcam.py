@@ -55,7 +55,9 @@ class GradCAMGrids(L.Callback):
     The model is left exactly as found (:func:`cnnstress.cam.compute_heatmaps`): mode,
     ``requires_grad``, gradients, hooks and the RNG stream. CAMs are computed in float32 with
     autocast off, outside inference mode, in the module's memory format. Only global rank 0
-    computes and writes; the gathering of predictions runs on every rank.
+    computes and writes; the gathering of predictions runs on every rank. The failures are
+    those of the evaluated logits (the test-time-augmentation ensemble's with ``tta``); the
+    CAMs and the captions' predictions and confidences are the plain model's.
 
     Args:
         method: one of :data:`cnnstress.cam.METHODS` (``"saliency"`` = input gradients).

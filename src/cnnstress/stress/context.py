@@ -1,4 +1,9 @@
-"""What every stress needs: the run's backbone, its test images, and how to feed them."""
+"""What every stress needs: the run's backbone, its test images, and how to feed them.
+
+Stresses evaluate and attack the plain backbone of the checkpoint (the averaged weights where
+the run averaged them), without the run's test-time augmentation (``tta``), whose gradients
+and corrupted views would belong to an ensemble rather than to the model.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,114 @@
+"""Averaged weights (EMA or lookahead, as airbench) on top of Lightning's ``WeightAveraging``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+
+from cnnstress.callbacks.failures import check_count
+from cnnstress.errors import ConfigError
+
+KEY = "callbacks.weight_averaging"
+
+
+class WeightAverage(WeightAveraging):
+    """An exponential moving average of the weights (parameters and BatchNorm statistics),
+    updated every ``every_n_steps`` optimizer steps with the decay
+    ``decay x (step / total_steps) ** decay_power`` (0 early in training, ``decay`` at the end);
+    with ``lookahead`` the training weights are reset to the average after each update
+    (Zhang et al. 2019's Lookahead, airbench's schedule: ``decay`` 0.95^5, power 3, every 5
+    steps), else they train on undisturbed (plain EMA).
+
+    The averaged weights are what validation, the test, ``best.ckpt``/``last.ckpt`` (their
+    ``state_dict``; the training weights travel as ``current_model_state``), predictions,
+    failures, Grad-CAM and the stresses see, and the model holds them after training.
+
+    Lightning's ``WeightAveraging`` does the averaging, the swaps and the checkpoint layout.
+    This subclass fixes three things for cnnstress's fit-then-test flow:
+
+    * ``trainer.test(ckpt_path="best")`` after ``fit``: Lightning reloads the checkpoint's
+      *training* weights (``current_model_state``) whenever its averaged model exists; here a
+      checkpoint loaded outside fitting keeps its averaged ``state_dict``.
+    * Validation: the averaged weights stay in place until ``on_validation_end`` (Lightning swaps
+      back at ``on_validation_epoch_end``), so callbacks that render at the end of a validation
+      epoch (Grad-CAM of the failures) see the weights that were evaluated, whatever their order.
+    * The averaged model is a copy made at ``setup``, before the backbone's data-dependent
+      initialisation (``on_fit_start``): it is synchronised at ``on_train_start`` of a new fit.
+
+    Args:
+        every_n_steps: optimizer steps between updates.
+        decay: the decay at the last step (weight of the old average).
+        decay_power: exponent of the ramp ``(step / total_steps) ** decay_power``.
+        lookahead: reset the training weights to the average after each update.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 5,
+        decay: float = 0.95**5,
+        decay_power: float = 3.0,
+        lookahead: bool = True,
+    ) -> None:
+        super().__init__(use_buffers=True, avg_fn=self._average)
+        self.every_n_steps = check_count(every_n_steps, f"{KEY}.every_n_steps", 1)
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+            raise ConfigError(f"{KEY}.decay must be a number in [0, 1), got {decay!r}")
+        if isinstance(decay_power, bool) or not isinstance(decay_power, int | float):
+            raise ConfigError(f"{KEY}.decay_power must be a number, got {decay_power!r}")
+        if decay_power < 0:
+            raise ConfigError(f"{KEY}.decay_power must be >= 0, got {decay_power}")
+        self.decay, self.decay_power = float(decay), float(decay_power)
+        self.lookahead = bool(lookahead)
+        self._current_decay = 0.0
+        self._total_steps = 1.0
+
+    def _average(
+        self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor
+    ) -> torch.Tensor:
+        if not averaged.is_floating_point():  # e.g. BatchNorm's num_batches_tracked
+            return current
+        return averaged.lerp(current, 1.0 - self._current_decay)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and (step_idx + 1) % self.every_n_steps == 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._total_steps = max(float(trainer.estimated_stepping_batches), 1.0)
+        if self._average_model is not None and int(self._average_model.n_averaged) == 0:
+            self._copy_current_to_average(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        progress = min(trainer.global_step / self._total_steps, 1.0)
+        self._current_decay = self.decay * progress**self.decay_power
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.lookahead and self._latest_update_step == trainer.global_step:
+            self._copy_average_to_current(pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # the swap back waits for on_validation_end
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # Otherwise (test, evaluation): the state_dict Lightning loaded is the averaged model.
+
+    def _copy_current_to_average(self, pl_module: L.LightningModule) -> None:
+        assert self._average_model is not None
+        average = [*self._average_model.module.parameters(), *self._average_model.module.buffers()]
+        current = [*pl_module.parameters(), *pl_module.buffers()]
+        with torch.no_grad():
+            for avg, cur in zip(average, current, strict=True):
+                avg.copy_(cur)
