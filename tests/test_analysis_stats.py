@@ -18,12 +18,9 @@ from cnnstress.analysis.compare import (
     analyse,
     bootstrap_difference,
     estimate,
-    expected_calibration_error,
-    high_conf_errors,
     holm,
     mcnemar,
     paired_test,
-    per_class_accuracy,
     pool_transitions,
     seed_power,
     share_better,
@@ -45,6 +42,7 @@ from cnnstress.analysis.runs import Run, RunCollection
 from cnnstress.data.label_errors import load_label_errors
 from cnnstress.errors import ConfigError
 from cnnstress.identity import run_identity
+from cnnstress.metrics import expected_calibration_error, high_conf_errors, per_class_accuracy
 from tests.conftest import TINY_RUN, compose_train_config
 
 

@@ -14,8 +14,8 @@ from torchvision.io import read_image
 from cnnstress.config import instantiate
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError
+from cnnstress.metrics import binned_calibration_error, reliability_bins
 from cnnstress.module import ClassifierModule
-from cnnstress.plots import expected_calibration_error, reliability_bins
 from cnnstress.training import build_datamodule, build_trainer
 from tests.test_callbacks_failures import ConstantLogits
 
@@ -77,7 +77,7 @@ def test_saturated_confidences_are_binned_as_torchmetrics_bins_them():
     assert bins["count"][15] == 5 and bins["accuracy"][15] == pytest.approx(0.6)
     assert bins["count"][14] == 3 and bins["count"][9] == 3
     expected = multiclass_calibration_error(probs, target, 10, n_bins=15, norm="l1")
-    ece = expected_calibration_error(bins)
+    ece = binned_calibration_error(bins)
     assert ece == pytest.approx(float(expected), abs=1e-6)
     apart = (5 * abs(0.6 - 1.0) + 3 * abs(1.0 - 0.95) + 3 * abs(1 / 3 - 0.6)) / 11
     merged = (8 * abs(6 / 8 - (5 + 2.85) / 8) + 3 * abs(1 / 3 - 0.6)) / 11

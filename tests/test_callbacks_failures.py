@@ -13,10 +13,10 @@ from torch import nn
 from torchvision.io import read_image
 
 from cnnstress.callbacks import HighConfidenceFailures
-from cnnstress.callbacks.failures import find_failures
 from cnnstress.config import instantiate
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError
+from cnnstress.metrics import find_failures
 from cnnstress.module import ClassifierModule
 from cnnstress.training import build_datamodule, build_trainer
 

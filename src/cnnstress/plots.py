@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from cnnstress.metrics import reliability_bins
+
 
 def new_figure(width: float, height: float, dpi: int = 100, layout: str | None = None) -> Figure:
     """A figure of ``width`` x ``height`` inches on an Agg canvas (``layout="constrained"``
@@ -165,36 +167,6 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> F
     ax.set_title(f"Confusion matrix (accuracy {accuracy:.4f}, n={int(matrix.sum())})")
     fig.tight_layout()
     return fig
-
-
-def reliability_bins(
-    confidences: np.ndarray, correct: np.ndarray, n_bins: int = 15
-) -> dict[str, np.ndarray]:
-    """Confidence bins exactly as torchmetrics' calibration error bins them: ``n_bins``
-    equal-width bins over [0, 1), each including its lower edge (a confidence equal to an edge
-    lands in the upper bin), plus one more for a confidence of exactly 1.0, which torchmetrics
-    keeps apart (it is common for saturated models).
-
-    Returns ``edges`` ``(n_bins + 1,)`` and per bin ``count``, ``accuracy`` and ``confidence``
-    ``(n_bins + 1,)``: the last entry is the confidence-1.0 bin; empty bins hold 0. The
-    count-weighted mean of ``|accuracy - confidence|`` is torchmetrics' ECE (norm ``l1``).
-    """
-    confidences = np.asarray(confidences, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    edges = np.linspace(0, 1, n_bins + 1)
-    which = np.searchsorted(edges, confidences, side="right") - 1  # 1.0 -> n_bins
-    which = np.clip(which, 0, n_bins)
-    count = np.bincount(which, minlength=n_bins + 1).astype(np.float64)
-    safe = np.maximum(count, 1)
-    accuracy = np.bincount(which, weights=correct, minlength=n_bins + 1) / safe
-    confidence = np.bincount(which, weights=confidences, minlength=n_bins + 1) / safe
-    return {"edges": edges, "count": count, "accuracy": accuracy, "confidence": confidence}
-
-
-def expected_calibration_error(bins: dict[str, np.ndarray]) -> float:
-    """ECE (L1) of :func:`reliability_bins`' output: count-weighted mean gap."""
-    total = max(bins["count"].sum(), 1)
-    return float(np.sum(np.abs(bins["accuracy"] - bins["confidence"]) * bins["count"]) / total)
 
 
 def draw_reliability(ax: Any, bins: dict[str, np.ndarray], title: str) -> None:

@@ -14,22 +14,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cnnstress.analysis.groups import group_runs, improvement_keys, other_keys
 from cnnstress.analysis.runs import GroupKey, Run, RunCollection, SkippedRun
 from cnnstress.errors import ConfigError
 from cnnstress.identity import describe, differences
+from cnnstress.metrics import (
+    expected_calibration_error,
+    high_conf_errors,
+    per_class_accuracy,
+)
 
 # Below this many discordant pairs McNemar's test uses the exact binomial distribution; from
 # it on, the chi-square approximation with continuity correction (Edwards 1948). 25 is the
 # usual rule of thumb (the approximation is poor for few discordant pairs).
 MCNEMAR_EXACT_BELOW = 25
-ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 2000
 ALPHA = 0.05
 POWER = 0.8
@@ -308,42 +310,6 @@ def paired_test(reference: Mapping[int, float], other: Mapping[int, float]) -> P
         result = stats.ttest_rel(oth, ref)
         t, p = float(result.statistic), float(result.pvalue)
     return PairedTest(seeds, delta, t, p, tuple(float(x) for x in oth - ref))
-
-
-def high_conf_errors(
-    probs: np.ndarray, target: np.ndarray, thresholds: Sequence[float]
-) -> np.ndarray:
-    """``(T,)`` int: wrong top-1 predictions with confidence >= each threshold.
-
-    Args:
-        probs: ``(N, C)`` probabilities. target: ``(N,)`` classes.
-    """
-    confidence, wrong = probs.max(1), probs.argmax(1) != target
-    return np.array([int((wrong & (confidence >= t)).sum()) for t in thresholds], dtype=np.int64)
-
-
-def per_class_accuracy(probs: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(C,)`` accuracy per true class (NaN for a class with no test image)."""
-    correct = (probs.argmax(1) == target).astype(np.float64)
-    hits = np.bincount(target, weights=correct, minlength=num_classes)
-    counts = np.bincount(target, minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
-
-
-def expected_calibration_error(
-    probs: np.ndarray, target: np.ndarray, n_bins: int = ECE_BINS
-) -> float:
-    """Top-1 ECE (L1, ``n_bins`` equal-width bins), as torchmetrics and the callbacks compute it."""
-    return float(
-        multiclass_calibration_error(
-            torch.from_numpy(probs).float(),
-            torch.from_numpy(target).long(),
-            num_classes=probs.shape[1],
-            n_bins=n_bins,
-            norm="l1",
-        )
-    )
 
 
 @dataclass

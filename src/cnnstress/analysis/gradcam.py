@@ -19,6 +19,7 @@ from cnnstress.cam import SALIENCY, check_method, compute_heatmaps, resolve_laye
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data import LabeledImages, class_names, load_split
 from cnnstress.errors import DataError
+from cnnstress.metrics import find_failures
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,9 @@ def side_by_side(
     reference = comparisons[0].reference
     seed = _shared_seed(reference, [c.other for c in comparisons])
     ref_run = reference.run(seed)
-    wrong = np.flatnonzero(~ref_run.correct)
-    if wrong.size == 0:
+    positions = find_failures(ref_run.index, ref_run.target, ref_run.probs)[:top_n]
+    if positions.size == 0:
         return None
-    # Most confident failures first; ties broken by test-set position.
-    order = np.lexsort((ref_run.index[wrong], -ref_run.confidence[wrong]))
-    positions = wrong[order][:top_n]
     split = _test_split(ref_run)
     index = ref_run.index[positions]
     missing = index[~split.contains(index).numpy()]

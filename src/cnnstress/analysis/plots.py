@@ -14,11 +14,12 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from cnnstress.analysis.compare import ECE_BINS, Analysis, Comparison
+from cnnstress.analysis.compare import Analysis, Comparison
 from cnnstress.analysis.gradcam import SideBySide
 from cnnstress.analysis.stress import StressSummary
 from cnnstress.data import class_names
-from cnnstress.plots import new_figure, overlay, reliability_bins, to_hwc
+from cnnstress.metrics import ECE_BINS, reliability_bins
+from cnnstress.plots import new_figure, overlay, to_hwc
 from cnnstress.stress import corruption_accuracies
 
 CORRECTED, WORSENED, BOTH_WRONG = "tab:green", "tab:red", "tab:gray"

@@ -5,10 +5,7 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-)
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from cnnstress.callbacks.failures import (
     check_count,
@@ -17,13 +14,8 @@ from cnnstress.callbacks.failures import (
     output_dir,
     tensorboard_writer,
 )
-from cnnstress.plots import (
-    confusion_matrix_figure,
-    figure_to_array,
-    reliability_bins,
-    reliability_figure,
-    save_png,
-)
+from cnnstress.metrics import expected_calibration_error, reliability_bins
+from cnnstress.plots import confusion_matrix_figure, figure_to_array, reliability_figure, save_png
 from cnnstress.run_files import write_json
 
 
@@ -60,7 +52,7 @@ class ConfusionCalibration(L.Callback):
         num_classes = logits.shape[1]
         probs = logits.softmax(1)
         matrix = multiclass_confusion_matrix(logits, target, num_classes).numpy()
-        ece = float(multiclass_calibration_error(probs, target, num_classes, self.n_bins, "l1"))
+        ece = expected_calibration_error(probs, target, self.n_bins)
         names = class_names(trainer, num_classes)
         support = matrix.sum(1)
         per_class = np.where(support > 0, np.diag(matrix) / np.maximum(support, 1), np.nan)

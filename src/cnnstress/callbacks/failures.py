@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from cnnstress.data.label_errors import SOURCE, LabelErrors
 from cnnstress.errors import ConfigError
+from cnnstress.metrics import find_failures
 from cnnstress.plots import image_grid, save_png, to_hwc
 from cnnstress.run_files import write_json
 
@@ -85,27 +86,6 @@ def check_count(value: int, key: str, minimum: int = 0) -> int:
 
 
 # --- failures ------------------------------------------------------------------------------
-
-
-def find_failures(
-    index: np.ndarray, target: np.ndarray, probs: np.ndarray, threshold: float
-) -> np.ndarray:
-    """Positions (rows) of the high-confidence failures, most confident first.
-
-    A failure is a wrong top-1 prediction whose probability is ``>= threshold`` (inclusive:
-    the comparison runs in the probabilities' dtype, so a float32 probability equal to
-    ``float32(threshold)`` counts). Ties in confidence are ordered by dataset index.
-
-    Args:
-        index: ``(N,)`` dataset indices. target: ``(N,)`` true classes.
-        probs: ``(N, C)`` softmax probabilities.
-    """
-    probs = np.asarray(probs)
-    pred = probs.argmax(1)
-    conf = probs[np.arange(len(pred)), pred]
-    wrong = (pred != np.asarray(target)) & (conf >= np.asarray(threshold, dtype=probs.dtype))
-    rows = np.flatnonzero(wrong)
-    return rows[np.lexsort((np.asarray(index)[rows], -conf[rows]))]
 
 
 def failure_records(

@@ -13,7 +13,6 @@ from cnnstress.callbacks.failures import (
     check_count,
     check_threshold,
     class_names,
-    find_failures,
     label_errors_of,
     output_dir,
     split_images,
@@ -27,6 +26,7 @@ from cnnstress.cam import (
     resolve_layer,
 )
 from cnnstress.errors import ConfigError
+from cnnstress.metrics import find_failures
 from cnnstress.plots import image_grid, overlay, save_png, to_hwc
 
 KEY = "callbacks.gradcam"

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cnnstress.plots import draw_reliability, reliability_bins
+from cnnstress.metrics import expected_calibration_error, reliability_bins
+from cnnstress.plots import draw_reliability
 from cnnstress.stress.context import StressContext, check_int, parse_settings
 
 PLOT_FILE = "stress_calibration.png"
@@ -81,11 +81,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 def calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """Expected calibration error (torchmetrics, equal-width bins, L1) of ``softmax(logits)``."""
-    probs = logits.float().softmax(1)
-    return float(
-        multiclass_calibration_error(probs, labels, probs.shape[1], n_bins=n_bins, norm="l1")
-    )
+    """Expected calibration error (:func:`cnnstress.metrics.expected_calibration_error`) of
+    ``softmax(logits)``."""
+    return expected_calibration_error(logits.float().softmax(1), labels, n_bins)
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -52,6 +52,7 @@ from torch import nn
 
 from cnnstress.cam import check_method, compute_heatmaps, resolve_layer
 from cnnstress.errors import ConfigError
+from cnnstress.metrics import find_failures
 from cnnstress.stress.context import StressContext, check_int, parse_settings, seeded_subset
 
 PLOT_FILE = "stress_faithfulness.png"
@@ -235,10 +236,10 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     predicted = logits.argmax(1)
     out: dict[str, Any] = {"faithfulness/method": method, "faithfulness/target_layer": layer_path}
 
-    # ROAD on the most confident failures, explaining the (wrong) predicted class.
-    confidence = logits.softmax(1).amax(1)
-    wrong = torch.nonzero(predicted != labels).flatten()
-    failures = wrong[confidence[wrong].argsort(descending=True)][: s.num_failures]
+    # ROAD on the most confident failures (ties by index), explaining the predicted class.
+    probs = logits.softmax(1).numpy()
+    rows = find_failures(np.arange(len(labels)), labels.numpy(), probs)[: s.num_failures]
+    failures = torch.from_numpy(rows)
     out["faithfulness/num_failures"] = len(failures)
     if len(failures):
         images = normalised(failures)
