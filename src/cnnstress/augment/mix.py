@@ -17,10 +17,13 @@ with Gamma draws by Marsaglia & Tsang's method (2000) in log space, boosted for 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from cnnstress.augment.ops import box_mask, check_positive, check_probability, draw_mask
+from cnnstress.augment.ops import box_mask, draw_mask
+from cnnstress.settings import Number, Probability, Settings, setting
 
 
 def sample_log_gamma(
@@ -72,7 +75,8 @@ def _mix_targets(targets: torch.Tensor, partner: torch.Tensor, keep: torch.Tenso
     return keep * targets + (1 - keep) * targets[partner]
 
 
-class CutMix:
+@dataclass
+class CutMix(Settings):
     """CutMix (Yun et al. 2019) with a box and lambda per image.
 
     With probability ``p``, image ``i`` gets the box of partner ``perm[i]`` pasted in:
@@ -83,9 +87,9 @@ class CutMix:
     with probability ``p`` and one box; here each image decides and gets its own box.
     """
 
-    def __init__(self, alpha: float = 1.0, p: float = 0.5) -> None:
-        self.alpha = check_positive("augmentation.cutmix.alpha", alpha)
-        self.p = check_probability("augmentation.cutmix.p", p)
+    KEY: ClassVar[str] = "augmentation.cutmix"
+    alpha: float = setting(1.0, Number(0.0, low_open=True))
+    p: float = setting(0.5, Probability())
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
@@ -109,7 +113,8 @@ class CutMix:
         return mixed, _mix_targets(targets, partner, 1 - pasted.to(targets.dtype) / (h * w))
 
 
-class MixUp:
+@dataclass
+class MixUp(Settings):
     """MixUp (Zhang et al. 2018) with lambda per image.
 
     With probability ``p``, image ``i`` becomes ``lambda * x_i + (1 - lambda) * x_perm[i]``
@@ -117,9 +122,9 @@ class MixUp:
     ``y_i`` and ``y_perm[i]``; otherwise ``lambda = 1`` (unchanged).
     """
 
-    def __init__(self, alpha: float = 1.0, p: float = 1.0) -> None:
-        self.alpha = check_positive("augmentation.mixup.alpha", alpha)
-        self.p = check_probability("augmentation.mixup.p", p)
+    KEY: ClassVar[str] = "augmentation.mixup"
+    alpha: float = setting(1.0, Number(0.0, low_open=True))
+    p: float = setting(1.0, Probability())
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator

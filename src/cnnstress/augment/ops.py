@@ -20,63 +20,25 @@ or ``value`` to the mean (e.g. 0.47) to get that.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from cnnstress.errors import ConfigError
+from cnnstress.settings import (
+    Integer,
+    Interval,
+    Number,
+    OneOf,
+    Probability,
+    Settings,
+    setting,
+)
 
 # Luma weights exactly as torchvision's rgb_to_grayscale (ITU-R 601-2, 0.2989 not 0.299).
 _LUMA = (0.2989, 0.587, 0.114)
-
-
-# -- config checks ---------------------------------------------------------------------------
-def _number(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    return float(value)
-
-
-def check_probability(name: str, p: float) -> float:
-    """Return ``p`` as a float, or raise :class:`ConfigError` if it is outside ``[0, 1]``."""
-    if not 0.0 <= _number(name, p) <= 1.0:
-        raise ConfigError(f"{name} must be a probability in [0, 1], got {p}")
-    return float(p)
-
-
-def check_int(key: str, value: object, minimum: int) -> int:
-    """Return ``value`` as an int, or raise :class:`ConfigError` if not an integer >= minimum."""
-    number = _number(key, value)
-    if number != int(number) or number < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value}")
-    return int(number)
-
-
-def check_float(key: str, value: object, low: float, high: float = math.inf) -> float:
-    """Return ``value`` as a float, or raise :class:`ConfigError` if outside ``[low, high]``."""
-    number = _number(key, value)
-    if not low <= number <= high:
-        raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
-    return number
-
-
-def check_positive(key: str, value: object) -> float:
-    """Return ``value`` as a float, or raise :class:`ConfigError` unless it is > 0."""
-    number = _number(key, value)
-    if not number > 0 or math.isinf(number):
-        raise ConfigError(f"{key} must be > 0, got {value}")
-    return number
-
-
-def check_interval(key: str, value: object, low: float, high: float) -> tuple[float, float]:
-    """Return ``[a, b]`` as a tuple, or raise unless ``low < a <= b <= high``."""
-    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ConfigError(f"{key} must be a pair [min, max], got {value!r}")
-    a, b = _number(key, value[0]), _number(key, value[1])
-    if not low < a <= b <= high:
-        raise ConfigError(f"{key} must satisfy {low} < min <= max <= {high}, got {list(value)}")
-    return a, b
 
 
 # -- random draws on the generator's device ---------------------------------------------------
@@ -114,7 +76,8 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
 
 
 # -- image ops --------------------------------------------------------------------------------
-class RandomCrop:
+@dataclass
+class RandomCrop(Settings):
     """Pad by ``padding`` pixels, then crop back to the input size at a random offset.
 
     Offsets are drawn uniformly per image from ``[0, 2 * padding]`` on each axis.
@@ -123,17 +86,11 @@ class RandomCrop:
     the image).
     """
 
-    PADDING_MODES = ("constant", "reflect")
-
-    def __init__(self, padding: int = 4, p: float = 1.0, padding_mode: str = "constant") -> None:
-        self.padding = check_int("augmentation.crop.padding", padding, 0)
-        self.p = check_probability("augmentation.crop.p", p)
-        if padding_mode not in self.PADDING_MODES:
-            raise ConfigError(
-                f"augmentation.crop.padding_mode must be one of {', '.join(self.PADDING_MODES)}, "
-                f"got {padding_mode!r}"
-            )
-        self.padding_mode = padding_mode
+    KEY: ClassVar[str] = "augmentation.crop"
+    PADDING_MODES: ClassVar[tuple[str, ...]] = ("constant", "reflect")
+    padding: int = setting(4, Integer(0))
+    p: float = setting(1.0, Probability())
+    padding_mode: str = setting("constant", OneOf(PADDING_MODES))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, c, h, w = images.shape
@@ -156,11 +113,12 @@ class RandomCrop:
         return cropped.view(n, c, h, w)
 
 
-class RandomHorizontalFlip:
+@dataclass
+class RandomHorizontalFlip(Settings):
     """Mirror each image left-right with probability ``p``."""
 
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = check_probability("augmentation.flip.p", p)
+    KEY: ClassVar[str] = "augmentation.flip"
+    p: float = setting(0.5, Probability())
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         flip = draw_mask(images.shape[0], self.p, generator)[:, None, None, None]
@@ -190,15 +148,16 @@ def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-class RandomRotation:
+@dataclass
+class RandomRotation(Settings):
     """Rotate each image about its centre by an angle uniform in ``[-degrees, degrees]``.
 
     See :func:`rotate` (bilinear, corners filled with 0).
     """
 
-    def __init__(self, degrees: float = 15.0, p: float = 1.0) -> None:
-        self.degrees = check_float("augmentation.rotation.degrees", degrees, 0.0, 180.0)
-        self.p = check_probability("augmentation.rotation.p", p)
+    KEY: ClassVar[str] = "augmentation.rotation"
+    degrees: float = setting(15.0, Number(0.0, 180.0))
+    p: float = setting(1.0, Probability())
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
@@ -224,7 +183,8 @@ def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return x.mul_(saturation).addcmul_(gray, 1 - saturation).clamp_(0, 1)
 
 
-class ColorJitter:
+@dataclass
+class ColorJitter(Settings):
     """Brightness, contrast and saturation jitter with independent factors per image.
 
     Each factor is uniform in ``[max(0, 1 - s), 1 + s]`` for its strength ``s`` (torchvision's
@@ -233,18 +193,11 @@ class ColorJitter:
     probability ``1 - p`` an image keeps all factors at 1. No hue jitter.
     """
 
-    def __init__(
-        self,
-        brightness: float = 0.2,
-        contrast: float = 0.2,
-        saturation: float = 0.2,
-        p: float = 1.0,
-    ) -> None:
-        key = "augmentation.color_jitter"
-        self.brightness = check_float(f"{key}.brightness", brightness, 0.0)
-        self.contrast = check_float(f"{key}.contrast", contrast, 0.0)
-        self.saturation = check_float(f"{key}.saturation", saturation, 0.0)
-        self.p = check_probability(f"{key}.p", p)
+    KEY: ClassVar[str] = "augmentation.color_jitter"
+    brightness: float = setting(0.2, Number(0.0))
+    contrast: float = setting(0.2, Number(0.0))
+    saturation: float = setting(0.2, Number(0.0))
+    p: float = setting(1.0, Probability())
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
@@ -257,17 +210,18 @@ class ColorJitter:
         return jitter_colors(images, factors)
 
 
-class Cutout:
+@dataclass
+class Cutout(Settings):
     """Cutout (DeVries & Taylor 2017): one ``size x size`` hole per image, filled with ``fill``.
 
     The hole's centre is uniform over the whole image, so holes near a border are clipped
     (as the paper's code does); rows ``[cy - size // 2, cy - size // 2 + size)``, likewise columns.
     """
 
-    def __init__(self, size: int = 16, p: float = 1.0, fill: float = 0.0) -> None:
-        self.size = check_int("augmentation.cutout.size", size, 1)
-        self.p = check_probability("augmentation.cutout.p", p)
-        self.fill = check_float("augmentation.cutout.fill", fill, 0.0, 1.0)
+    KEY: ClassVar[str] = "augmentation.cutout"
+    size: int = setting(16, Integer(1))
+    p: float = setting(1.0, Probability())
+    fill: float = setting(0.0, Number(0.0, 1.0))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -282,7 +236,8 @@ class Cutout:
         return images.masked_fill(hole, self.fill)
 
 
-class RandomErasing:
+@dataclass
+class RandomErasing(Settings):
     """Random erasing with torchvision ``RandomErasing`` semantics, parameters drawn per image.
 
     With probability ``p``, an image gets one rectangle of area ``scale`` (fraction of the
@@ -291,20 +246,12 @@ class RandomErasing:
     an image none fits stays unchanged. The top-left corner is uniform over the valid range.
     """
 
-    ATTEMPTS = 10
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        scale: Sequence[float] = (0.02, 0.33),
-        ratio: Sequence[float] = (0.3, 3.3),
-        value: float = 0.0,
-    ) -> None:
-        key = "augmentation.erasing"
-        self.p = check_probability(f"{key}.p", p)
-        self.scale = check_interval(f"{key}.scale", scale, 0.0, 1.0)
-        self.ratio = check_interval(f"{key}.ratio", ratio, 0.0, math.inf)
-        self.value = check_float(f"{key}.value", value, 0.0, 1.0)
+    KEY: ClassVar[str] = "augmentation.erasing"
+    ATTEMPTS: ClassVar[int] = 10
+    p: float = setting(0.5, Probability())
+    scale: tuple[float, float] = setting((0.02, 0.33), Interval(0.0, 1.0))
+    ratio: tuple[float, float] = setting((0.3, 3.3), Interval(0.0, math.inf))
+    value: float = setting(0.0, Number(0.0, 1.0))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = images.shape

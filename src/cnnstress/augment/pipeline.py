@@ -19,7 +19,6 @@ All ops run in pixel space (float in ``[0, 1]``) before normalisation.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,21 +81,6 @@ class BatchAugmentation:
         return self.mix_op(x, soft, generator)
 
 
-def _build_op(name: str, cls: type, params: Any) -> Any:
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"augmentation.{name} must be a mapping of parameters, got {params!r}")
-    params = dict(params)
-    valid = [p for p in inspect.signature(cls).parameters if p != "self"]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"augmentation.{name}: unknown parameter(s) {unknown}; valid: {', '.join(valid)}"
-        )
-    return cls(**params)
-
-
 def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> BatchAugmentation:
     """Build the pipeline from the ``augmentation`` config node (op name -> parameters).
 
@@ -114,6 +98,6 @@ def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> Ba
         raise ConfigError(
             f"augmentation: choose at most one batch-mixing op of {', '.join(MIX_OPS)}, got {mixes}"
         )
-    image_ops = [_build_op(n, cls, config[n]) for n, cls in IMAGE_OPS.items() if n in config]
-    mix_op = _build_op(mixes[0], MIX_OPS[mixes[0]], config[mixes[0]]) if mixes else None
+    image_ops = [cls.parse(config[n]) for n, cls in IMAGE_OPS.items() if n in config]
+    mix_op = MIX_OPS[mixes[0]].parse(config[mixes[0]]) if mixes else None
     return BatchAugmentation(image_ops, mix_op, num_classes)

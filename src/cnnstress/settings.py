@@ -1,0 +1,267 @@
+"""One way to declare and check settings: each knob is a typed field with a rule.
+
+Augmentation ops, callbacks and stresses are dataclasses whose fields are their knobs, declared
+with :func:`setting` and a :class:`Rule`; constructing one checks every field, and
+:meth:`Settings.parse` builds one from a config mapping. Everything else (the training config,
+the analysis config) checks its values with the same rules through :func:`check`. A wrong value
+is always one :class:`~cnnstress.errors.ConfigError` line: ``<key> must be <rule>, got
+<value>``; an unknown key lists the valid ones.
+
+Written here rather than taken from a validation library: the rules are a handful of range
+checks whose messages must name cnnstress's dotted config keys, and Hydra's structured configs
+check types only, with multi-line errors raised before cnnstress runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cnnstress.errors import ConfigError
+
+S = TypeVar("S", bound="Settings")
+
+
+class Rule:
+    """A constraint on one value: :meth:`convert` returns the value, converted, or raises
+    ``ValueError``; :meth:`describe` says what is allowed (completes "<key> must be ...")."""
+
+    optional: bool = False
+
+    def convert(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def __call__(self, value: Any) -> Any:
+        if value is None and self.optional:
+            return None
+        return self.convert(value)
+
+    def _or_null(self, text: str) -> str:
+        return f"{text} or null" if self.optional else text
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer(Rule):
+    """An integer in ``[minimum, maximum]`` (a float with an integral value is accepted)."""
+
+    minimum: int | None = None
+    maximum: int | None = None
+    optional: bool = False
+
+    def convert(self, value: Any) -> int:
+        number = _number(value)
+        if number != int(number):
+            raise ValueError
+        if (self.minimum is not None and number < self.minimum) or (
+            self.maximum is not None and number > self.maximum
+        ):
+            raise ValueError
+        return int(number)
+
+    def describe(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            text = f"an integer in [{self.minimum}, {self.maximum}]"
+        elif self.minimum is not None:
+            text = f"an integer >= {self.minimum}"
+        else:
+            text = "an integer"
+        return self._or_null(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Number(Rule):
+    """A finite number in ``[low, high]`` (``low_open``: ``> low``)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    optional: bool = False
+
+    def convert(self, value: Any) -> float:
+        number = _number(value)
+        above = number > self.low if self.low_open else number >= self.low
+        if not (math.isfinite(number) and above and number <= self.high):
+            raise ValueError
+        return number
+
+    def describe(self) -> str:
+        if self.low_open and self.high == math.inf:
+            text = f"a number > {self.low:g}"
+        elif self.high == math.inf:
+            text = f"a number >= {self.low:g}"
+        elif self.low_open:
+            text = f"a number in ({self.low:g}, {self.high:g}]"
+        else:
+            text = f"a number in [{self.low:g}, {self.high:g}]"
+        return self._or_null(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probability(Number):
+    """A number in [0, 1]."""
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def describe(self) -> str:
+        return self._or_null("a probability in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf(Rule):
+    """One of ``options`` (compared as given)."""
+
+    options: tuple[Any, ...] = ()
+    optional: bool = False
+
+    def convert(self, value: Any) -> Any:
+        if value not in self.options:
+            raise ValueError
+        return value
+
+    def describe(self) -> str:
+        return self._or_null("one of " + ", ".join(map(str, self.options)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag(Rule):
+    """``true`` or ``false``."""
+
+    optional: bool = False
+
+    def convert(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+
+    def describe(self) -> str:
+        return self._or_null("true or false")
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Rule):
+    """A non-empty string."""
+
+    optional: bool = False
+
+    def convert(self, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError
+        return value
+
+    def describe(self) -> str:
+        return self._or_null("a non-empty string")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval(Rule):
+    """A pair ``[min, max]`` with ``low < min <= max <= high``."""
+
+    low: float = -math.inf
+    high: float = math.inf
+
+    def convert(self, value: Any) -> tuple[float, float]:
+        if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+            raise ValueError
+        a, b = _number(value[0]), _number(value[1])
+        if not self.low < a <= b <= self.high:
+            raise ValueError
+        return a, b
+
+    def describe(self) -> str:
+        return f"a pair [min, max] with {self.low:g} < min <= max <= {self.high:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOf(Rule):
+    """A list whose every item follows ``item``, at least ``min_length`` long."""
+
+    item: Rule = dataclasses.field(default_factory=Text)
+    min_length: int = 0
+    optional: bool = False
+
+    def convert(self, value: Any) -> list[Any]:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError
+        if len(value) < self.min_length:
+            raise ValueError
+        return [self.item(v) for v in value]
+
+    def describe(self) -> str:
+        size = "a non-empty list" if self.min_length else "a list"
+        return self._or_null(f"{size} of {self.item.describe().removeprefix('a ')}s")
+
+
+def check(rule: Rule, value: Any, key: str) -> Any:
+    """``rule(value)``, or one :class:`ConfigError` line naming ``key``, the value and the rule."""
+    try:
+        return rule(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key} must be {rule.describe()}, got {value!r}") from None
+
+
+def setting(default: Any = dataclasses.MISSING, rule: Rule | None = None, *, factory: Any = None):
+    """A dataclass field of a :class:`Settings` class, checked by ``rule``."""
+    metadata = {"rule": rule} if rule is not None else {}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def plain(values: Any) -> Any:
+    """OmegaConf containers as plain Python (resolved); anything else unchanged."""
+    if isinstance(values, DictConfig | ListConfig):
+        return OmegaConf.to_container(values, resolve=True)
+    return values
+
+
+class Settings:
+    """Base of settings dataclasses (see the module docstring).
+
+    Subclasses set ``KEY`` (their dotted config key, e.g. ``"augmentation.crop"``) and declare
+    fields with :func:`setting`; ``validate()`` may add checks across fields (raising through
+    :func:`check` or :class:`ConfigError`).
+    """
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            rule = field.metadata.get("rule")
+            if rule is not None:
+                value = check(rule, plain(getattr(self, field.name)), f"{self.KEY}.{field.name}")
+                object.__setattr__(self, field.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks across fields (none by default)."""
+
+    @classmethod
+    def parse(cls: type[S], values: Mapping[str, Any] | None) -> S:
+        """Build from a (partial) config mapping: missing keys keep their defaults, an unknown
+        key is a :class:`ConfigError` listing the valid ones."""
+        values = plain(values)
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{cls.KEY} must be a mapping of settings, got {values!r}")
+        valid = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown key {cls.KEY}.{unknown[0]}; valid keys of {cls.KEY}: {', '.join(valid)}"
+            )
+        return cls(**values)
