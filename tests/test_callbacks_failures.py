@@ -113,7 +113,7 @@ def test_threshold_above_every_confidence_finds_nothing(make_config, tiny_cifar1
 def test_threshold_outside_unit_interval_is_a_config_error(make_config, value):
     cfg = make_config(f"callbacks.high_conf_failures.threshold={value}")
     with pytest.raises(
-        ConfigError, match=r"callbacks.high_conf_failures.threshold must be in \[0, 1\]"
+        ConfigError, match=r"callbacks.high_conf_failures.threshold must be a number in \[0, 1\]"
     ):
         build_trainer(cfg, has_val=False)
 

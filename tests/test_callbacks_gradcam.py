@@ -132,14 +132,16 @@ def test_unknown_layer_and_method_are_config_errors(left_model_and_images):
         compute_heatmaps(model, images, [0] * 4, "gradcam", "layer9")
     with pytest.raises(ConfigError, match=r"features has no child 'nope'.* are: 0, 1, 2, 3"):
         compute_heatmaps(model, images, [0] * 4, "gradcam", "features.nope")
-    with pytest.raises(ConfigError, match=r"valid choices: gradcam, gradcam\+\+.*saliency"):
+    with pytest.raises(ConfigError, match=r"must be one of gradcam, gradcam\+\+.*saliency"):
         compute_heatmaps(model, images, [0] * 4, "gradcamm", "features")
 
 
 def test_bad_callback_settings_fail_at_start_up(make_config, tiny_cifar10_zip, tmp_path):
-    with pytest.raises(ConfigError, match=r"callbacks.gradcam.method='nope'; valid choices: "):
+    with pytest.raises(ConfigError, match=r"callbacks.gradcam.method must be one of gradcam"):
         build_trainer(make_config("callbacks.gradcam.method=nope"), has_val=False)
-    with pytest.raises(ConfigError, match=r"callbacks.gradcam.threshold must be in \[0, 1\]"):
+    with pytest.raises(
+        ConfigError, match=r"callbacks.gradcam.threshold must be a number in \[0, 1\]"
+    ):
         build_trainer(make_config("callbacks.gradcam.threshold=2"), has_val=False)
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam.target_layer=block9")
     with pytest.raises(ConfigError, match="children are: block1, block2, block3, fc"):

@@ -32,6 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cnnstress.errors import ConfigError
+from cnnstress.settings import OneOf, check
 
 # Methods that only need a target layer and gradients/activations. AblationCAM (swaps layers
 # in the model), FullGrad (ignores the target layer), KPCA-CAM (scikit-learn) and RandomCAM
@@ -62,12 +63,13 @@ HOOK_DICTS = (
 )
 
 
+# The rule of every ``method`` setting (callbacks, stresses, analysis): case-insensitive.
+METHOD_RULE = OneOf(METHODS, casefold=True)
+
+
 def check_method(method: str, key: str = "method") -> str:
-    """Return ``method`` lower-cased, or raise :class:`ConfigError` naming the valid choices."""
-    name = str(method).lower()
-    if name not in METHODS:
-        raise ConfigError(f"unknown {key}={method!r}; valid choices: {', '.join(METHODS)}")
-    return name
+    """``method`` lower-cased, or one :class:`ConfigError` line naming the valid choices."""
+    return check(METHOD_RULE, method, key)
 
 
 def run_cam_settings(

@@ -83,29 +83,30 @@ class Integer(Rule):
 
 @dataclasses.dataclass(frozen=True)
 class Number(Rule):
-    """A finite number in ``[low, high]`` (``low_open``: ``> low``)."""
+    """A finite number in ``[low, high]`` (``low_open``: ``> low``; ``high_open``: ``< high``)."""
 
     low: float = -math.inf
     high: float = math.inf
     low_open: bool = False
+    high_open: bool = False
     optional: bool = False
 
     def convert(self, value: Any) -> float:
         number = _number(value)
         above = number > self.low if self.low_open else number >= self.low
-        if not (math.isfinite(number) and above and number <= self.high):
+        below = number < self.high if self.high_open else number <= self.high
+        if not (math.isfinite(number) and above and below):
             raise ValueError
         return number
 
     def describe(self) -> str:
-        if self.low_open and self.high == math.inf:
-            text = f"a number > {self.low:g}"
+        if self.low == -math.inf and self.high == math.inf:
+            text = "a number"
         elif self.high == math.inf:
-            text = f"a number >= {self.low:g}"
-        elif self.low_open:
-            text = f"a number in ({self.low:g}, {self.high:g}]"
+            text = f"a number {'>' if self.low_open else '>='} {self.low:g}"
         else:
-            text = f"a number in [{self.low:g}, {self.high:g}]"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"a number in {left}{self.low:g}, {self.high:g}{right}"
         return self._or_null(text)
 
 
@@ -122,12 +123,15 @@ class Probability(Number):
 
 @dataclasses.dataclass(frozen=True)
 class OneOf(Rule):
-    """One of ``options`` (compared as given)."""
+    """One of ``options`` (strings compared in lower case when ``casefold``)."""
 
     options: tuple[Any, ...] = ()
     optional: bool = False
+    casefold: bool = False
 
     def convert(self, value: Any) -> Any:
+        if self.casefold and isinstance(value, str):
+            value = value.lower()
         if value not in self.options:
             raise ValueError
         return value

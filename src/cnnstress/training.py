@@ -13,11 +13,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.io import ImageReadMode, read_image
 
 from cnnstress.callbacks import TrainSpeed
-from cnnstress.callbacks.failures import tensorboard_writer
+from cnnstress.callbacks.context import tensorboard_writer
 from cnnstress.config import drop_unlisted_ops, improvement_changes, instantiate, validate_config
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
@@ -100,7 +101,13 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
     callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
     # Without a validation split, switch the validation loop off instead of feeding it nothing.
     no_val = {} if has_val else {"limit_val_batches": 0}
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **no_val)
+    # Objects go in through a partial: Hydra would turn dataclass callbacks passed as
+    # instantiate() kwargs into config nodes.
+    make_trainer = instantiate(cfg.trainer, _partial_=True, **no_val)
+    try:
+        return make_trainer(callbacks=callbacks, logger=loggers or False)
+    except (ValueError, TypeError, MisconfigurationException) as err:
+        raise ConfigError(f"bad trainer setting: {' '.join(str(err).split())}") from None
 
 
 def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:

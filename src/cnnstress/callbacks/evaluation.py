@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import lightning as L
 import numpy as np
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from cnnstress.callbacks.failures import (
-    check_count,
-    class_names,
+from cnnstress.callbacks.context import (
     label_errors_of,
     output_dir,
     tensorboard_writer,
+    trainer_class_names,
 )
-from cnnstress.metrics import expected_calibration_error, reliability_bins
+from cnnstress.metrics import ECE_BINS, expected_calibration_error, reliability_bins
 from cnnstress.plots import confusion_matrix_figure, figure_to_array, reliability_figure, save_png
 from cnnstress.run_files import write_json
+from cnnstress.settings import Integer, Settings, Text, setting
 
 
-class ConfusionCalibration(L.Callback):
+@dataclass(eq=False)
+class ConfusionCalibration(Settings, L.Callback):
     """At the end of the test, from the whole gathered test split (every rank calls the gather):
 
     * logs ``test/ece`` (expected calibration error, torchmetrics, ``n_bins`` equal-width bins,
@@ -40,9 +44,9 @@ class ConfusionCalibration(L.Callback):
         dirpath: output folder (default ``trainer.default_root_dir``, the run directory).
     """
 
-    def __init__(self, n_bins: int = 15, dirpath: str | None = None) -> None:
-        self.n_bins = check_count(n_bins, "callbacks.evaluation.n_bins", 1)
-        self.dirpath = dirpath
+    KEY: ClassVar[str] = "callbacks.evaluation"
+    n_bins: int = setting(ECE_BINS, Integer(1))
+    dirpath: str | None = setting(None, Text(optional=True))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         preds = pl_module.predictions("test")  # a collective: every rank calls it
@@ -53,7 +57,7 @@ class ConfusionCalibration(L.Callback):
         probs = logits.softmax(1)
         matrix = multiclass_confusion_matrix(logits, target, num_classes).numpy()
         ece = expected_calibration_error(probs, target, self.n_bins)
-        names = class_names(trainer, num_classes)
+        names = trainer_class_names(trainer, num_classes)
         support = matrix.sum(1)
         per_class = np.where(support > 0, np.diag(matrix) / np.maximum(support, 1), np.nan)
         metrics = {"test/ece": ece}

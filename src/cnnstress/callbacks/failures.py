@@ -1,91 +1,27 @@
-"""High-confidence failures: images the model gets wrong while being confident.
-
-Also home to the small helpers the stress-test callbacks share (class names, split images,
-the TensorBoard writer, the run directory).
-"""
+"""High-confidence failures: images the model gets wrong while being confident."""
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
+from cnnstress.callbacks.context import (
+    label_errors_of,
+    output_dir,
+    split_images,
+    tensorboard_writer,
+    trainer_class_names,
+)
 from cnnstress.data.label_errors import SOURCE, LabelErrors
-from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
 from cnnstress.plots import image_grid, save_png, to_hwc
 from cnnstress.run_files import write_json
-
-# --- shared helpers ------------------------------------------------------------------------
-
-
-def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
-    """The datamodule's official class names, else ``"0"``, ``"1"``, ..."""
-    names = getattr(trainer.datamodule, "classes", None) if trainer.datamodule else None
-    if names is not None and len(names) == num_classes:
-        return list(names)
-    return [str(i) for i in range(num_classes)]
-
-
-def split_images(trainer: L.Trainer, stage: str, index: np.ndarray) -> torch.Tensor | None:
-    """uint8 ``(N, 3, H, W)`` images of the ``stage`` split at dataset ``index``, if known.
-
-    ``index`` is what batches carry: official test indices in a test split that has them, else
-    positions in the official split the images come from (the validation split's indices are
-    positions in the official training split); the split's ``rows`` maps them to its images.
-    """
-    datamodule = trainer.datamodule
-    split = getattr(datamodule, f"{stage}_set", None) if datamodule is not None else None
-    if split is None or not hasattr(split, "images"):
-        return None
-    index = torch.as_tensor(np.asarray(index), dtype=torch.long)
-    return split.images[split.rows(index) if hasattr(split, "rows") else index]
-
-
-def label_errors_of(trainer: L.Trainer, stage: str) -> LabelErrors | None:
-    """The known label errors that apply to the ``stage`` split's indices (see
-    :meth:`CIFARDataModule.label_errors`), or None."""
-    getter = getattr(trainer.datamodule, "label_errors", None) if trainer.datamodule else None
-    return getter(stage) if callable(getter) else None
-
-
-def tensorboard_writer(trainer: L.Trainer) -> Any | None:
-    """The SummaryWriter of the first TensorBoard logger, or None."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
-def output_dir(trainer: L.Trainer, dirpath: str | os.PathLike | None, default: str) -> Path:
-    """``dirpath`` if given, else ``<trainer.default_root_dir>/<default>``."""
-    return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / default
-
-
-def check_threshold(threshold: float, key: str) -> float:
-    """``threshold`` as a float in [0, 1], else :class:`ConfigError`."""
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise ConfigError(f"{key} must be a number in [0, 1], got {threshold!r}")
-    if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-        raise ConfigError(f"{key} must be in [0, 1], got {threshold}")
-    return float(threshold)
-
-
-def check_count(value: int, key: str, minimum: int = 0) -> int:
-    """``value`` as an int >= ``minimum``, else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-# --- failures ------------------------------------------------------------------------------
+from cnnstress.settings import Integer, Number, Settings, Text, setting
 
 
 def failure_records(
@@ -128,7 +64,8 @@ def failure_records(
     return records
 
 
-class HighConfidenceFailures(L.Callback):
+@dataclass(eq=False)
+class HighConfidenceFailures(Settings, L.Callback):
     """Find wrong predictions made with confidence ``>= threshold`` (inclusive).
 
     At the end of every validation epoch (sanity check excluded) and of the test, from the
@@ -161,25 +98,16 @@ class HighConfidenceFailures(L.Callback):
         ncols: images per grid row.
     """
 
-    def __init__(
-        self,
-        threshold: float = 0.8,
-        top_n: int = 16,
-        dirpath: str | None = None,
-        grid_every_n_epochs: int = 1,
-        top_k: int = 3,
-        ncols: int = 8,
-    ) -> None:
-        key = "callbacks.high_conf_failures"
-        self.threshold = check_threshold(threshold, f"{key}.threshold")
-        self.top_n = check_count(top_n, f"{key}.top_n")
-        self.grid_every_n_epochs = check_count(grid_every_n_epochs, f"{key}.grid_every_n_epochs")
-        self.top_k = check_count(top_k, f"{key}.top_k", 1)
-        self.ncols = check_count(ncols, f"{key}.ncols", 1)
-        self.dirpath = dirpath
-        self.last: dict[str, list[dict[str, Any]]] = {}
-        # What the latest grid of each stage shows: index, caption and frame per tile.
-        self.last_grid: dict[str, list[dict[str, Any]]] = {}
+    KEY: ClassVar[str] = "callbacks.high_conf_failures"
+    threshold: float = setting(0.8, Number(0.0, 1.0))
+    top_n: int = setting(16, Integer(0))
+    dirpath: str | None = setting(None, Text(optional=True))
+    grid_every_n_epochs: int = setting(1, Integer(0))
+    top_k: int = setting(3, Integer(1))
+    ncols: int = setting(8, Integer(1))
+    last: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
+    # What the latest grid of each stage shows: index, caption and frame per tile.
+    last_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -205,7 +133,7 @@ class HighConfidenceFailures(L.Callback):
         pl_module.log_dict(metrics, sync_dist=False)  # same gathered values on every rank
         if not trainer.is_global_zero:
             return
-        names = class_names(trainer, probs.shape[1])
+        names = trainer_class_names(trainer, probs.shape[1])
         records = failure_records(preds.index, preds.target, probs, rows, names, self.top_k, errors)
         self.last[stage] = records
         folder = output_dir(trainer, self.dirpath, "failures")

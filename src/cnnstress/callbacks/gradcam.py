@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
-from cnnstress.callbacks.failures import (
-    check_count,
-    check_threshold,
-    class_names,
+from cnnstress.callbacks.context import (
     label_errors_of,
     output_dir,
     split_images,
     tensorboard_writer,
+    trainer_class_names,
 )
-from cnnstress.cam import (
-    SALIENCY,
-    check_method,
-    compute_heatmaps,
-    predict_probs,
-    resolve_layer,
-)
+from cnnstress.cam import METHOD_RULE, SALIENCY, compute_heatmaps, predict_probs, resolve_layer
 from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
 from cnnstress.plots import image_grid, overlay, save_png, to_hwc
-
-KEY = "callbacks.gradcam"
+from cnnstress.settings import Flag, Integer, ListOf, Number, Settings, Text, setting
 
 
 def explained_model(pl_module: L.LightningModule) -> nn.Module:
@@ -38,7 +31,8 @@ def explained_model(pl_module: L.LightningModule) -> nn.Module:
     return net if isinstance(net, nn.Module) else pl_module
 
 
-class GradCAMGrids(L.Callback):
+@dataclass(eq=False)
+class GradCAMGrids(Settings, L.Callback):
     """Render, per image: the image, the CAM of the predicted class and the CAM of the true class.
 
     Which images: the ``top_n`` most confident validation failures (wrong with confidence
@@ -72,38 +66,28 @@ class GradCAMGrids(L.Callback):
         alpha: heatmap weight in the overlays.
     """
 
-    def __init__(
-        self,
-        method: str = "gradcam",
-        target_layer: str | None = None,
-        every_n_epochs: int = 5,
-        top_n: int = 8,
-        threshold: float = 0.8,
-        indices: Sequence[int] = (),
-        on_test: bool = True,
-        dirpath: str | None = None,
-        examples_per_row: int = 2,
-        alpha: float = 0.5,
-    ) -> None:
-        self.method = check_method(method, f"{KEY}.method")
-        if self.method != SALIENCY and not target_layer:
-            raise ConfigError(f"{KEY}.target_layer is required for method={self.method!r}")
-        self.target_layer = target_layer
-        self.every_n_epochs = check_count(every_n_epochs, f"{KEY}.every_n_epochs")
-        self.top_n = check_count(top_n, f"{KEY}.top_n")
-        self.threshold = check_threshold(threshold, f"{KEY}.threshold")
-        self.indices = [check_count(i, f"{KEY}.indices[]") for i in (indices or ())]
-        self.on_test = bool(on_test)
-        self.dirpath = dirpath
-        self.examples_per_row = check_count(examples_per_row, f"{KEY}.examples_per_row", 1)
-        self.alpha = check_threshold(alpha, f"{KEY}.alpha")
-        self._rendered_step: int | None = None
-        self.written: list[str] = []
-        self.last_captions: list[str] = []  # of the latest grid, three per image
+    KEY: ClassVar[str] = "callbacks.gradcam"
+    method: str = setting("gradcam", METHOD_RULE)
+    target_layer: str | None = setting(None, Text(optional=True))
+    every_n_epochs: int = setting(5, Integer(0))
+    top_n: int = setting(8, Integer(0))
+    threshold: float = setting(0.8, Number(0.0, 1.0))
+    indices: list[int] = setting(rule=ListOf(Integer(0)), factory=list)
+    on_test: bool = setting(True, Flag())
+    dirpath: str | None = setting(None, Text(optional=True))
+    examples_per_row: int = setting(2, Integer(1))
+    alpha: float = setting(0.5, Number(0.0, 1.0))
+    _rendered_step: int | None = field(default=None, init=False)
+    written: list[str] = field(default_factory=list, init=False)
+    last_captions: list[str] = field(default_factory=list, init=False)  # three per image
+
+    def validate(self) -> None:
+        if self.method != SALIENCY and not self.target_layer:
+            raise ConfigError(f"{self.KEY}.target_layer is required for method={self.method!r}")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.target_layer:
-            resolve_layer(explained_model(pl_module), self.target_layer, f"{KEY}.target_layer")
+            resolve_layer(explained_model(pl_module), self.target_layer, f"{self.KEY}.target_layer")
         test_set = getattr(trainer.datamodule, "test_set", None) if trainer.datamodule else None
         if test_set is not None and self.indices:
             indices = torch.tensor(self.indices, dtype=torch.long)
@@ -111,7 +95,7 @@ class GradCAMGrids(L.Callback):
             if bad:
                 kind = "official indices" if test_set.official_index else "positions"
                 raise ConfigError(
-                    f"{KEY}.indices {bad} out of range: the test split's {len(test_set)} "
+                    f"{self.KEY}.indices {bad} out of range: the test split's {len(test_set)} "
                     f"images have {kind} (valid {_ranges(test_set.data.ids, len(test_set))})"
                 )
 
@@ -236,7 +220,7 @@ class GradCAMGrids(L.Callback):
         tiles = np.stack(
             [rgb, overlay(rgb, heat[:n], self.alpha), overlay(rgb, heat[n:], self.alpha)], axis=1
         )
-        names = class_names(trainer, probs.shape[1])
+        names = trainer_class_names(trainer, probs.shape[1])
         captions: list[str] = []
         for i, label in enumerate(labels):
             p, t, c = int(pred[i]), int(targets[i]), int(third[i])

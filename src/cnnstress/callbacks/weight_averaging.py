@@ -9,8 +9,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from cnnstress.callbacks.failures import check_count
-from cnnstress.errors import ConfigError
+from cnnstress.settings import Flag, Integer, Number, check
 
 KEY = "callbacks.weight_averaging"
 
@@ -54,15 +53,12 @@ class WeightAverage(WeightAveraging):
         lookahead: bool = True,
     ) -> None:
         super().__init__(use_buffers=True, avg_fn=self._average)
-        self.every_n_steps = check_count(every_n_steps, f"{KEY}.every_n_steps", 1)
-        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
-            raise ConfigError(f"{KEY}.decay must be a number in [0, 1), got {decay!r}")
-        if isinstance(decay_power, bool) or not isinstance(decay_power, int | float):
-            raise ConfigError(f"{KEY}.decay_power must be a number, got {decay_power!r}")
-        if decay_power < 0:
-            raise ConfigError(f"{KEY}.decay_power must be >= 0, got {decay_power}")
-        self.decay, self.decay_power = float(decay), float(decay_power)
-        self.lookahead = bool(lookahead)
+        # Lightning's WeightAveraging takes the constructor, so the settings are checked here
+        # with the same rules as every settings dataclass (cnnstress.settings).
+        self.every_n_steps = check(Integer(1), every_n_steps, f"{KEY}.every_n_steps")
+        self.decay = check(Number(0.0, 1.0, high_open=True), decay, f"{KEY}.decay")
+        self.decay_power = check(Number(0.0), decay_power, f"{KEY}.decay_power")
+        self.lookahead = check(Flag(), lookahead, f"{KEY}.lookahead")
         self._current_decay = 0.0
         self._total_steps = 1.0
 
