@@ -15,7 +15,7 @@ from cnnstress.stress.calibration import (
     logit_bins,
     nll,
 )
-from cnnstress.stress.context import NormalizedModel, parse_settings
+from cnnstress.stress.context import NormalizedModel
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
@@ -81,16 +81,21 @@ def test_pgd_stays_in_the_eps_ball_and_in_pixel_range_and_hurts_more_than_clean(
 
 
 def test_adversarial_settings_parse_fractions_and_name_bad_keys():
-    s = parse_settings(AdversarialSettings, {"eps": ["8/255", 0.01]}, "stress.adversarial")
+    s = AdversarialSettings.parse({"eps": ["8/255", 0.01]})
     assert s.eps == [pytest.approx(8 / 255), 0.01]
     assert [eps_key(e) for e in s.eps] == ["eps8", "eps2.55"]
     assert parse_eps("1/255") == pytest.approx(1 / 255)
     with pytest.raises(ConfigError, match=r"unknown key stress\.adversarial\.epsilon; valid keys"):
-        parse_settings(AdversarialSettings, {"epsilon": [1]}, "stress.adversarial")
-    with pytest.raises(ConfigError, match=r"eps must be in \[0, 1\]"):
-        parse_settings(AdversarialSettings, {"eps": [8]}, "stress.adversarial")
-    with pytest.raises(ConfigError, match="attacks entry 'cw'; valid: fgsm, pgd"):
-        parse_settings(AdversarialSettings, {"attacks": ["cw"]}, "stress.adversarial")
+        AdversarialSettings.parse({"epsilon": [1]})
+    with pytest.raises(
+        ConfigError,
+        match=r"adversarial.eps must be a non-empty list, each item a number in \[0, 1\] or",
+    ):
+        AdversarialSettings.parse({"eps": [8]})
+    with pytest.raises(
+        ConfigError, match=r"attacks must be a non-empty list, each item one of fgsm, pgd"
+    ):
+        AdversarialSettings.parse({"attacks": ["cw"]})
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])

@@ -165,7 +165,11 @@ def test_conf_stress_files_match_the_settings_defaults():
     for name, cls in SETTINGS.items():
         values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "stress" / f"{name}.yaml"))
         assert list(values) == [name]
-        assert values[name] == {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+        defaults = {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+        }
+        assert values[name] == defaults
 
 
 def test_randomisation_touches_only_the_listed_layers_and_identity_correlates_fully():

@@ -206,7 +206,26 @@ class ListOf(Rule):
 
     def describe(self) -> str:
         size = "a non-empty list" if self.min_length else "a list"
-        return self._or_null(f"{size} of {self.item.describe().removeprefix('a ')}s")
+        return self._or_null(f"{size}, each item {self.item.describe()}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Either(Rule):
+    """Accepted by the first of ``rules`` that accepts it."""
+
+    rules: tuple[Rule, ...] = ()
+    optional: bool = False
+
+    def convert(self, value: Any) -> Any:
+        for rule in self.rules:
+            try:
+                return rule(value)
+            except (ValueError, TypeError):
+                continue
+        raise ValueError
+
+    def describe(self) -> str:
+        return self._or_null(" or ".join(r.describe() for r in self.rules))
 
 
 def check(rule: Rule, value: Any, key: str) -> Any:

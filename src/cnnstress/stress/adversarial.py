@@ -15,18 +15,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnstress.errors import ConfigError
+from cnnstress.settings import Flag, Integer, ListOf, OneOf, Rule, Settings, check, setting
 from cnnstress.stress.context import (
     StressContext,
     accuracy,
-    check_int,
-    parse_settings,
     seeded_subset,
     to_unit,
 )
@@ -35,16 +33,8 @@ ATTACKS = ("fgsm", "pgd")
 
 
 def parse_eps(value: Any, key: str = "eps") -> float:
-    """An L-inf radius in pixel units: a number in [0, 1] or a string such as ``"8/255"``."""
-    try:
-        eps = float(Fraction(value)) if isinstance(value, str) else float(value)
-    except (ValueError, ZeroDivisionError, TypeError):
-        raise ConfigError(
-            f"{key} must be a number or a fraction like '8/255', got {value!r}"
-        ) from None
-    if isinstance(value, bool) or not 0 <= eps <= 1:
-        raise ConfigError(f"{key} must be in [0, 1] (pixel scale), got {value!r}")
-    return eps
+    """An L-inf radius in pixel units (:class:`Radius`), or one :class:`ConfigError` line."""
+    return check(Radius(), value, key)
 
 
 def eps_key(eps: float) -> str:
@@ -52,41 +42,41 @@ def eps_key(eps: float) -> str:
     return f"eps{round(eps * 255, 4):g}"
 
 
+class Radius(Rule):
+    """An L-inf radius in pixel units: a number in [0, 1] or a fraction such as ``"8/255"``."""
+
+    def __init__(self, optional: bool = False) -> None:
+        self.optional = optional
+
+    def convert(self, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError
+        eps = float(Fraction(value)) if isinstance(value, str) else float(value)
+        if not 0 <= eps <= 1:
+            raise ValueError
+        return eps
+
+    def describe(self) -> str:
+        return self._or_null("a number in [0, 1] or a fraction like '8/255'")
+
+
 @dataclasses.dataclass
-class AdversarialSettings:
+class AdversarialSettings(Settings):
     """Knobs of ``stress.adversarial`` (conf/stress/adversarial.yaml)."""
 
-    attacks: list[str] = dataclasses.field(default_factory=lambda: list(ATTACKS))
+    KEY: ClassVar[str] = "stress.adversarial"
+    attacks: list[str] = setting(rule=ListOf(OneOf(ATTACKS), 1), factory=lambda: list(ATTACKS))
     # L-inf radii in pixel units: numbers or fractions such as "8/255"
-    eps: list[Any] = dataclasses.field(default_factory=lambda: ["1/255", "2/255", "8/255"])
-    pgd_steps: int = 10
+    eps: list[Any] = setting(rule=ListOf(Radius(), 1), factory=lambda: ["1/255", "2/255", "8/255"])
+    pgd_steps: int = setting(10, Integer(1))
     # null: 2.5 * eps / pgd_steps (Madry et al.); else a number or fraction in pixel units
-    pgd_step_size: Any = None
-    random_start: bool = True
+    pgd_step_size: Any = setting(None, Radius(optional=True))
+    random_start: bool = setting(True, Flag())
     # a fixed random subset of the test split; null: all of it
-    max_images: int | None = 1000
-    batch_size: int = 250
+    max_images: int | None = setting(1000, Integer(1, optional=True))
+    batch_size: int = setting(250, Integer(1))
     # random start draws (fixed across runs)
-    seed: int = 0
-
-    def validate(self, key: str) -> None:
-        """Raise :class:`ConfigError` for an invalid knob; parse the radii."""
-        for attack in self.attacks:
-            if attack not in ATTACKS:
-                raise ConfigError(
-                    f"unknown {key}.attacks entry {attack!r}; valid: {', '.join(ATTACKS)}"
-                )
-        if not self.eps:
-            raise ConfigError(f"{key}.eps must not be empty")
-        self.eps = [parse_eps(e, f"{key}.eps") for e in self.eps]
-        self.pgd_steps = check_int(self.pgd_steps, f"{key}.pgd_steps")
-        if self.pgd_step_size is not None:
-            self.pgd_step_size = parse_eps(self.pgd_step_size, f"{key}.pgd_step_size")
-        if not isinstance(self.random_start, bool):
-            raise ConfigError(f"{key}.random_start must be true or false")
-        self.max_images = check_int(self.max_images, f"{key}.max_images", allow_none=True)
-        self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
-        self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
+    seed: int = setting(0, Integer(0))
 
 
 def _input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -146,7 +136,7 @@ def pgd(
 
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Robust accuracy under FGSM and PGD at every radius, on a fixed subset of the test split."""
-    s = parse_settings(AdversarialSettings, settings, "stress.adversarial")
+    s = AdversarialSettings.parse(settings)
     subset = seeded_subset(len(ctx.test), s.max_images, s.seed)
     images, labels = ctx.test.images[subset], ctx.test.labels[subset]
     model = ctx.model.eval()

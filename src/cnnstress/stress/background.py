@@ -64,83 +64,65 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from cnnstress.cam import check_method, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
 from cnnstress.data.classes import class_names
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.stress.context import (
-    StressContext,
-    check_int,
-    parse_settings,
-    seeded_subset,
-    to_unit,
+from cnnstress.settings import (
+    Either,
+    Integer,
+    Number,
+    OneOf,
+    Settings,
+    Text,
+    check,
+    setting,
 )
+from cnnstress.stress.context import StressContext, seeded_subset, to_unit
 
 EXAMPLES_FILE = "stress_background_examples.png"
 CLASSES_FILE = "stress_background_classes.png"
 FILLS = ("mean", "dataset_mean")
+FILL_RULE = Either((OneOf(FILLS), Number(0.0, 1.0)))
 # The versions of each image fed to the model, in the order of the examples figure.
 VARIANTS = ("only_centre", "only_surround", "conflict", "mixed_same", "mixed_rand")
 PARTNERS = ("conflict", "mixed_same", "mixed_rand")
 
 
 @dataclasses.dataclass
-class BackgroundSettings:
+class BackgroundSettings(Settings):
     """Knobs of ``stress.background`` (conf/stress/background.yaml)."""
 
+    KEY: ClassVar[str] = "stress.background"
     # side in pixels of the centred square standing in for the object
-    centre_size: int = 16
+    centre_size: int = setting(16, Integer(1))
     # what replaces the removed region: mean, dataset_mean, or a grey level in [0, 1]
-    fill: Any = "mean"
+    fill: Any = setting("mean", FILL_RULE)
     # a fixed random subset of the test split; null: all of it
-    max_images: int | None = None
+    max_images: int | None = setting(None, Integer(1, optional=True))
     # images whose CAM is measured (a fixed subset of the evaluated images)
-    cam_images: int = 1000
+    cam_images: int = setting(1000, Integer(0))
     # confident failures: wrong with softmax confidence >= threshold
-    threshold: float = 0.8
+    threshold: float = setting(0.8, Number(0.0, 1.0))
     # null: the run's callbacks.gradcam.method, else gradcam
-    method: str | None = None
+    method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
     # null: the run's callbacks.gradcam.target_layer, else model.target_layer
-    target_layer: str | None = None
+    target_layer: str | None = setting(None, Text(optional=True))
     # rows of the examples figure
-    examples: int = 8
-    batch_size: int = 500
+    examples: int = setting(8, Integer(1))
+    batch_size: int = setting(500, Integer(1))
     # subset, partners and CAM images (fixed across runs)
-    seed: int = 0
-
-    def validate(self, key: str) -> None:
-        """Raise :class:`ConfigError` for an invalid knob."""
-        self.centre_size = check_int(self.centre_size, f"{key}.centre_size")
-        self.fill = parse_fill(self.fill, f"{key}.fill")
-        self.max_images = check_int(self.max_images, f"{key}.max_images", allow_none=True)
-        self.cam_images = check_int(self.cam_images, f"{key}.cam_images", minimum=0)
-        self.threshold = _unit_number(self.threshold, f"{key}.threshold")
-        if self.method is not None:
-            self.method = check_method(self.method, f"{key}.method")
-        self.examples = check_int(self.examples, f"{key}.examples")
-        self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
-        self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
-
-
-def _unit_number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"{key} must be a number in [0, 1], got {value!r}")
-    return float(value)
+    seed: int = setting(0, Integer(0))
 
 
 def parse_fill(value: Any, key: str = "fill") -> str | float:
-    """``mean``, ``dataset_mean``, or a grey level in [0, 1]; else :class:`ConfigError`."""
-    if isinstance(value, str):
-        if value not in FILLS:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(FILLS)} or a number in [0, 1], got {value!r}"
-            )
-        return value
-    return _unit_number(value, key)
+    """``mean``, ``dataset_mean``, or a grey level in [0, 1] (:data:`FILL_RULE`); else one
+    :class:`ConfigError` line."""
+    return check(FILL_RULE, value, key)
 
 
 def centre_mask(height: int, width: int, size: int, device: Any = "cpu") -> torch.Tensor:
@@ -351,7 +333,7 @@ def _cam_outside(
 
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run every background test on a run; draw the two ``stress_background_*.png`` figures."""
-    s = parse_settings(BackgroundSettings, settings, "stress.background")
+    s = BackgroundSettings.parse(settings)
     method, layer = _cam_settings(ctx, s)  # setting errors before any work
     height, width = ctx.test.images.shape[2:]
     mask = centre_mask(height, width, s.centre_size, ctx.device)

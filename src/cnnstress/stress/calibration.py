@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,26 +29,22 @@ import torch.nn.functional as F
 
 from cnnstress.metrics import expected_calibration_error, reliability_bins
 from cnnstress.plots import draw_reliability
-from cnnstress.stress.context import StressContext, check_int, parse_settings
+from cnnstress.settings import Integer, Settings, setting
+from cnnstress.stress.context import StressContext
 
 PLOT_FILE = "stress_calibration.png"
 
 
 @dataclasses.dataclass
-class CalibrationSettings:
+class CalibrationSettings(Settings):
     """Knobs of ``stress.calibration`` (conf/stress/calibration.yaml)."""
 
-    n_bins: int = 15
+    KEY: ClassVar[str] = "stress.calibration"
+    n_bins: int = setting(15, Integer(1))
     # the test half used for fitting when the run has no validation split (fixed across runs)
-    split_seed: int = 0
+    split_seed: int = setting(0, Integer(0))
     # L-BFGS iterations
-    max_iter: int = 100
-
-    def validate(self, key: str) -> None:
-        """Raise :class:`~cnnstress.errors.ConfigError` for an invalid knob."""
-        self.n_bins = check_int(self.n_bins, f"{key}.n_bins")
-        self.split_seed = check_int(self.split_seed, f"{key}.split_seed", minimum=0)
-        self.max_iter = check_int(self.max_iter, f"{key}.max_iter")
+    max_iter: int = setting(100, Integer(1))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
@@ -121,7 +117,7 @@ def plot_reliability(
 
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fit a temperature, report ECE/NLL before and after, draw ``stress_calibration.png``."""
-    s = parse_settings(CalibrationSettings, settings, "stress.calibration")
+    s = CalibrationSettings.parse(settings)
     logits, labels = ctx.clean_logits(), ctx.test.labels
     val = ctx.val_split()
     if val is not None:

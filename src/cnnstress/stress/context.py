@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnstress.data.sources import LabeledImages, load_split
@@ -184,33 +182,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"invalid device {device!r}: {err}") from None
-
-
-def parse_settings(cls: type[S], values: Mapping[str, Any] | None, key: str) -> S:
-    """Build the settings dataclass ``cls`` of one stress from a (partial) mapping.
-
-    Missing knobs keep their defaults; an unknown knob raises :class:`ConfigError` naming the
-    valid ones; ``cls.validate(key)`` then checks the values.
-    """
-    if isinstance(values, DictConfig | ListConfig):
-        values = OmegaConf.to_container(values, resolve=True)
-    values = dict(values or {})
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {key}.{unknown[0]}; valid keys of {key}: {', '.join(valid)}"
-        )
-    settings = cls(**values)
-    settings.validate(key)
-    return settings
-
-
-def check_int(value: Any, key: str, minimum: int = 1, allow_none: bool = False) -> int | None:
-    """``value`` as an int >= ``minimum`` (or None when allowed), else :class:`ConfigError`."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        null = " or null" if allow_none else ""
-        raise ConfigError(f"{key} must be an integer >= {minimum}{null}, got {value!r}")
-    return int(value)

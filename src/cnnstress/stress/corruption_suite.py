@@ -26,19 +26,18 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from cnnstress.console import Progress
 from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import ConfigError, DataError
+from cnnstress.errors import DataError
+from cnnstress.settings import Either, Integer, ListOf, OneOf, Settings, Text, setting
 from cnnstress.stress.context import (
     StressContext,
     accuracy,
-    check_int,
-    parse_settings,
     seeded_subset,
 )
 from cnnstress.stress.corruptions import (
@@ -60,32 +59,28 @@ LABELS_FILE = "labels.npy"
 
 
 @dataclasses.dataclass
-class CorruptionSettings:
+class CorruptionSettings(Settings):
     """Knobs of ``stress.corruptions`` (conf/stress/corruptions.yaml)."""
 
+    KEY: ClassVar[str] = "stress.corruptions"
     # folder of the published <type>.npy + labels.npy; null: generate from the test split
-    root: str | None = None
+    root: str | None = setting(None, Text(optional=True))
     # "benchmark" (the paper's 15, those available), "all" (the 4 extra types too), or a list
-    types: str | list[str] = "benchmark"
-    severities: list[int] = dataclasses.field(default_factory=lambda: list(SEVERITIES))
-    batch_size: int = 1000
+    types: str | list[str] = setting(
+        "benchmark", Either((OneOf(("benchmark", "all")), ListOf(Text(), 1), Text()))
+    )
+    severities: list[int] = setting(
+        rule=ListOf(OneOf(SEVERITIES), 1), factory=lambda: list(SEVERITIES)
+    )
+    batch_size: int = setting(1000, Integer(1))
     # a fixed random subset of this many images (per type and severity); null: all
-    max_images: int | None = None
+    max_images: int | None = setting(None, Integer(1, optional=True))
     # generated corruptions: fixed across runs (like dataset.val_seed), not the run's seed
-    seed: int = 0
+    seed: int = setting(0, Integer(0))
 
-    def validate(self, key: str) -> None:
-        """Raise :class:`ConfigError` for an invalid knob."""
-        if not self.severities:
-            raise ConfigError(f"{key}.severities must not be empty")
-        self.severities = [check_severity(s) for s in self.severities]
-        self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
-        self.max_images = check_int(self.max_images, f"{key}.max_images", allow_none=True)
-        self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
+    def validate(self) -> None:
         if isinstance(self.types, str) and self.types not in ("all", "benchmark"):
-            self.types = [self.types]
-        if not isinstance(self.types, str) and not self.types:
-            raise ConfigError(f"{key}.types must be 'all', 'benchmark' or a non-empty list")
+            self.types = [self.types]  # one type name
 
 
 # -- generated --------------------------------------------------------------------------------
@@ -248,7 +243,7 @@ def _select_types(s: CorruptionSettings, key: str) -> list[str]:
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run the corruption stress on a run and draw ``stress_corruptions.png`` in its directory."""
     key = "stress.corruptions"
-    s = parse_settings(CorruptionSettings, settings, key)
+    s = CorruptionSettings.parse(settings)
     types = _select_types(s, key)
     start = time.perf_counter()
     out = _from_files(ctx, s, types) if s.root is not None else _generated(ctx, s, types)

@@ -52,6 +52,7 @@ import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from cnnstress.errors import ConfigError
+from cnnstress.settings import OneOf, check
 from cnnstress.stress import image_ops as ops
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -334,12 +335,8 @@ def check_type(name: str, available: tuple[str, ...] | None = None) -> str:
 
 
 def check_severity(severity: int) -> int:
-    """Return ``severity`` or raise :class:`ConfigError` (severities are 1..5)."""
-    if isinstance(severity, bool) or severity not in SEVERITIES:
-        raise ConfigError(
-            f"corruption severity must be one of {list(SEVERITIES)}, got {severity!r}"
-        )
-    return int(severity)
+    """``severity`` (1..5), or one :class:`ConfigError` line."""
+    return check(OneOf(SEVERITIES), severity, "corruption severity")
 
 
 def corrupt(

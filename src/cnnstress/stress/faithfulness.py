@@ -35,7 +35,7 @@ import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,43 +50,37 @@ from pytorch_grad_cam.utils.model_targets import (
 from scipy.stats import spearmanr
 from torch import nn
 
-from cnnstress.cam import check_method, compute_heatmaps, resolve_layer
+from cnnstress.cam import METHODS, check_method, compute_heatmaps, resolve_layer
 from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
-from cnnstress.stress.context import StressContext, check_int, parse_settings, seeded_subset
+from cnnstress.settings import Integer, ListOf, Number, OneOf, Settings, Text, setting
+from cnnstress.stress.context import StressContext, seeded_subset
 
 PLOT_FILE = "stress_faithfulness.png"
 
 
 @dataclasses.dataclass
-class FaithfulnessSettings:
+class FaithfulnessSettings(Settings):
     """Knobs of ``stress.faithfulness`` (conf/stress/faithfulness.yaml)."""
 
+    KEY: ClassVar[str] = "stress.faithfulness"
     # null: the run's callbacks.gradcam.method, else gradcam
-    method: str | None = None
+    method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
     # null: the run's callbacks.gradcam.target_layer, else model.target_layer
-    target_layer: str | None = None
+    target_layer: str | None = setting(None, Text(optional=True))
     # ROAD on this many top failures
-    num_failures: int = 32
-    road_percentiles: list[int] = dataclasses.field(default_factory=lambda: [20, 40, 60, 80])
+    num_failures: int = setting(32, Integer(0))
+    road_percentiles: list[int] = setting(
+        rule=ListOf(Number(0, 100, low_open=True, high_open=True), 1),
+        factory=lambda: [20, 40, 60, 80],
+    )
     # the randomisation cascade runs from the output down to the block of this module
     # (null: the CAM's target layer)
-    randomize_to: str | None = None
+    randomize_to: str | None = setting(None, Text(optional=True))
     # randomisation check on a fixed random subset of the test split of this size
-    num_images: int = 64
-    batch_size: int = 64
-    seed: int = 0
-
-    def validate(self, key: str) -> None:
-        """Raise :class:`ConfigError` for an invalid knob."""
-        if self.method is not None:
-            check_method(self.method, f"{key}.method")
-        self.num_failures = check_int(self.num_failures, f"{key}.num_failures", minimum=0)
-        self.num_images = check_int(self.num_images, f"{key}.num_images", minimum=0)
-        self.batch_size = check_int(self.batch_size, f"{key}.batch_size")
-        self.seed = check_int(self.seed, f"{key}.seed", minimum=0)
-        if not self.road_percentiles or not all(0 < p < 100 for p in self.road_percentiles):
-            raise ConfigError(f"{key}.road_percentiles must be a non-empty list in (0, 100)")
+    num_images: int = setting(64, Integer(0))
+    batch_size: int = setting(64, Integer(1))
+    seed: int = setting(0, Integer(0))
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -221,7 +215,7 @@ def _run_cam_settings(ctx: StressContext, s: FaithfulnessSettings) -> tuple[str,
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """ROAD on the top failures and the randomisation sanity check."""
     key = "stress.faithfulness"
-    s = parse_settings(FaithfulnessSettings, settings, key)
+    s = FaithfulnessSettings.parse(settings)
     method, layer_path = _run_cam_settings(ctx, s)
     net = ctx.net.eval()
     resolve_layer(net, layer_path, f"{key}.target_layer")

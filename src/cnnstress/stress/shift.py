@@ -10,36 +10,33 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from cnnstress.data.sources import LabeledImages
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.stress.context import StressContext, accuracy, parse_settings
+from cnnstress.settings import OneOf, Settings, Text, setting
+from cnnstress.stress.context import StressContext, accuracy
 
 VERSIONS = ("v6", "v4")
 
 
 @dataclasses.dataclass
-class ShiftSettings:
+class ShiftSettings(Settings):
     """Knobs of ``stress.shift`` (conf/stress/shift.yaml)."""
 
+    KEY: ClassVar[str] = "stress.shift"
     # folder holding cifar10.1_<version>_data.npy and cifar10.1_<version>_labels.npy
-    root: str | None = None
-    version: str = "v6"
+    root: str | None = setting(None, Text(optional=True))
+    version: str = setting("v6", OneOf(VERSIONS))
 
-    def validate(self, key: str) -> None:
-        """Raise :class:`ConfigError` for an invalid knob."""
+    def validate(self) -> None:
         if self.root is None:
             raise ConfigError(
-                f"{key}.root is not set: point it to the folder holding "
+                f"{self.KEY}.root is not set: point it to the folder holding "
                 f"cifar10.1_{self.version}_data.npy and cifar10.1_{self.version}_labels.npy"
-            )
-        if self.version not in VERSIONS:
-            raise ConfigError(
-                f"{key}.version must be one of {', '.join(VERSIONS)}, got {self.version!r}"
             )
 
 
@@ -68,7 +65,7 @@ def load_cifar101(root: str | Path, version: str = "v6") -> LabeledImages:
 
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy on CIFAR-10.1 and its drop from the clean test accuracy."""
-    s = parse_settings(ShiftSettings, settings, "stress.shift")
+    s = ShiftSettings.parse(settings)
     if ctx.dataset_name != "cifar10":
         raise ConfigError(
             f"stress shift (CIFAR-10.1) needs a cifar10 run, this one is {ctx.dataset_name}"
