@@ -419,3 +419,23 @@ def test_latest_multirun_is_analysed_when_nothing_is_named(sweep, tmp_path):
     assert f"sweep={newest}" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="no multirun under"):
         analyze(_analysis_config(tmp_path / "r2", f"paths.log_dir={tmp_path / 'none'}"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("thresholds=[0.5,1.5]", r"^thresholds must be a non-empty list, each item a number in "
+                                 r"\[0, 1\], got \[0.5, 1.5\]$"),
+        ("thresholds=[]", r"^thresholds must be a non-empty list"),
+        ("gradcam.top_n=-1", r"^gradcam.top_n must be an integer >= 0, got -1$"),
+        ("gradcam.method=nope", r"^gradcam.method must be one of gradcam, gradcam\+\+"),
+        ("device=cuda:3", r"^device must be a torch device available here"),
+        ("+colour=red", r"^unknown key colour; valid keys of the config: runs, sweep"),
+    ],
+)  # fmt: skip
+def test_bad_analysis_settings_are_one_line_before_any_work(sweep, tmp_path, override, message):
+    if override.startswith("device") and torch.cuda.is_available():
+        pytest.skip("a CUDA device exists on this machine: cuda:3 may be valid")
+    with pytest.raises(ConfigError, match=message):
+        analyze(_analysis_config(tmp_path / "out", f"sweep={sweep}", override))
+    assert not (tmp_path / "out" / "report.html").exists()

@@ -265,7 +265,8 @@ class Settings:
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             rule = field.metadata.get("rule")
             if rule is not None:
-                value = check(rule, plain(getattr(self, field.name)), f"{self.KEY}.{field.name}")
+                key = f"{self.KEY}.{field.name}" if self.KEY else field.name
+                value = check(rule, plain(getattr(self, field.name)), key)
                 object.__setattr__(self, field.name, value)
         self.validate()
 
@@ -284,7 +285,9 @@ class Settings:
         valid = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
         unknown = sorted(set(values) - set(valid))
         if unknown:
+            where = f"{cls.KEY}." if cls.KEY else ""
             raise ConfigError(
-                f"unknown key {cls.KEY}.{unknown[0]}; valid keys of {cls.KEY}: {', '.join(valid)}"
+                f"unknown key {where}{unknown[0]}; valid keys of {cls.KEY or 'the config'}: "
+                f"{', '.join(valid)}"
             )
         return cls(**values)

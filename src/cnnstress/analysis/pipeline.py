@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnstress.analysis import plots
 from cnnstress.analysis.compare import Analysis, analyse
@@ -14,48 +16,71 @@ from cnnstress.analysis.gradcam import default_filename, side_by_side
 from cnnstress.analysis.report import write_report
 from cnnstress.analysis.runs import collect_runs, latest_multirun
 from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names, summarise_stress
-from cnnstress.cam import check_method
+from cnnstress.cam import METHODS
 from cnnstress.console import quiet_library_noise
 from cnnstress.errors import ConfigError, UserError
+from cnnstress.settings import (
+    Integer,
+    ListOf,
+    Number,
+    OneOf,
+    Rule,
+    Settings,
+    Text,
+    setting,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _thresholds(cfg: DictConfig) -> tuple[float, ...]:
-    values = cfg.get("thresholds")
-    if not values:
-        raise ConfigError("thresholds must be a non-empty list of numbers in [0, 1]")
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise ConfigError(f"thresholds must be numbers in [0, 1], got {value!r}")
-        out.append(float(value))
-    return tuple(sorted(set(out)))
+class Device(Rule):
+    """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``)."""
+
+    def convert(self, value: Any) -> str:
+        device = torch.device(str(value))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError
+        return str(value)
+
+    def describe(self) -> str:
+        return "a torch device available here (cpu" + (
+            ", cuda)" if torch.cuda.is_available() else ")"
+        )
 
 
-def _device(cfg: DictConfig) -> str:
-    device = str(cfg.get("device", "cpu"))
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"device={device!r} is not a torch device (e.g. cpu, cuda)") from err
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} but CUDA is not available; use device=cpu")
-    return device
+@dataclass
+class GradCAMFigure(Settings):
+    """``gradcam.*`` of conf/analyze.yaml: the side-by-side CAMs of the reference's failures."""
+
+    KEY: ClassVar[str] = "gradcam"
+    top_n: int = setting(8, Integer(0))
+    method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
+    target_layer: str | None = setting(None, Text(optional=True))
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for an analysis setting that cannot work, before any work."""
-    _thresholds(cfg)
-    _device(cfg)
-    top_n = OmegaConf.select(cfg, "gradcam.top_n", default=0)
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
-        raise ConfigError(f"gradcam.top_n must be an integer >= 0, got {top_n!r}")
-    if (method := OmegaConf.select(cfg, "gradcam.method", default=None)) is not None:
-        check_method(method, "gradcam.method")
-    if not isinstance(cfg.get("reference"), str) or not cfg.reference:
-        raise ConfigError("reference must be an improvement name or dataset/model/improvement")
-    stress_names(cfg)  # unknown stress sections; their knobs are checked by each stress
+@dataclass
+class AnalysisSettings(Settings):
+    """The analysis knobs of conf/analyze.yaml (``stress.*`` are each stress's own)."""
+
+    KEY: ClassVar[str] = ""
+    runs: list[str] = setting(rule=ListOf(Text()), factory=list)
+    sweep: str | None = setting(None, Text(optional=True))
+    latest: int = setting(1, Integer(1))
+    reference: str = setting("baseline", Text())
+    thresholds: list[float] = setting(rule=ListOf(Number(0.0, 1.0), 1), factory=lambda: [0.5])
+    gradcam: GradCAMFigure = setting(factory=GradCAMFigure)
+    device: str = setting("cpu", Device())
+
+    def validate(self) -> None:
+        if not isinstance(self.gradcam, GradCAMFigure):
+            self.gradcam = GradCAMFigure.parse(self.gradcam)
+        self.thresholds = sorted(set(self.thresholds))
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> AnalysisSettings:
+        """The settings of an ``analyze`` config; ``paths`` and ``stress`` are not its, any
+        other unknown key is a typo."""
+        return cls.parse({k: v for k, v in cfg.items() if k not in ("paths", "stress")})
 
 
 def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
@@ -75,9 +100,11 @@ def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
     return figures
 
 
-def _gradcam(cfg: DictConfig, analysis: Analysis, out: Path) -> tuple[list[str], list[str]]:
+def _gradcam(
+    settings: AnalysisSettings, analysis: Analysis, out: Path
+) -> tuple[list[str], list[str]]:
     """Draw the side-by-side CAM figures; return (file names, notes for the report)."""
-    top_n = int(OmegaConf.select(cfg, "gradcam.top_n", default=0))
+    top_n = settings.gradcam.top_n
     if top_n == 0:
         return [], ["Grad-CAM figure switched off (gradcam.top_n=0)."]
     references = sorted({c.reference.key for c in analysis.comparisons})
@@ -90,9 +117,9 @@ def _gradcam(cfg: DictConfig, analysis: Analysis, out: Path) -> tuple[list[str],
             side = side_by_side(
                 comparisons,
                 top_n,
-                device=_device(cfg),
-                method=OmegaConf.select(cfg, "gradcam.method", default=None),
-                target_layer=OmegaConf.select(cfg, "gradcam.target_layer", default=None),
+                device=settings.device,
+                method=settings.gradcam.method,
+                target_layer=settings.gradcam.target_layer,
             )
         except ConfigError:
             raise
@@ -115,12 +142,12 @@ def _gradcam(cfg: DictConfig, analysis: Analysis, out: Path) -> tuple[list[str],
     return files, notes
 
 
-def _stress(cfg: DictConfig, analysis: Analysis, out: Path) -> StressSummary | None:
-    """Run ``cfg.stress`` on every run, aggregate, draw; ``None`` when no stress is asked for."""
+def _stress(cfg: DictConfig, analysis: Analysis, device: str) -> StressSummary | None:
+    """Run ``cfg.stress`` on every run, aggregate; ``None`` when no stress is asked for."""
     names = stress_names(cfg)
     if not names:
         return None
-    results, notes = run_stresses(cfg, analysis, _device(cfg))
+    results, notes = run_stresses(cfg, analysis, device)
     summary = summarise_stress(analysis, results, names)
     summary.notes = [*notes, *summary.notes]
     return summary
@@ -157,26 +184,26 @@ def analyze(cfg: DictConfig) -> Path:
         DataError: no finished run found.
     """
     quiet_library_noise()
-    check_config(cfg)
+    settings = AnalysisSettings.from_config(cfg)
+    stress_names(cfg)  # unknown stress sections, before any work
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = list(cfg.get("runs") or [])
-    sweep = cfg.get("sweep")
+    runs, sweep = settings.runs, settings.sweep
     if not runs and sweep is None:
-        latest = cfg.get("latest", 1)
-        sweep = str(latest_multirun(cfg.paths.log_dir, latest))
+        sweep = str(latest_multirun(cfg.paths.log_dir, settings.latest))
         which = (
-            "the most recent multirun" if latest == 1 else f"multirun number {latest} from the end"
+            "the most recent multirun"
+            if settings.latest == 1
+            else (f"multirun {settings.latest} from the end")
         )
         log.info("no runs= or sweep= given: analysing %s, %s", which, sweep)
-        print(f"cnnstress: analysing {which}: {sweep}")
     collection = collect_runs(runs, sweep, exclude=[out])
-    analysis = analyse(collection, cfg.reference, _thresholds(cfg))
+    analysis = analyse(collection, settings.reference, settings.thresholds)
     figures = _draw(analysis, out)
-    gradcam_files, gradcam_notes = _gradcam(cfg, analysis, out)
+    gradcam_files, gradcam_notes = _gradcam(settings, analysis, out)
     if gradcam_files:
         figures["gradcam"] = gradcam_files
-    stress = _stress(cfg, analysis, out)
+    stress = _stress(cfg, analysis, settings.device)
     if stress is not None:
         figures.update(_draw_stress(stress, analysis, out))
     sources = [f"runs={runs}"] if runs else []
