@@ -167,7 +167,9 @@ def test_tta_is_the_weighted_mean_of_the_views():
     # a one-pixel shift of a ramp moves it by one, the border reflected
     ramp = torch.arange(5.0).expand(1, 1, 5, 5)
     assert by_hand_shift(ramp, 0, 1)[0, 0, 0].tolist() == [1, 0, 1, 2, 3]
-    with pytest.raises(ConfigError, match="tta must be one of null, flip, flip_translate"):
+    with pytest.raises(
+        ConfigError, match="tta must be one of flip, flip_translate or null, got 'mirror'"
+    ):
         tta_logits(model, images, "mirror")
 
 
@@ -247,9 +249,13 @@ def test_norm_biases_get_scaled_rates_also_under_one_cycle(tmp_path):
     assert rates[:, 0].max() == pytest.approx(1.5) and rates[:, 0].argmax() == 22
     assert rates[-1, 0] == pytest.approx(0.07 * 1.5, rel=0.05)
     assert optimizer.param_groups[0]["momentum"] == 0.85  # OneCycle leaves the momentum alone
-    with pytest.raises(ConfigError, match="unknown group 'conv'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key param_groups\.conv; valid keys of param_groups: norm_bias"
+    ):
         parameter_groups(module, {"conv": {"lr_scale": 2.0}}, 0.1, 0.0)
-    with pytest.raises(ConfigError, match=r"param_groups\.norm_bias\.lr_scale must be > 0"):
+    with pytest.raises(
+        ConfigError, match=r"param_groups\.norm_bias\.lr_scale must be a number > 0"
+    ):
         parameter_groups(module, {"norm_bias": {"lr_scale": 0}}, 0.1, 0.0)
 
 

@@ -86,8 +86,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cif
 @pytest.mark.parametrize(
     ("override", "error", "message"),
     [
-        ("optimizer.lr=-0.1", ConfigError, "optimizer.lr must be > 0"),
-        ("dataset.batch_size=-4", ConfigError, "dataset.batch_size must be a positive integer"),
+        ("optimizer.lr=-0.1", ConfigError, "optimizer.lr must be a number > 0, got -0.1"),
+        ("dataset.batch_size=-4", ConfigError, "dataset.batch_size must be an integer >= 1"),
         ("loss.label_smoothing=1.5", ConfigError, "loss.label_smoothing"),
         ("augmentation.flip.p=1.5", ConfigError, "augmentation.flip.p must be a probability"),
         ("ckpt_path=/no/such.ckpt", ConfigError, "ckpt_path=/no/such.ckpt does not exist"),

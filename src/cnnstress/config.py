@@ -19,6 +19,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnstress.errors import ConfigError, UserError
+from cnnstress.settings import Integer, Number, OneOf, Rule, check
 
 
 def claim_unique_dir(path: str) -> str:
@@ -225,25 +226,24 @@ def instantiate(config: Any, **kwargs: Any) -> Any:
         raise ConfigError(" ".join(str(err).split())) from err
 
 
-def _number(cfg: DictConfig, key: str, default: float) -> float:
-    value = OmegaConf.select(cfg, key, default=default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    return float(value)
+# Keys of the training config that no constructor checks, with their rules.
+TRAINING_RULES: dict[str, Rule] = {
+    "optimizer.lr": Number(0.0, low_open=True),
+    "optimizer.weight_decay": Number(0.0),
+    "loss.label_smoothing": Number(0.0, 1.0, high_open=True),
+    "trainer.max_epochs": Integer(1),
+    "dataset.batch_size": Integer(1),
+    "dataset.eval_batch_size": Integer(1),
+    "lr_scaling.rule": OneOf(("none", "linear")),
+    "lr_scaling.reference_batch_size": Integer(1),
+}
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for a training config value that cannot work."""
-    if (lr := _number(cfg, "optimizer.lr", 0.0)) <= 0:
-        raise ConfigError(f"optimizer.lr must be > 0, got {lr}")
-    if (weight_decay := _number(cfg, "optimizer.weight_decay", 0.0)) < 0:
-        raise ConfigError(f"optimizer.weight_decay must be >= 0, got {weight_decay}")
-    if not 0.0 <= (smoothing := _number(cfg, "loss.label_smoothing", 0.0)) < 1.0:
-        raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {smoothing}")
-    if (max_epochs := _number(cfg, "trainer.max_epochs", 1)) < 1:
-        raise ConfigError(f"trainer.max_epochs must be >= 1, got {max_epochs}")
-    for key in ("dataset.batch_size", "dataset.eval_batch_size"):
-        if (size := _number(cfg, key, 1)) < 1 or size != int(size):
-            raise ConfigError(f"{key} must be a positive integer, got {size:g}")
+    """Raise one :class:`ConfigError` line for a training config value that cannot work."""
+    for key, rule in TRAINING_RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            check(rule, value, key)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from cnnstress.errors import ConfigError
+from cnnstress.settings import Number, check, plain
 
 KEY = "param_groups"
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -39,26 +40,27 @@ def _norm_biases(module: nn.Module) -> list[nn.Parameter]:
 
 #: Group name -> the parameters of a module it selects.
 GROUPS: dict[str, Callable[[nn.Module], list[nn.Parameter]]] = {"norm_bias": _norm_biases}
-SCALES = ("lr_scale", "weight_decay_scale")
+# The factors a group may set, and their rules.
+SCALES = {"lr_scale": Number(0.0, low_open=True), "weight_decay_scale": Number(0.0)}
 
 
 def check_param_groups(settings: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
     """The settings as ``{group: {"lr_scale": a, "weight_decay_scale": b}}`` (missing scales are
     1), or :class:`ConfigError` for an unknown group or key or a scale out of range."""
     out: dict[str, dict[str, float]] = {}
-    for name, scales in dict(settings or {}).items():
+    for name, scales in dict(plain(settings) or {}).items():
         if name not in GROUPS:
-            raise ConfigError(f"{KEY}: unknown group {name!r}; valid groups: {', '.join(GROUPS)}")
+            raise ConfigError(f"unknown key {KEY}.{name}; valid keys of {KEY}: {', '.join(GROUPS)}")
         scales = dict(scales or {})
         if unknown := sorted(set(scales) - set(SCALES)):
-            raise ConfigError(f"{KEY}.{name}: unknown key(s) {unknown}; valid: {', '.join(SCALES)}")
-        for key in SCALES:
-            value = scales.get(key, 1.0)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{KEY}.{name}.{key} must be a number >= 0, got {value!r}")
-        if scales.get("lr_scale", 1.0) == 0:
-            raise ConfigError(f"{KEY}.{name}.lr_scale must be > 0, got 0")
-        out[name] = {key: float(scales.get(key, 1.0)) for key in SCALES}
+            raise ConfigError(
+                f"unknown key {KEY}.{name}.{unknown[0]}; valid keys of {KEY}.{name}: "
+                f"{', '.join(SCALES)}"
+            )
+        out[name] = {
+            key: check(rule, scales.get(key, 1.0), f"{KEY}.{name}.{key}")
+            for key, rule in SCALES.items()
+        }
     return out
 
 

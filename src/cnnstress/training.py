@@ -19,7 +19,13 @@ from torchvision.io import ImageReadMode, read_image
 
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.callbacks.context import tensorboard_writer
-from cnnstress.config import drop_unlisted_ops, improvement_changes, instantiate, validate_config
+from cnnstress.config import (
+    TRAINING_RULES,
+    drop_unlisted_ops,
+    improvement_changes,
+    instantiate,
+    validate_config,
+)
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
@@ -37,6 +43,7 @@ from cnnstress.run_files import (
     write_predictions,
     write_run_record,
 )
+from cnnstress.settings import check
 from cnnstress.stress import STRESS_FILE, run_stress
 
 log = logging.getLogger(__name__)
@@ -53,12 +60,11 @@ def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
 
 def lr_scale(cfg: DictConfig, effective_batch_size: int) -> float:
     """Factor applied to ``optimizer.lr``: 1, or effective / reference batch size (linear rule)."""
-    rule = OmegaConf.select(cfg, "lr_scaling.rule", default="none")
-    if rule == "none":
-        return 1.0
+    rule = check(TRAINING_RULES["lr_scaling.rule"], OmegaConf.select(cfg, "lr_scaling.rule",
+                 default="none"), "lr_scaling.rule")  # fmt: skip
     if rule == "linear":
         return effective_batch_size / cfg.lr_scaling.reference_batch_size
-    raise ConfigError(f"lr_scaling.rule must be one of none, linear; got {rule!r}")
+    return 1.0
 
 
 def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:

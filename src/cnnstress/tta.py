@@ -22,18 +22,18 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cnnstress.errors import ConfigError
+from cnnstress.settings import OneOf, check
 
 #: Number of views per image of each mode.
 TTA_VIEWS: dict[str | None, int] = {None: 1, "flip": 2, "flip_translate": 6}
 
 
+TTA_RULE = OneOf(tuple(m for m in TTA_VIEWS if m is not None), optional=True)
+
+
 def check_tta(mode: str | None, key: str = "tta") -> str | None:
-    """``mode`` if it is a known TTA mode (``None`` = off), else :class:`ConfigError`."""
-    if mode not in TTA_VIEWS:
-        valid = ", ".join("null" if m is None else m for m in TTA_VIEWS)
-        raise ConfigError(f"{key} must be one of {valid}; got {mode!r}")
-    return mode
+    """``mode`` if it is a known TTA mode (``None`` = off), else one :class:`ConfigError`."""
+    return check(TTA_RULE, mode, key)
 
 
 def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

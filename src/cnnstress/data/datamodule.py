@@ -15,6 +15,7 @@ from cnnstress.data.classes import class_names
 from cnnstress.data.label_errors import LabelErrors, load_label_errors
 from cnnstress.data.sources import LabeledImages, load_split
 from cnnstress.errors import ConfigError
+from cnnstress.settings import Integer, check
 
 Batch = dict[str, torch.Tensor]
 
@@ -105,11 +106,9 @@ class CIFARDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"dataset.num_classes={num_classes} but {name} has {len(self.classes)} classes"
             )
-        for key, value in {"batch_size": batch_size, "eval_batch_size": eval_batch_size}.items():
-            if int(value) <= 0:
-                raise ConfigError(f"dataset.{key} must be a positive integer, got {value}")
-        if int(val_size) < 0:
-            raise ConfigError(f"dataset.val_size must be >= 0, got {val_size}")
+        batch_size = check(Integer(1), batch_size, "dataset.batch_size")
+        eval_batch_size = check(Integer(1), eval_batch_size, "dataset.eval_batch_size")
+        val_size = check(Integer(0), val_size, "dataset.val_size")
         self.name, self.root, self.download = name, root, download
         self.num_classes = num_classes
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
