@@ -18,6 +18,7 @@ from cnnstress.analysis.runs import Run
 from cnnstress.cam import SALIENCY, check_method, compute_heatmaps, resolve_layer
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data import LabeledImages, class_names, load_split
+from cnnstress.data.normalize import Normalize
 from cnnstress.errors import DataError
 from cnnstress.metrics import find_failures
 
@@ -89,12 +90,6 @@ def _test_split(run: Run) -> LabeledImages:
     return load_split(str(run.config.dataset.root), run.dataset, "test")
 
 
-def _normalize(images: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    mean = torch.tensor(list(cfg.dataset.mean), dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(list(cfg.dataset.std), dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
 def _column(
     name: str,
     run: Run,
@@ -110,7 +105,7 @@ def _column(
     module = None if method == SALIENCY else resolve_layer(net, layer, key)
     pred, conf = run.pred[positions], run.confidence[positions]
     maps = compute_heatmaps(
-        net, _normalize(images, cfg).to(device), torch.from_numpy(pred), method, module
+        net, Normalize.of(cfg.dataset)(images).to(device), torch.from_numpy(pred), method, module
     )
     title = f"{name} (seed {run.seed})"
     shown_layer = None if module is None else layer

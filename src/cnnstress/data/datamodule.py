@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from cnnstress.augment import BatchAugmentation, build_augmentation
 from cnnstress.data.classes import class_names
 from cnnstress.data.label_errors import LabelErrors, load_label_errors
+from cnnstress.data.normalize import Normalize
 from cnnstress.data.sources import LabeledImages, load_split
 from cnnstress.errors import ConfigError
 from cnnstress.settings import Integer, check
@@ -115,8 +116,7 @@ class CIFARDataModule(L.LightningDataModule):
         self.val_size, self.val_seed, self.seed = int(val_size), int(val_seed), int(seed)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.augment: BatchAugmentation = build_augmentation(augmentation, num_classes)
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+        self.normalizer = Normalize(mean, std)
         self.train_set: IndexedImages | None = None
         self.val_set: IndexedImages | None = None
         self.test_set: IndexedImages | None = None
@@ -204,12 +204,19 @@ class CIFARDataModule(L.LightningDataModule):
             self._generator_key = key
         return self._generator
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """``(1, C, 1, 1)`` per-channel mean of the normalisation."""
+        return self.normalizer.mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        """``(1, C, 1, 1)`` per-channel standard deviation of the normalisation."""
+        return self.normalizer.std
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Map a batch (uint8, or float in [0, 1]) to normalised float32."""
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255)
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (images - mean) / std
+        """Map a batch (uint8, or float in [0, 1]) to normalised float32 (:class:`Normalize`)."""
+        return self.normalizer(images)
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         images = batch["image"]

@@ -71,6 +71,7 @@ import torch
 
 from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
 from cnnstress.data.classes import class_names
+from cnnstress.data.normalize import Normalize
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.settings import (
     Either,
@@ -322,9 +323,7 @@ def _cam_outside(
     positions = seeded_subset(images.shape[0], s.cam_images, s.seed)
     if not len(positions):
         return positions, torch.zeros(0, dtype=torch.float64)
-    mean = torch.tensor(list(ctx.cfg.dataset.mean), device=ctx.device).view(1, -1, 1, 1)
-    std = torch.tensor(list(ctx.cfg.dataset.std), device=ctx.device).view(1, -1, 1, 1)
-    normalised = (to_unit(images[positions.to(ctx.device)]) - mean) / std
+    normalised = Normalize.of(ctx.cfg.dataset)(images[positions.to(ctx.device)])
     maps = compute_heatmaps(
         ctx.net.eval(), normalised, predicted[positions], method, layer, batch_size=s.batch_size
     )

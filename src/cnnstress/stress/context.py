@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cnnstress.data.normalize import Normalize
 from cnnstress.data.sources import LabeledImages, load_split
 from cnnstress.errors import ConfigError
 
@@ -23,20 +25,19 @@ S = TypeVar("S")
 
 
 class NormalizedModel(nn.Module):
-    """A backbone fed with pixels in [0, 1]: normalises with the dataset's mean/std inside.
+    """A backbone fed with pixels in [0, 1] (or uint8): the dataset's :class:`Normalize` runs
+    inside, so attacks and corruptions, which work in pixel space, differentiate through it.
 
-    Attacks and corruptions work in pixel space; this wrapper keeps the normalisation in the
-    differentiable forward pass. ``forward``: ``(N, 3, H, W)`` float in [0, 1] -> logits ``(N, C)``.
+    ``forward``: ``(N, 3, H, W)`` -> logits ``(N, C)``.
     """
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.normalize = Normalize(mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
+        return self.net(self.normalize(images))
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from cnnstress.cam import METHODS, check_method, compute_heatmaps, resolve_layer
+from cnnstress.data.normalize import Normalize
 from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
 from cnnstress.settings import Integer, ListOf, Number, OneOf, Settings, Text, setting
@@ -219,12 +220,10 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     method, layer_path = _run_cam_settings(ctx, s)
     net = ctx.net.eval()
     resolve_layer(net, layer_path, f"{key}.target_layer")
-    mean = torch.tensor(list(ctx.cfg.dataset.mean)).view(1, -1, 1, 1)
-    std = torch.tensor(list(ctx.cfg.dataset.std)).view(1, -1, 1, 1)
+    normalize = Normalize.of(ctx.cfg.dataset)
 
     def normalised(indices: torch.Tensor) -> torch.Tensor:
-        images = ctx.test.images[indices].float() / 255
-        return ((images - mean) / std).to(ctx.device)
+        return normalize(ctx.test.images[indices]).to(ctx.device)
 
     logits, labels = ctx.clean_logits(), ctx.test.labels
     predicted = logits.argmax(1)
