@@ -26,7 +26,6 @@ from cnnstress.analysis.compare import (
     share_better,
     transitions,
 )
-from cnnstress.analysis.gradcam import cam_settings
 from cnnstress.analysis.plots import per_class_selection
 from cnnstress.analysis.report import (
     Heading,
@@ -39,6 +38,7 @@ from cnnstress.analysis.report import (
     verdict,
 )
 from cnnstress.analysis.runs import Run, RunCollection
+from cnnstress.cam import run_cam_settings
 from cnnstress.data.label_errors import load_label_errors
 from cnnstress.errors import ConfigError
 from cnnstress.identity import run_identity
@@ -131,16 +131,14 @@ def test_per_class_selection_keeps_100_classes_readable():
 
 
 def test_cam_settings_follow_the_run_config(tmp_path):
-    cfg = compose_train_config(tmp_path, [*TINY_RUN])
-    method, layer = cam_settings(cfg)
-    gradcam = cfg.callbacks.get("gradcam")
-    if gradcam is not None:  # the Grad-CAM callback's settings, as in training
-        assert (method, layer) == (gradcam.method, gradcam.target_layer)
-    else:
-        assert (method, layer) == ("gradcam", cfg.model.target_layer)
-    assert cam_settings(cfg, "gradcam++", "block2") == ("gradcam++", "block2")
-    with pytest.raises(ConfigError, match=r"gradcam\.method"):
-        cam_settings(cfg, "gradcamm")
+    overrides = ["callbacks.gradcam.method=GradCAM++", "callbacks.gradcam.target_layer=block2"]
+    cfg = compose_train_config(tmp_path, [*TINY_RUN, *overrides])
+    assert run_cam_settings(cfg) == ("gradcam++", "block2")  # the callback's, as in training
+    assert run_cam_settings(cfg, "xgradcam", "block1") == ("xgradcam", "block1")
+    no_callback = compose_train_config(tmp_path, [*TINY_RUN, "callbacks.gradcam=null"])
+    assert run_cam_settings(no_callback) == ("gradcam", no_callback.model.target_layer)
+    with pytest.raises(ConfigError, match=r"^gradcam\.method must be one of .*got 'gradcamm'"):
+        run_cam_settings(cfg, "gradcamm", key="gradcam.method")
 
 
 def test_report_renders_markdown_and_self_contained_html(tmp_path):

@@ -162,8 +162,8 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_cifar10_zip, tmp_path):
     assert failed == [
         f"cnnstress: failed: {sweep / '0'}: RuntimeError: simulated crash at the start of "
         "epoch 0 (traceback in the job's log)",
-        f"cnnstress: failed: {sweep / '1'}: optimizer.lr must be a number > 0, got -1.0",
-        f"cnnstress: failed: {sweep / '3'}: optimizer.lr must be a number > 0, got -1.0",
+        f"cnnstress: failed: {sweep / '1'}: optimizer.lr must be a number > 0, got -1",
+        f"cnnstress: failed: {sweep / '3'}: optimizer.lr must be a number > 0, got -1",
     ]
     assert "Traceback" in (sweep / "0" / "train.log").read_text()
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from cnnstress.analysis.compare import Comparison, GroupResult
 from cnnstress.analysis.runs import Run
-from cnnstress.cam import SALIENCY, check_method, compute_heatmaps, resolve_layer
+from cnnstress.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data import LabeledImages, class_names, load_split
 from cnnstress.data.normalize import Normalize
@@ -67,24 +66,6 @@ class SideBySide:
     likely_true: np.ndarray | None = None
 
 
-def cam_settings(
-    cfg: DictConfig, method: str | None = None, target_layer: str | None = None
-) -> tuple[str, str | None]:
-    """The CAM method and target layer a run used in training, unless given here.
-
-    Looks for a callback entry with a ``method`` key (the Grad-CAM callback) in the run's
-    config; falls back to ``gradcam`` and ``model.target_layer``.
-    """
-    found_method = found_layer = None
-    for entry in (cfg.get("callbacks") or {}).values():
-        if isinstance(entry, DictConfig) and "method" in entry:
-            found_method = OmegaConf.select(entry, "method", default=None)
-            found_layer = OmegaConf.select(entry, "target_layer", default=None)
-            break
-    layer = target_layer or found_layer or OmegaConf.select(cfg, "model.target_layer", default=None)
-    return check_method(method or found_method or "gradcam", "gradcam.method"), layer
-
-
 def _test_split(run: Run) -> LabeledImages:
     """The run's test split (uint8 images, labels, official ids), read from its recorded root."""
     return load_split(str(run.config.dataset.root), run.dataset, "test")
@@ -101,7 +82,7 @@ def _column(
 ) -> CamColumn:
     net, cfg = load_backbone(run.path, device=device)
     key = "gradcam.target_layer" if layer else f"the target layer of {run.path}"
-    method, layer = cam_settings(cfg, method, layer)
+    method, layer = run_cam_settings(cfg, method, layer, key="gradcam.method")
     module = None if method == SALIENCY else resolve_layer(net, layer, key)
     pred, conf = run.pred[positions], run.confidence[positions]
     maps = compute_heatmaps(

@@ -39,7 +39,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from pytorch_grad_cam.metrics.road import (
     ROADLeastRelevantFirstAverage,
     ROADMostRelevantFirstAverage,
@@ -50,7 +49,7 @@ from pytorch_grad_cam.utils.model_targets import (
 from scipy.stats import spearmanr
 from torch import nn
 
-from cnnstress.cam import METHODS, check_method, compute_heatmaps, resolve_layer
+from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
 from cnnstress.data.normalize import Normalize
 from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
@@ -201,16 +200,11 @@ def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _run_cam_settings(ctx: StressContext, s: FaithfulnessSettings) -> tuple[str, str]:
-    method = s.method or OmegaConf.select(ctx.cfg, "callbacks.gradcam.method", default=None)
-    method = check_method(method or "gradcam", "stress.faithfulness.method")
-    layer = (
-        s.target_layer
-        or OmegaConf.select(ctx.cfg, "callbacks.gradcam.target_layer", default=None)
-        or OmegaConf.select(ctx.cfg, "model.target_layer", default=None)
-    )
-    if not layer:
-        raise ConfigError("no CAM target layer: set stress.faithfulness.target_layer")
-    return method, str(layer)
+    key = FaithfulnessSettings.KEY
+    method, layer = run_cam_settings(ctx.cfg, s.method, s.target_layer, key=f"{key}.method")
+    if not layer:  # the cascade stops at the target layer's block, also for saliency
+        raise ConfigError(f"no CAM target layer: set {key}.target_layer")
+    return method, layer
 
 
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
