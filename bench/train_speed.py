@@ -1,7 +1,9 @@
 """Training throughput: cnnstress (Lightning + Hydra) against a plain PyTorch loop.
 
 Both train the same model on the same uint8 data with the same batched augmentation
-(crop + flip, run on the device) for the same number of steps, in this one process:
+(crop + flip, run on the device), in the same precision and memory format (the run's resolved
+``trainer.precision`` and ``channels_last``: bf16 autocast + channels_last on a CPU with
+native bf16), for the same number of steps, in this one process:
 
     python bench/train_speed.py                      # simple_cnn, CPU, 150 steps of 128
     python bench/train_speed.py model=resnet18 --device cuda --steps 300
@@ -22,17 +24,23 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 
 from cnnstress.config import compose_config, instantiate
+from cnnstress.precision import resolve_auto
 from cnnstress.training import build_datamodule, train
 
 
 def plain_loop(cfg, steps: int, device: torch.device) -> float:
-    """Images/s of a hand-written loop over the same data, model, optimizer and augmentation."""
+    """Images/s of a hand-written loop over the same data, model, optimizer and augmentation,
+    in the precision and memory format the framework resolves for ``cfg``."""
+    precision, channels_last = resolve_auto(cfg)
+    if precision not in ("32-true", "bf16-mixed"):
+        raise SystemExit(f"the plain loop supports 32-true and bf16-mixed, not {precision}")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)
     dm = build_datamodule(cfg)
     dm.setup()
     images, labels = dm.train_set.images[dm.train_set.indices], dm.train_set.labels
     labels = labels[dm.train_set.indices]
-    net = instantiate(cfg.model.net).to(device).train()
+    net = instantiate(cfg.model.net).to(device, memory_format=memory_format).train()
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     mean, std = dm.mean.to(device), dm.std.to(device)
@@ -43,7 +51,10 @@ def plain_loop(cfg, steps: int, device: torch.device) -> float:
         idx = order[(i * batch) % (len(labels) - batch) :][:batch]
         x, y = images[idx].to(device, non_blocking=True), labels[idx].to(device)
         x, _ = dm.augment(x, y, generator)
-        loss = F.cross_entropy(net((x - mean) / std), y)
+        x = ((x - mean) / std).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -90,7 +101,8 @@ def main() -> None:
     plain = max(p for p, _ in results)
     fw = max(f for _, f in results)
     print(f"\nmodel={cfg.model.name} device={device} batch={cfg.dataset.batch_size} "
-          f"steps={args.steps} threads={torch.get_num_threads()}")  # fmt: skip
+          f"steps={args.steps} threads={torch.get_num_threads()} "
+          f"precision={cfg.trainer.precision} channels_last={cfg.channels_last}")  # fmt: skip
     print(f"plain PyTorch loop : {plain:8.1f} images/s (best of {args.repeats})")
     print(f"cnnstress framework: {fw:8.1f} images/s (best of {args.repeats})")
     print(f"ratio framework/plain: {fw / plain:.3f}  (target >= 0.95)")

@@ -164,7 +164,7 @@ def test_simple_cnn_learns_on_real_images(make_config, real_cifar10_subset_zip):
 
 
 def test_bad_trainer_argument_is_a_config_error(make_config):
-    with pytest.raises(ConfigError, match="Precision 'foo' is invalid"):
+    with pytest.raises(ConfigError, match=r"trainer\.precision='foo' is invalid; valid choices"):
         train(make_config("trainer.precision=foo"))
 
 

@@ -16,6 +16,7 @@ from cnnstress.data import CIFARDataModule
 from cnnstress.distributed import prepare_hydra_relaunch
 from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
+from cnnstress.precision import resolve_auto
 from cnnstress.run_files import METRICS_FILE, read_metrics, write_metrics, write_predictions
 from cnnstress.stress import run_stress
 
@@ -41,6 +42,9 @@ def lr_scale(cfg: DictConfig, effective_batch_size: int) -> float:
 def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
     """The LightningModule: ``cfg.model.net`` with ``cfg.optimizer`` (its ``lr`` replaced by
     ``lr`` when given) and ``cfg.scheduler``."""
+    resolve_auto(cfg)
+    if not isinstance(compile_net := cfg.get("compile", False), bool):
+        raise ConfigError(f"compile={compile_net!r} is invalid; valid choices: true, false")
     scheduler = cfg.get("scheduler") or {}
     optimizer = instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr}))
     return ClassifierModule(
@@ -51,16 +55,20 @@ def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
         num_classes=cfg.dataset.num_classes,
         label_smoothing=cfg.loss.label_smoothing,
         channels_last=cfg.get("channels_last", False),
+        compile=compile_net,
     )
 
 
 def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
     """The Trainer with the configured callbacks and loggers."""
+    resolve_auto(cfg)
     callback_cfgs = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
     checkpoint = callback_cfgs.get("model_checkpoint")
     if checkpoint is not None and not has_val:
         # Without a validation split there is nothing to select on: keep only last.ckpt.
         checkpoint.update(monitor=None, save_top_k=0)
+    if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
+        callback_cfgs.pop("progress_bar", None)  # Lightning refuses a bar it was told to disable
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # LearningRateMonitor refuses to run without a logger (e.g. `~logger`)
         callback_cfgs.pop("learning_rate_monitor", None)
@@ -92,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("%s already has %s: skipping this completed run", run_dir, METRICS_FILE)
         return read_metrics(run_dir)
     validate_config(cfg)
+    resolve_auto(cfg)  # concrete trainer.precision and channels_last, before anything is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg, datamodule.has_val)
