@@ -49,13 +49,22 @@ def test_auto_on_the_cpu_follows_native_bf16_and_forced_values_stay(
     assert resolve_auto(cfg) == expected  # idempotent
 
 
-def test_auto_default_trainer_without_a_gpu_is_the_cpu(make_config, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_auto_accelerator_is_the_one_lightning_picks(make_config):
     cfg = make_config("trainer=default")
     assert cfg.trainer.accelerator == "auto"
-    assert precision.resolve_accelerator("auto") == "cpu"
-    assert resolve_auto(cfg) == ("32-true", False)
+    device = precision.resolve_accelerator("auto")
+    trainer = build_trainer(cfg, has_val=False)
+    assert type(trainer.accelerator).__name__.lower().startswith(device), trainer.accelerator
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(False, "cpu"), (True, "cuda")])
+def test_auto_and_gpu_accelerators_follow_availability(monkeypatch, cuda, expected):
+    for name, available in (("XLA", False), ("MPS", False), ("CUDA", cuda)):
+        accelerator = getattr(precision, f"{name}Accelerator")
+        monkeypatch.setattr(accelerator, "is_available", staticmethod(lambda a=available: a))
+    assert precision.resolve_accelerator("auto") == expected
+    assert precision.resolve_accelerator("gpu") == "cuda"
+    assert precision.resolve_accelerator("cpu") == "cpu"
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])

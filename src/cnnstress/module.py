@@ -99,9 +99,10 @@ class ClassifierModule(L.LightningModule):
             logits = self._compiled_net(self._memory_format(batch["image"]))
         target = batch.get("soft_target", batch["target"])
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-        # Per-step self.log and torchmetrics' forward (which also computes and validates the
-        # batch value) cost ~2% of a bf16 CPU step; accumulate on the device instead and log
-        # once per epoch. The loss sum is Lightning's own mean-reduction: sum(loss x n) / sum(n).
+        # Per-step self.log calls and torchmetrics' forward (which also computes and validates a
+        # batch value) cost ~1.4 ms a step, 4% of a bf16 simple_cnn step on 2 CPU cores
+        # (bench/RESULTS.md): accumulate on the device instead and log once per epoch. The loss
+        # sum is Lightning's own mean reduction, sum(loss x n) / sum(n): identical values.
         size = batch["target"].numel()
         self._train_loss_sum = self._train_loss_sum + loss.detach().float() * size
         self._train_count += size
