@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -35,6 +36,7 @@ from cnnstress.config import compose_config, instantiate
 from cnnstress.precision import resolve_auto
 from cnnstress.training import build_datamodule, train
 
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 WARMUP = 5  # steps before timing starts (plain loop) or not counted (per-step framework times)
 
 
@@ -70,6 +72,17 @@ class PlainLoop:
 
     def step(self) -> float:
         """One training step; returns its duration in seconds."""
+        # As in a script that never imported Lightning (which sets this variable at import and
+        # so makes torch.optim's per-step CUDA check an NVML probe); cnnstress.training resets it
+        # for CPU runs without a GPU.
+        saved = os.environ.pop(NVML_CHECK, None)
+        try:
+            return self._step()
+        finally:
+            if saved is not None:
+                os.environ[NVML_CHECK] = saved
+
+    def _step(self) -> float:
         start = self.now()
         first = (self.steps * self.batch) % (len(self.labels) - self.batch)
         idx = self.order[first : first + self.batch]

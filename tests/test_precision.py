@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from omegaconf import OmegaConf
 
 import cnnstress.precision as precision
@@ -16,7 +18,7 @@ from cnnstress.errors import ConfigError
 from cnnstress.precision import resolve_auto
 from cnnstress.run_files import read_metrics, read_predictions
 from cnnstress.stress import read_stress
-from cnnstress.training import build_trainer, train
+from cnnstress.training import build_trainer, cheap_cuda_checks, train
 
 BF16 = ("trainer.precision=bf16-mixed", "channels_last=true")
 # Metrics that measure the machine, not the model.
@@ -186,3 +188,16 @@ def test_progress_bar_redraws_every_20_batches_or_is_left_out(make_config, enabl
     trainer = build_trainer(make_config(f"trainer.enable_progress_bar={enabled}"), has_val=False)
     bar = trainer.progress_bar_callback
     assert (bar.refresh_rate if enabled else bar) == (20 if enabled else None)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "expected"),
+    [("cpu", False, "0"), ("cpu", True, "1"), ("gpu", True, "1")],
+)
+def test_cuda_checks_are_cheap_again_only_on_cpu_runs_without_a_gpu(
+    make_config, monkeypatch, accelerator, cuda, expected
+):
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as `import lightning` sets it
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: cuda))
+    cheap_cuda_checks(make_config(f"trainer.accelerator={accelerator}"))
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
