@@ -86,8 +86,8 @@ class PlainLoop:
         start = self.now()
         first = (self.steps * self.batch) % (len(self.labels) - self.batch)
         idx = self.order[first : first + self.batch]
-        x = self.images[idx].to(self.device, non_blocking=True)
-        y = self.labels[idx].to(self.device)
+        x = self.images.index_select(0, idx).to(self.device, non_blocking=True)
+        y = self.labels.index_select(0, idx).to(self.device)
         x, _ = self.dm.augment(x, y, self.generator)
         x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
