@@ -1,99 +1,210 @@
 """Training throughput: cnnstress (Lightning + Hydra) against a plain PyTorch loop.
 
 Both train the same model on the same uint8 data with the same batched augmentation
-(crop + flip, run on the device) for the same number of steps, in this one process:
+(crop + flip, run on the device), in the same precision and memory format (the run's resolved
+``trainer.precision`` and ``channels_last``: bf16 autocast + channels_last on a CPU with
+native bf16), for the same number of steps, in this one process:
 
     python bench/train_speed.py                      # simple_cnn, CPU, 150 steps of 128
     python bench/train_speed.py model=resnet18 --device cuda --steps 300
 
-Prints images/s of each and their ratio (target on CPU with simple_cnn: >= 0.95).
+Prints, per repeat (plain loop, then framework), images/s of each (the framework's from its
+TrainSpeed callback, over the whole epoch) and the median and 10th-percentile step times; then a
+paired measurement: one framework epoch of steps x repeats steps with a plain step run right
+after every framework step, so other jobs on the machine slow both alike; the median of the
+per-pair ratios is the most robust figure on a shared machine. Target on CPU with simple_cnn:
+>= 0.95.
 Extra arguments are Hydra overrides of conf/train.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
 from cnnstress.config import compose_config, instantiate
+from cnnstress.precision import resolve_auto
 from cnnstress.training import build_datamodule, train
 
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+WARMUP = 5  # steps before timing starts (plain loop) or not counted (per-step framework times)
 
-def plain_loop(cfg, steps: int, device: torch.device) -> float:
-    """Images/s of a hand-written loop over the same data, model, optimizer and augmentation."""
-    torch.manual_seed(cfg.seed)
-    dm = build_datamodule(cfg)
-    dm.setup()
-    images, labels = dm.train_set.images[dm.train_set.indices], dm.train_set.labels
-    labels = labels[dm.train_set.indices]
-    net = instantiate(cfg.model.net).to(device).train()
-    optimizer = instantiate(cfg.optimizer)(params=net.parameters())
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    mean, std = dm.mean.to(device), dm.std.to(device)
-    batch = cfg.dataset.batch_size
-    order = torch.randperm(len(labels))
 
-    def step(i: int) -> None:
-        idx = order[(i * batch) % (len(labels) - batch) :][:batch]
-        x, y = images[idx].to(device, non_blocking=True), labels[idx].to(device)
-        x, _ = dm.augment(x, y, generator)
-        loss = F.cross_entropy(net((x - mean) / std), y)
-        optimizer.zero_grad(set_to_none=True)
+class PlainLoop:
+    """A hand-written training loop over the same data, model, optimizer and augmentation as
+    the framework, in the precision and memory format it resolves for ``cfg``."""
+
+    def __init__(self, cfg, device: torch.device) -> None:
+        precision, channels_last = resolve_auto(cfg)
+        if precision not in ("32-true", "bf16-mixed"):
+            raise SystemExit(f"the plain loop supports 32-true and bf16-mixed, not {precision}")
+        self.bf16 = precision == "bf16-mixed"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.device = device
+        torch.manual_seed(cfg.seed)
+        self.dm = build_datamodule(cfg)
+        self.dm.setup()
+        self.images = self.dm.train_set.images[self.dm.train_set.indices]
+        self.labels = self.dm.train_set.labels[self.dm.train_set.indices]
+        net = instantiate(cfg.model.net).to(device, memory_format=self.memory_format)
+        self.net = net.train()
+        self.optimizer = instantiate(cfg.optimizer)(params=self.net.parameters())
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.mean, self.std = self.dm.mean.to(device), self.dm.std.to(device)
+        self.batch = cfg.dataset.batch_size
+        self.order = torch.randperm(len(self.labels))
+        self.steps = 0
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def step(self) -> float:
+        """One training step; returns its duration in seconds."""
+        # As in a script that never imported Lightning (which sets this variable at import and
+        # so makes torch.optim's per-step CUDA check an NVML probe); cnnstress.training resets it
+        # for CPU runs without a GPU.
+        saved = os.environ.pop(NVML_CHECK, None)
+        try:
+            return self._step()
+        finally:
+            if saved is not None:
+                os.environ[NVML_CHECK] = saved
+
+    def _step(self) -> float:
+        start = self.now()
+        first = (self.steps * self.batch) % (len(self.labels) - self.batch)
+        idx = self.order[first : first + self.batch]
+        x = self.images.index_select(0, idx).to(self.device, non_blocking=True)
+        y = self.labels.index_select(0, idx).to(self.device)
+        x, _ = self.dm.augment(x, y, self.generator)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-
-    for i in range(5):  # warm-up, as Lightning's first steps also pay one-off costs
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+        self.optimizer.step()
+        self.steps += 1
+        return self.now() - start
 
 
-def framework(cfg, steps: int) -> float:
-    """Images/s measured by cnnstress's TrainSpeed callback (validation/test excluded)."""
+class StepTimes(L.Callback):
+    """Per-step durations of the framework; with ``PAIRED`` set, also runs one plain step after
+    every framework step (timed apart), so both see the same machine load."""
+
+    last: StepTimes | None = None
+    PAIRED: PlainLoop | None = None
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.plain: list[float] = []
+        StepTimes.last = self
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_train_batch_end(self, *args: object) -> None:
+        if self.PAIRED is not None:
+            self.plain.append(self.PAIRED.step())
+
+    def on_train_epoch_end(self, *args: object) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        """Framework step durations after the first ``WARMUP``, paired plain steps excluded."""
+        steps = [b - a for a, b in itertools.pairwise(self.stamps)]
+        if self.plain:
+            steps = [s - p for s, p in zip(steps, self.plain, strict=True)]
+        return steps[WARMUP:]
+
+
+def plain_loop(cfg, steps: int, device: torch.device) -> tuple[float, list[float]]:
+    """Images/s of the plain loop over ``steps`` timed steps, and the duration of each."""
+    loop = PlainLoop(cfg, device)
+    for _ in range(WARMUP):  # one-off costs (kernel selection, allocations), paid by both
+        loop.step()
+    start = loop.now()
+    durations = [loop.step() for _ in range(steps)]
+    return steps * loop.batch / (loop.now() - start), durations
+
+
+def framework(cfg, steps: int, paired: PlainLoop | None = None) -> tuple[float, list[float]]:
+    """Images/s measured by cnnstress's TrainSpeed callback (the whole epoch, validation and
+    test excluded), and the duration of each step after the first ``WARMUP``. With ``paired``,
+    a plain step runs after each framework step (then the images/s are not meaningful)."""
     with open_dict(cfg):
-        cfg.trainer.limit_train_batches = steps
+        cfg.trainer.limit_train_batches = steps + (WARMUP if paired else 0)
         cfg.trainer.limit_test_batches = 1
         cfg.trainer.max_epochs = 1
         cfg.trainer.enable_progress_bar = False
-    return train(cfg)["train/images_per_sec"]
+        cfg.callbacks.step_times = {"_target_": f"{__name__}.StepTimes"}
+    StepTimes.PAIRED = paired
+    try:
+        speed = train(cfg)["train/images_per_sec"]
+    finally:
+        StepTimes.PAIRED = None
+    return speed, StepTimes.last.durations()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args, overrides = parser.parse_known_args()
     device = torch.device(args.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     overrides = ["model=simple_cnn", f"trainer.accelerator={accelerator}", *overrides]
+    ms = 1e3
     with tempfile.TemporaryDirectory() as tmp:
         results = []
         for r in range(args.repeats):  # alternate, so drift in machine load hits both alike
             cfg = compose_config(Path(tmp) / f"run{r}", overrides)
-            plain = plain_loop(cfg, args.steps, device)
-            fw = framework(compose_config(Path(tmp) / f"fw{r}", overrides), args.steps)
-            results.append((plain, fw))
-            print(f"repeat {r}: plain {plain:8.1f} img/s   cnnstress {fw:8.1f} img/s")
-    plain = max(p for p, _ in results)
-    fw = max(f for _, f in results)
+            plain, plain_steps = plain_loop(cfg, args.steps, device)
+            fw, fw_steps = framework(compose_config(Path(tmp) / f"fw{r}", overrides), args.steps)
+            steps = plain_steps, fw_steps
+            medians = [statistics.median(t) * ms for t in steps]
+            fastest = [statistics.quantiles(t, n=10)[0] * ms for t in steps]
+            results.append((plain, fw, *medians, *fastest))
+            print(f"repeat {r}: plain {plain:7.1f} img/s, cnnstress {fw:7.1f} img/s; step median "
+                  f"/ p10: plain {medians[0]:.2f} / {fastest[0]:.2f} ms, cnnstress "
+                  f"{medians[1]:.2f} / {fastest[1]:.2f} ms")  # fmt: skip
+        # Paired: a plain step right after every framework step, in the same process and the
+        # same seconds, so machine load (other jobs) hits both alike.
+        cfg = compose_config(Path(tmp) / "paired", overrides)
+        loop = PlainLoop(cfg, device)
+        for _ in range(WARMUP):
+            loop.step()
+        _, fw_paired = framework(cfg, args.steps * args.repeats, paired=loop)
+        plain_paired = StepTimes.last.plain[WARMUP:]
+    best = [max(r[i] for r in results) for i in (0, 1)]
+    best += [min(r[i] for r in results) for i in (2, 3, 4, 5)]
     print(f"\nmodel={cfg.model.name} device={device} batch={cfg.dataset.batch_size} "
-          f"steps={args.steps} threads={torch.get_num_threads()}")  # fmt: skip
-    print(f"plain PyTorch loop : {plain:8.1f} images/s (best of {args.repeats})")
-    print(f"cnnstress framework: {fw:8.1f} images/s (best of {args.repeats})")
-    print(f"ratio framework/plain: {fw / plain:.3f}  (target >= 0.95)")
+          f"steps={args.steps} threads={torch.get_num_threads()} "
+          f"precision={cfg.trainer.precision} channels_last={cfg.channels_last}; "
+          f"best of {args.repeats}")  # fmt: skip
+    for name, i in (("plain PyTorch loop ", 0), ("cnnstress framework", 1)):
+        print(f"{name}: {best[i]:7.1f} images/s, step median {best[2 + i]:.2f} ms, "
+              f"step p10 {best[4 + i]:.2f} ms")  # fmt: skip
+    print(f"ratio framework/plain: {best[1] / best[0]:.3f} images/s, {best[2] / best[3]:.3f} "
+          f"step median, {best[4] / best[5]:.3f} step p10 (target >= 0.95)")  # fmt: skip
+    pair_ratios = [p / f for p, f in zip(plain_paired, fw_paired, strict=True)]
+    print(f"paired, {len(pair_ratios)} adjacent step pairs: median step plain "
+          f"{statistics.median(plain_paired) * ms:.2f} ms, cnnstress "
+          f"{statistics.median(fw_paired) * ms:.2f} ms; median ratio "
+          f"{statistics.median(pair_ratios):.3f} (target >= 0.95)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ class ClassifierModule(L.LightningModule):
     subset, see :meth:`init_images`); ``on_train_epoch_start(epoch)`` at every training epoch.
     ``param_groups`` (:mod:`cnnstress.param_groups`) scales the learning rate and weight decay
     of groups of parameters.
+
+    ``channels_last`` keeps the backbone and its inputs in channels_last memory format;
+    ``compile`` runs the training steps through ``torch.compile(net)`` (evaluation, checkpoints,
+    Grad-CAM and the stresses use the eager ``net``, which shares its parameters).
     """
 
     def __init__(
@@ -77,9 +81,13 @@ class ClassifierModule(L.LightningModule):
         tta: str | None = None,
         tta_val: bool = True,
         param_groups: Mapping[str, Mapping[str, float]] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        # The compiled wrapper shares the backbone's parameters but is kept out of the module
+        # tree, so state-dict keys stay ``net.*`` (no ``_orig_mod.``).
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
@@ -89,25 +97,58 @@ class ClassifierModule(L.LightningModule):
         self.tta = check_tta(tta)
         self.tta_val = bool(tta_val)
         self.param_groups = check_param_groups(param_groups)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self._train_loss_sum = torch.zeros(())
+        self._train_count = 0
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._gathered: dict[str, Predictions] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, num_classes)`` for normalised images ``(N, 3, H, W)``."""
+        return self.net(self._memory_format(images))
+
+    def _memory_format(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
+        if self._compiled_net is None:
+            logits = self(batch["image"])
+        else:  # compiled for training only: evaluation's shapes would each compile a graph
+            logits = self._compiled_net(self._memory_format(batch["image"]))
         target = batch.get("soft_target", batch["target"])
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-        self.train_acc(logits, batch["target"])
+        # Per-step self.log calls and torchmetrics' forward (which also computes and validates a
+        # batch value) cost ~1.4 ms a step, 4% of a bf16 simple_cnn step on 2 CPU cores
+        # (bench/RESULTS.md): accumulate on the device instead and log once per epoch. The loss
+        # sum is Lightning's own mean reduction, sum(loss x n) / sum(n): identical values.
         size = batch["target"].numel()
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=size)
+        self._train_loss_sum = self._train_loss_sum + loss.detach().float() * size
+        self._train_count += size
+        self.train_acc.update(logits.detach(), batch["target"])
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_count = 0
+        self.train_acc.reset()
+        hook = getattr(self.net, "on_train_epoch_start", None)
+        if hook is not None:
+            hook(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        """Log ``train/loss`` (mean over every process's images) and ``train/acc``."""
+        if self._train_count == 0:
+            return
+        total = torch.tensor([self._train_count], device=self.device)
+        loss_sum = self._train_loss_sum.clone()
+        if self.trainer.world_size > 1:
+            loss_sum, total = (
+                self.trainer.strategy.reduce(t, reduce_op="sum") for t in (loss_sum, total)
+            )
+        self.log("train/loss", loss_sum / total[0], sync_dist=False, rank_zero_only=False)
+        self.log("train/acc", self.train_acc)
 
     # -- evaluation: keep per-image logits, compute metrics on the gathered split ------------
     def tta_mode(self, stage: str) -> str | None:
@@ -196,11 +237,6 @@ class ClassifierModule(L.LightningModule):
         if init is None or self.trainer.ckpt_path is not None:
             return  # nothing to do, or resuming: the checkpoint holds the initialised weights
         init(self.init_images(int(getattr(self.net, "init_images", 5000))))
-
-    def on_train_epoch_start(self) -> None:
-        hook = getattr(self.net, "on_train_epoch_start", None)
-        if hook is not None:
-            hook(self.current_epoch)
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
