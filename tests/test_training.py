@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnstress.errors import ConfigError, DataError
@@ -73,7 +74,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cif
         train(make_config(*common, *crash, output_dir=crashed))
     assert not (crashed / "metrics.json").exists(), "a failed run must not claim success"
     last = crashed / "checkpoints" / "last.ckpt"
-    assert last.is_file()
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # the latest epoch, best or not
 
     # Resuming continues in the crashed run's directory (see conf/hydra/default.yaml).
     resumed = model_metrics(train(make_config(*common, f"ckpt_path={last}", output_dir=crashed)))

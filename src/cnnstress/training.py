@@ -102,10 +102,8 @@ def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
     """The Trainer with the configured callbacks and loggers."""
     resolve_auto(cfg)
     callback_cfgs = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
-    checkpoint = callback_cfgs.get("model_checkpoint")
-    if checkpoint is not None and not has_val:
-        # Without a validation split there is nothing to select on: keep only last.ckpt.
-        checkpoint.update(monitor=None, save_top_k=0)
+    if not has_val:  # nothing to select best.ckpt on: keep only last.ckpt
+        callback_cfgs.pop("model_checkpoint", None)
     if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
         callback_cfgs.pop("progress_bar", None)  # Lightning refuses a bar it was told to disable
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
