@@ -7,10 +7,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cnnstress.config import check_group_choices  # also registers the config resolvers
 from cnnstress.errors import exit_on_user_error, run_hydra_task
+from cnnstress.overrides import check_group_choices
+from cnnstress.resolvers import register_resolvers
 
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
+register_resolvers()  # at import: DDP and SLURM jobs import this file too
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

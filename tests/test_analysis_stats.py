@@ -26,7 +26,6 @@ from cnnstress.analysis.compare import (
     share_better,
     transitions,
 )
-from cnnstress.analysis.plots import per_class_selection
 from cnnstress.analysis.report import (
     Heading,
     Image,
@@ -43,6 +42,7 @@ from cnnstress.data.label_errors import load_label_errors
 from cnnstress.errors import ConfigError
 from cnnstress.identity import run_identity
 from cnnstress.metrics import expected_calibration_error, high_conf_errors, per_class_accuracy
+from cnnstress.plots.comparison import per_class_selection
 from tests.conftest import TINY_RUN, compose_train_config
 
 

@@ -80,9 +80,10 @@ LOCALISING = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "score
 
 
 @pytest.mark.parametrize("method", LOCALISING)
-def test_heatmap_mass_lies_in_the_left_half(left_model_and_images, method):
+def test_heatmap_mass_lies_in_the_left_half(left_model_and_images, method, capsys):
     model, images = left_model_and_images
     maps = compute_heatmaps(model, images, [3, 3, 7, 7], method, "features")
+    assert capsys.readouterr().err == ""  # no progress bar (ScoreCAM draws one by default)
     assert maps.shape == (4, 32, 32) and maps.dtype == torch.float32
     assert maps.min() >= 0 and maps.max() <= 1
     total = maps.sum(dim=(1, 2))

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 
-from cnnstress.augment import RandomCrop
+from cnnstress.augment import RandomCrop, drop_unlisted_ops
 from cnnstress.callbacks import WeightAverage
 from cnnstress.checkpoints import load_backbone
-from cnnstress.config import drop_unlisted_ops, instantiate
+from cnnstress.config import instantiate
 from cnnstress.data.sources import load_split
 from cnnstress.errors import ConfigError
 from cnnstress.identity import run_identity

@@ -22,7 +22,7 @@ from cnnstress.data import CIFARDataModule, load_label_errors, load_split
 from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CLASSES
 from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
-from cnnstress.plots import FRAME_COLOR
+from cnnstress.plots.images import FRAME_COLOR
 from cnnstress.run_files import read_metrics, read_predictions, write_predictions
 from cnnstress.training import build_datamodule, build_trainer, train
 from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image

@@ -14,9 +14,10 @@ import torch
 from omegaconf import OmegaConf
 
 from cnnstress.analysis import analyze
-from cnnstress.config import check_group_choices, claim_unique_dir
 from cnnstress.errors import ConfigError
 from cnnstress.identity import fingerprint, run_identity
+from cnnstress.overrides import check_group_choices
+from cnnstress.resolvers import claim_unique_dir
 from cnnstress.run_files import read_metrics, read_run_record
 from cnnstress.training import build_datamodule, build_module, train
 from tests.conftest import ROOT, TINY_RUN, compose_train_config

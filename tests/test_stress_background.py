@@ -315,7 +315,12 @@ def test_train_py_logs_the_figures_and_the_checkpoint_reproduces_them(
     (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml", resolve=True)
     again = run_stress(run, ["background"], cfg.stress)
-    assert again == stress
+    # equal up to float rounding: training's net is in channels_last (the CPU's auto format)
+    numbers = {k for k, v in stress.items() if isinstance(v, float)}
+    assert {k: v for k, v in again.items() if k not in numbers} == {
+        k: v for k, v in stress.items() if k not in numbers
+    }
+    assert {k: again[k] for k in numbers} == pytest.approx({k: stress[k] for k in numbers})
 
 
 def test_analyze_composes_the_background_stress(tmp_path):

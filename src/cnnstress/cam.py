@@ -10,6 +10,7 @@ CAM of an average over shifted and mirrored views is not a map of the image the 
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -26,7 +27,6 @@ from pytorch_grad_cam import (
     ScoreCAM,
     XGradCAM,
 )
-from pytorch_grad_cam import score_cam as _score_cam_module
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -168,24 +168,6 @@ def _saliency(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> 
     return grad.abs().amax(dim=1)
 
 
-@contextlib.contextmanager
-def _quiet_scorecam() -> Iterator[None]:
-    # ScoreCAM wraps its per-image loop in a tqdm progress bar; swap the `tqdm` name its module
-    # sees (and only that) for a pass-through while it runs.
-    saved = _score_cam_module.tqdm
-
-    class _NoBar:
-        @staticmethod
-        def tqdm(iterable, *args, **kwargs):
-            return iterable
-
-    _score_cam_module.tqdm = _NoBar
-    try:
-        yield
-    finally:
-        _score_cam_module.tqdm = saved
-
-
 def _cam(
     model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: torch.Tensor, method: str
 ) -> torch.Tensor:
@@ -193,7 +175,13 @@ def _cam(
     if method == "scorecam":
         cam.batch_size = 128  # masked copies per forward pass (library default 16)
     result = None
-    with cam, _quiet_scorecam():  # the context manager removes the CAM's hooks
+    # ScoreCAM draws a tqdm progress bar on stderr for every batch: keep it off the console.
+    quiet = (
+        contextlib.redirect_stderr(io.StringIO())
+        if method == "scorecam"
+        else contextlib.nullcontext()
+    )
+    with cam, quiet:  # the CAM's context manager removes its hooks
         # One target per image: pytorch-grad-cam pairs them one to one.
         result = cam(images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     if result is None:  # BaseCAM.__exit__ swallows IndexError; do not hide it

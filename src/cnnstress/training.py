@@ -19,15 +19,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.io import ImageReadMode, read_image
 
+from cnnstress.augment import drop_unlisted_ops
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.callbacks.context import tensorboard_writer
-from cnnstress.config import (
-    TRAINING_RULES,
-    drop_unlisted_ops,
-    improvement_changes,
-    instantiate,
-    validate_config,
-)
+from cnnstress.config import TRAINING_RULES, instantiate, validate_config
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
@@ -35,6 +30,7 @@ from cnnstress.distributed import prepare_hydra_relaunch
 from cnnstress.errors import ConfigError
 from cnnstress.identity import IMPROVEMENT_KEYS, describe, differences, run_identity
 from cnnstress.module import ClassifierModule
+from cnnstress.overrides import improvement_changes
 from cnnstress.precision import resolve_accelerator, resolve_auto
 from cnnstress.run_files import (
     METRICS_FILE,
@@ -266,7 +262,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        test_ckpt = "best" if datamodule.has_val and trainer.checkpoint_callback else None
+        # best.ckpt's callback (the one with a monitor), named: with last.ckpt's callback beside
+        # it, Lightning's ckpt_path="best" warns and takes whichever comes first.
+        selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+        test_ckpt = None
+        if datamodule.has_val and selector is not None:
+            test_ckpt = selector.best_model_path or "best"  # "best": Lightning says why not
     elif cfg.get("ckpt_path"):
         test_ckpt = cfg.ckpt_path
     else:

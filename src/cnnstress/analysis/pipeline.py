@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig
 
-from cnnstress.analysis import plots
 from cnnstress.analysis.compare import Analysis, analyse
 from cnnstress.analysis.gradcam import default_filename, side_by_side
 from cnnstress.analysis.report import write_report
@@ -19,6 +18,10 @@ from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names,
 from cnnstress.cam import METHODS
 from cnnstress.console import quiet_library_noise
 from cnnstress.errors import ConfigError, UserError
+from cnnstress.plots import calibration as calibration_plots
+from cnnstress.plots import comparison as comparison_plots
+from cnnstress.plots import stress as stress_plots
+from cnnstress.plots.canvas import save_figure
 from cnnstress.settings import (
     Integer,
     ListOf,
@@ -86,16 +89,16 @@ class AnalysisSettings(Settings):
 def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
     figures: dict[str, list[str]] = {}
     makers = {
-        "transitions": plots.transitions_figure,
-        "confidence": plots.confidence_figure,
-        "high_conf_errors": plots.high_conf_errors_figure,
-        "per_class_delta": plots.per_class_delta_figure,
-        "reliability": plots.reliability_overlay_figure,
+        "transitions": comparison_plots.transitions_figure,
+        "confidence": comparison_plots.confidence_figure,
+        "high_conf_errors": comparison_plots.high_conf_errors_figure,
+        "per_class_delta": comparison_plots.per_class_delta_figure,
+        "reliability": calibration_plots.reliability_overlay_figure,
     }
     for name, make in makers.items():
         fig = make(analysis)
         if fig is not None:
-            plots.save_figure(fig, out / f"{name}.png")
+            save_figure(fig, out / f"{name}.png")
             figures[name] = [f"{name}.png"]
     return figures
 
@@ -131,7 +134,7 @@ def _gradcam(
             notes.append(f"{reference.label}: the reference has no test failure to show.")
             continue
         name = default_filename(n if len(references) > 1 else None)
-        plots.save_figure(plots.gradcam_figure(side), out / name)
+        save_figure(comparison_plots.gradcam_figure(side), out / name)
         files.append(name)
         column = side.columns[0]
         notes.append(
@@ -155,18 +158,18 @@ def _stress(cfg: DictConfig, analysis: Analysis, device: str) -> StressSummary |
 
 def _draw_stress(stress: StressSummary, analysis: Analysis, out: Path) -> dict[str, list[str]]:
     figures: dict[str, list[str]] = {}
-    fig = plots.background_figure(stress, analysis)
+    fig = stress_plots.background_figure(stress, analysis)
     if fig is not None:
-        plots.save_figure(fig, out / "background.png")
+        save_figure(fig, out / "background.png")
         figures["background"] = ["background.png"]
     for name, make in {
-        "stress_corruptions": plots.stress_corruptions_figure,
-        "stress_adversarial": plots.stress_adversarial_figure,
-        "stress_faithfulness": plots.stress_faithfulness_figure,
+        "stress_corruptions": stress_plots.stress_corruptions_figure,
+        "stress_adversarial": stress_plots.stress_adversarial_figure,
+        "stress_faithfulness": stress_plots.stress_faithfulness_figure,
     }.items():
         fig = make(stress)
         if fig is not None:
-            plots.save_figure(fig, out / f"{name}.png")
+            save_figure(fig, out / f"{name}.png")
             figures[name] = [f"{name}.png"]
     return figures
 

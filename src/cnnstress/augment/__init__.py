@@ -9,7 +9,13 @@ from cnnstress.augment.ops import (
     RandomHorizontalFlip,
     RandomRotation,
 )
-from cnnstress.augment.pipeline import IMAGE_OPS, MIX_OPS, BatchAugmentation, build_augmentation
+from cnnstress.augment.pipeline import (
+    IMAGE_OPS,
+    MIX_OPS,
+    BatchAugmentation,
+    build_augmentation,
+    drop_unlisted_ops,
+)
 
 __all__ = [
     "IMAGE_OPS",
@@ -24,5 +30,6 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomRotation",
     "build_augmentation",
+    "drop_unlisted_ops",
     "sample_beta",
 ]

@@ -19,10 +19,12 @@ All ops run in pixel space (float in ``[0, 1]``) before normalisation.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, open_dict
 
 from cnnstress.augment.mix import CutMix, MixUp
 from cnnstress.augment.ops import (
@@ -101,3 +103,29 @@ def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> Ba
     image_ops = [cls.parse(config[n]) for n, cls in IMAGE_OPS.items() if n in config]
     mix_op = MIX_OPS[mixes[0]].parse(config[mixes[0]]) if mixes else None
     return BatchAugmentation(image_ops, mix_op, num_classes)
+
+
+def drop_unlisted_ops(cfg: DictConfig) -> list[str]:
+    """Remove from ``cfg.augmentation`` the ops that are not in the augmentation list but whose
+    parameters a recipe or an override set; return their names.
+
+    An op of the list always carries every parameter of its ``conf/augmentation`` file. A node
+    with only some of them was created by a setting such as the fast recipe's
+    ``augmentation.crop.padding: 2`` in a run whose list does not have the op
+    (``experiment=fast_cifar10 augmentation=[]``): it must not add the op with default values.
+    """
+    node = cfg.get("augmentation")
+    if not isinstance(node, DictConfig):
+        return []
+    ops = {**IMAGE_OPS, **MIX_OPS}
+    dropped = [
+        name
+        for name, params in node.items()
+        if name in ops
+        and isinstance(params, DictConfig)
+        and not set(inspect.signature(ops[name]).parameters) <= set(params)
+    ]
+    with open_dict(cfg):
+        for name in dropped:
+            del cfg.augmentation[name]
+    return dropped

@@ -19,7 +19,8 @@ from cnnstress.callbacks.context import (
 )
 from cnnstress.data.label_errors import SOURCE, LabelErrors
 from cnnstress.metrics import find_failures
-from cnnstress.plots import image_grid, save_png, to_hwc
+from cnnstress.plots.canvas import save_png, to_hwc
+from cnnstress.plots.images import image_grid
 from cnnstress.run_files import write_json
 from cnnstress.settings import Integer, Number, Settings, Text, setting
 

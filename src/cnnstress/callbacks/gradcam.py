@@ -21,7 +21,8 @@ from cnnstress.callbacks.context import (
 from cnnstress.cam import METHOD_RULE, SALIENCY, compute_heatmaps, predict_probs, resolve_layer
 from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
-from cnnstress.plots import image_grid, overlay, save_png, to_hwc
+from cnnstress.plots.canvas import save_png, to_hwc
+from cnnstress.plots.images import image_grid, overlay
 from cnnstress.settings import Flag, Integer, ListOf, Number, Settings, Text, setting
 
 

@@ -73,6 +73,9 @@ from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_sett
 from cnnstress.data.classes import class_names
 from cnnstress.data.normalize import Normalize
 from cnnstress.errors import ConfigError, DataError
+from cnnstress.plots.canvas import save_png, to_hwc
+from cnnstress.plots.images import image_grid
+from cnnstress.plots.stress import plot_classes
 from cnnstress.settings import (
     Either,
     Integer,
@@ -437,8 +440,6 @@ def plot_examples(
     """``stress_background_examples.png``: one row per example image, one column per test
     (original, only centre, only surround, cue conflict, mixed-same, mixed-rand), each
     captioned with the classes involved and the model's prediction."""
-    from cnnstress.plots import image_grid, save_png, to_hwc
-
     positions = example_positions(labels, s.examples)
     on_device = {name: p.to(ctx.device) for name, p in partners.items()}
     variants = make_variants(
@@ -471,49 +472,3 @@ def plot_examples(
     array = image_grid(tiles, captions, ncols=1 + len(VARIANTS), title=title, scale=4,
                        caption_lines=2)  # fmt: skip
     return save_png(array, ctx.run_dir / EXAMPLES_FILE)
-
-
-def plot_classes(
-    names: Sequence[str],
-    per_class: Mapping[str, np.ndarray],
-    overall: Mapping[str, Any],
-    path: str | Path,
-) -> Path:
-    """Three bar panels over the classes (rows): ``only_surround`` accuracy (chance marked),
-    surround share and CAM outside-share (the area share of the surround marked); the overall
-    value of each is a dashed line."""
-    from matplotlib.figure import Figure
-
-    c = len(names)
-    small = c > 20
-    fig = Figure(figsize=(11, 1.4 + (0.14 if small else 0.3) * c), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    panels = (
-        ("only_surround", "only-surround accuracy", "background/only_surround/acc",
-         ("chance", overall["background/chance"])),
-        ("surround_share", "surround share (cue conflict,\nby the surround's class)",
-         "background/surround_share", ("even", 0.5)),
-        ("cam_outside", "CAM mass outside the centre", "background/cam/outside_all",
-         ("flat map", overall["background/cam/outside_uniform"])),
-    )  # fmt: skip
-    y = np.arange(c)
-    for ax, (metric, label, key, (ref_label, ref)) in zip(axes, panels, strict=True):
-        values = np.asarray(per_class[metric], dtype=float)
-        ax.barh(y, np.nan_to_num(values), color="tab:blue", height=0.7)
-        ax.axvline(ref, color="tab:red", linewidth=1, label=ref_label)
-        mean = overall.get(key)
-        if mean is not None and np.isfinite(mean):
-            ax.axvline(mean, color="black", linestyle="--", linewidth=1, label="all images")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(label)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=7, frameon=False)
-    axes[0].set_yticks(y, list(names), fontsize=5 if small else 8)
-    axes[0].set_ylim(c - 0.5, -0.5)  # official class order from the top
-    fig.suptitle(
-        f"background reliance per class (centre {overall['background/centre_size']}px; "
-        f"{overall['background/num_images']} images, CAM {overall['background/cam/num_images']})",
-        fontsize=9,
-    )
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path

@@ -12,7 +12,7 @@ Keys written: ``calibration/temperature``, ``calibration/ece_before``,
 ``calibration/acc`` (reported images), ``calibration/fit_images``,
 ``calibration/eval_images``, and the string ``calibration/fit_split``. ECE is torchmetrics'
 ``MulticlassCalibrationError`` (``n_bins`` equal-width bins, L1 norm); torchmetrics has no
-reliability diagram, so :func:`cnnstress.plots.reliability_bins` computes its bars, with
+reliability diagram, so :func:`cnnstress.metrics.reliability_bins` computes its bars, with
 torchmetrics' bin edges.
 """
 
@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnstress.metrics import expected_calibration_error, reliability_bins
-from cnnstress.plots import draw_reliability
+from cnnstress.plots.calibration import plot_reliability
 from cnnstress.settings import Integer, Settings, setting
 from cnnstress.stress.context import StressContext
 
@@ -88,31 +86,9 @@ def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def logit_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
-    """:func:`cnnstress.plots.reliability_bins` of ``softmax(logits)``'s top-1 predictions."""
+    """:func:`cnnstress.metrics.reliability_bins` of ``softmax(logits)``'s top-1 predictions."""
     confidence, predicted = logits.float().softmax(1).max(1)
     return reliability_bins(confidence.numpy(), (predicted == labels).numpy(), n_bins)
-
-
-def plot_reliability(
-    before: Mapping[str, np.ndarray],
-    after: Mapping[str, np.ndarray],
-    path: str | Path,
-    titles: tuple[str, str] = ("before", "after"),
-) -> Path:
-    """Two reliability diagrams side by side (:func:`cnnstress.plots.draw_reliability`);
-    ``before``/``after`` from :func:`logit_bins`."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, bins, title in zip(axes, (before, after), titles, strict=True):
-        draw_reliability(ax, bins, title)
-        ax.set_xlabel("confidence")
-    axes[1].set_ylabel("")
-    axes[0].legend(loc="upper left", fontsize=8)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ import torch
 from cnnstress.console import Progress
 from cnnstress.data.sources import LabeledImages
 from cnnstress.errors import DataError
+from cnnstress.plots.stress import plot_corruption_heatmap
 from cnnstress.settings import Either, Integer, ListOf, OneOf, Settings, Text, setting
 from cnnstress.stress.context import (
     StressContext,
@@ -346,45 +347,3 @@ def mce(
 
 def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator != 0 else float("nan")
-
-
-def plot_corruption_heatmap(
-    table: Mapping[str, Mapping[int, float]],
-    path: str | Path,
-    clean_acc: float | None = None,
-    title: str = "corruption accuracy",
-) -> Path:
-    """Heat-map of accuracy, corruption type (rows) x severity (columns), saved as PNG.
-
-    ``table``: ``{type: {severity: acc}}`` (:func:`corruption_accuracies`); a ``clean`` column
-    comes first when ``clean_acc`` is given.
-    """
-    from matplotlib.figure import Figure
-
-    types = list(table)
-    severities: Sequence[int] = sorted({s for t in table.values() for s in t})
-    columns = (["clean"] if clean_acc is not None else []) + [str(s) for s in severities]
-    grid = np.full((len(types), len(columns)), np.nan)
-    for i, name in enumerate(types):
-        if clean_acc is not None:
-            grid[i, 0] = clean_acc
-        for j, s in enumerate(severities):
-            grid[i, j + len(columns) - len(severities)] = table[name].get(s, np.nan)
-    fig = Figure(figsize=(1.0 + 0.75 * len(columns), 1.2 + 0.32 * len(types)), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(columns)), columns)
-    ax.set_yticks(range(len(types)), types)
-    ax.set_xlabel("severity")
-    ax.set_title(title, fontsize=9)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            if np.isfinite(grid[i, j]):
-                colour = "black" if grid[i, j] > 0.6 else "white"
-                ax.text(
-                    j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
-                )
-    fig.colorbar(image, ax=ax, label="top-1 accuracy")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path

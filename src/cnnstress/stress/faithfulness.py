@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,6 +52,7 @@ from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_sett
 from cnnstress.data.normalize import Normalize
 from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
+from cnnstress.plots.stress import plot_cascade
 from cnnstress.settings import Integer, ListOf, Number, OneOf, Settings, Text, setting
 from cnnstress.stress.context import StressContext, seeded_subset
 
@@ -257,21 +257,3 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
     out["faithfulness/randomization_spearman"] = curve[-1][1]
     plot_cascade(curve, ctx.run_dir / PLOT_FILE, f"{method} at {layer_path}")
     return out
-
-
-def plot_cascade(curve: Sequence[tuple[str, float]], path: Path, title: str) -> Path:
-    """The cascade curve: mean rank correlation with the trained model's CAMs after each step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(4.0, 0.8 * len(curve) + 2), 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(range(len(curve) + 1), [1.0, *(v for _, v in curve)], "o-")
-    ax.set_xticks(range(len(curve) + 1), ["trained", *(b for b, _ in curve)], rotation=45,
-                  ha="right", fontsize=8)  # fmt: skip
-    ax.axhline(0, color="gray", linewidth=0.8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("Spearman correlation with trained CAMs")
-    ax.set_xlabel("blocks re-initialised, cumulatively from the output")
-    ax.set_title(f"Cascading randomisation ({title})", fontsize=9)
-    fig.savefig(path, dpi=110)
-    return path
