@@ -29,6 +29,7 @@ from torchvision.io import encode_png
 
 from cnnstress.analysis import analyse, analyze, collect_runs
 from cnnstress.analysis.gradcam import side_by_side
+from cnnstress.analysis.report import differs_in
 from cnnstress.analysis.runs import latest_multirun
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data.classes import CIFAR10_CLASSES
@@ -318,6 +319,25 @@ def test_groups_differing_in_epochs_are_apart_and_unconstrained(sweep, tmp_path)
     summary = (out / "summary.md").read_text()
     assert "UNCONSTRAINED: trainer.max_epochs: 2 -> 30" in summary
     assert "(unconstrained comparison)" in (out / "report.md").read_text()
+
+
+def test_reference_picks_one_of_same_named_groups_by_its_items(sweep, tmp_path):
+    # e.g. the same recipe in two precisions: reference='baseline [trainer.max_epochs=30]'
+    longer = [
+        edit_run(sweep / f"baseline_{s}", tmp_path / f"b30_{s}", trainer__max_epochs=30)
+        for s in SEEDS
+    ]
+    runs = collect_runs([*longer, *(sweep / f"baseline_{s}" for s in SEEDS)])
+    analysis = analyse(runs, "baseline [trainer.max_epochs=30]", THRESHOLDS)
+    (comparison,) = analysis.comparisons
+    assert comparison.reference.key.name == "baseline [trainer.max_epochs=30]"
+    assert comparison.other.key.name == "baseline [trainer.max_epochs=2]"
+    assert not comparison.constrained and comparison.unconstrained_keys == ["trainer.max_epochs"]
+    assert differs_in(comparison) == "UNCONSTRAINED: trainer.max_epochs: 30 -> 2"
+    # the bare name matches both: neither is compared
+    assert analyse(runs, "baseline", THRESHOLDS).comparisons == []
+    with pytest.raises(ConfigError, match="matches no group"):
+        analyse(runs, "baseline [trainer.max_epochs=3]", THRESHOLDS)
 
 
 def test_second_run_of_a_seed_is_skipped_with_reason(sweep, tmp_path):

@@ -8,6 +8,7 @@ setting; seeds are paired by their value.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -557,11 +558,27 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
     )
 
 
+# Splits "a=1, b=[x, y]" into its key=value items (a comma inside a value is not a split).
+_ITEM_SPLIT = re.compile(r", (?=[\w.+~-]+=)")
+
+
+def _name_parts(name: str) -> tuple[str, set[str]]:
+    """``"baseline [k=v, k2=v2]"`` -> ``("baseline", {"k=v", "k2=v2"})``."""
+    base, _, rest = name.partition(" [")
+    items = rest.removesuffix("]")
+    return base.split(" #", 1)[0], set(_ITEM_SPLIT.split(items)) if items else set()
+
+
 def _matches(group: GroupResult, reference: str) -> bool:
-    """Whether ``reference`` names ``group``: its full label, its name, or its name without the
-    ``[key=value]`` part that tells same-named groups apart."""
+    """Whether ``reference`` names ``group``: its full label, its name, its name without the
+    ``[key=value, ...]`` part that tells same-named groups apart, or its name with some of
+    those items (``'baseline [trainer.precision=32-true]'``)."""
     name = group.key.name
-    return reference in (group.key.label, name, name.split(" [", 1)[0].split(" #", 1)[0])
+    if reference in (group.key.label, name):
+        return True
+    base, items = _name_parts(name)
+    wanted_base, wanted = _name_parts(reference)
+    return wanted_base == base and wanted <= items
 
 
 def _closest(group: GroupResult, candidates: Sequence[GroupResult]) -> GroupResult:
@@ -596,8 +613,8 @@ def analyse(
     if not candidates and any(sum(g.key.setting == s for g in groups) > 1 for s in settings):
         names = ", ".join(sorted({g.key.name for g in groups}))
         raise ConfigError(
-            f"reference={reference} matches no group; give a group name ({names}) "
-            "or a group label dataset/model/name"
+            f"reference={reference} matches no group; give a group name ({names}), "
+            "a group label dataset/model/name, or a name with some of its [key=value] items"
         )
     is_reference = {g.key for g in candidates}
     # Within a setting the reference(s) come first, then the other groups by name.

@@ -210,11 +210,11 @@ def _threshold(t: float) -> str:
 def differs_in(comparison: Comparison) -> str:
     """What a compared group changes against its reference: ``augmentation.cutout.size: 16 -> 8``;
     keys outside augmentation and loss are flagged as an unconstrained comparison."""
-    changed = describe(comparison.differences, keys=comparison.changed_keys) or "nothing"
+    changed = describe(comparison.differences, keys=comparison.changed_keys)
     if comparison.constrained:
-        return changed
+        return changed or "nothing"
     other = describe(comparison.differences, keys=comparison.unconstrained_keys)
-    return f"UNCONSTRAINED: {other}; and {changed}"
+    return f"UNCONSTRAINED: {other}" + (f"; and {changed}" if changed else "")
 
 
 def summary_table(analysis: Analysis) -> Table:

@@ -141,19 +141,22 @@ def resolve_root(
     :data:`LOCAL_COPIES`, or ``data_dir`` as a torchvision root); else the torchvision root
     ``download_dir``, which torchvision fills on first use when ``download`` is true.
 
+    Paths are returned absolute with links and ``..`` resolved, so the run record names the
+    same data the same way from any checkout or working directory.
+
     Nothing is read or downloaded here; :func:`load_split` does that.
     """
     class_names(dataset)  # an unknown dataset is a ConfigError naming the valid ones
     if root not in (None, ""):
-        return DataRoot(str(Path(root).expanduser()), download, "dataset.root")
+        return DataRoot(str(Path(root).expanduser().resolve()), download, "dataset.root")
     if data_dir not in (None, ""):
-        folder = Path(data_dir).expanduser()
+        folder = Path(data_dir).expanduser().resolve()
         for name in LOCAL_COPIES.get(dataset, ()):
             if holds_dataset(folder / name, dataset):
                 return DataRoot(str(folder / name), False, "data_dir")
         if holds_dataset(folder, dataset):
             return DataRoot(str(folder), False, "data_dir")
-    return DataRoot(str(Path(download_dir).expanduser()), download, "download")
+    return DataRoot(str(Path(download_dir).expanduser().resolve()), download, "download")
 
 
 def detect_root_kind(root: Path) -> str:

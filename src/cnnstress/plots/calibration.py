@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from cnnstress.metrics import ECE_BINS, reliability_bins
 from cnnstress.plots.canvas import new_figure, save_figure
-from cnnstress.plots.layout import panel_grid
+from cnnstress.plots.layout import group_legend, panel_grid
 
 if TYPE_CHECKING:
     from cnnstress.analysis.compare import Analysis
@@ -138,5 +138,5 @@ def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Fi
         ax.set_xlabel(f"mean confidence per bin ({n_bins} bins)")
         ax.set_ylabel("accuracy per bin")
         ax.set_title("/".join(setting), fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        group_legend(ax, loc="lower right")
     return fig

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from cnnstress.data import class_names
 from cnnstress.plots.canvas import new_figure, to_hwc
 from cnnstress.plots.images import overlay
-from cnnstress.plots.layout import panel_grid
+from cnnstress.plots.layout import label_panel, panel_grid, wrap
 
 if TYPE_CHECKING:
     from cnnstress.analysis.compare import Analysis, Comparison
@@ -25,7 +25,7 @@ PER_CLASS_TOP_K = 15
 
 
 def _title(comparison: Comparison) -> str:
-    return f"{comparison.other.key.label}\nvs {comparison.reference.key.name}"
+    return wrap(f"{comparison.other.key.label}\nvs {comparison.reference.key.name}")
 
 
 def transitions_figure(analysis: Analysis) -> Figure | None:
@@ -45,9 +45,10 @@ def transitions_figure(analysis: Analysis) -> Figure | None:
             bars = ax.bar(x + (offset - 1) * width, values, width, color=colour,
                           label=name.replace("_", " "))  # fmt: skip
             ax.bar_label(bars, fontsize=7)
-        labels = [f"seed {s}\nMcNemar p={t.mcnemar.pvalue:.2g}" for s, t in tables[:-1]]
+        # short tick labels (the suptitle says which test): long ones overlap on narrow panels
+        labels = [f"seed {s}\np={t.mcnemar.pvalue:.2g}" for s, t in tables[:-1]]
         boot = comparison.bootstrap
-        labels.append("all seeds" + ("" if boot is None else f"\nbootstrap p={boot.pvalue:.2g}"))
+        labels.append("all seeds" + ("" if boot is None else f"\np={boot.pvalue:.2g}"))
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel("test images")
         ax.set_title(_title(comparison), fontsize=9)
@@ -70,7 +71,7 @@ def confidence_figure(analysis: Analysis) -> Figure:
         correct = np.concatenate([r.correct for r in group.runs])
         ax.hist(conf[correct], bins=bins, color=CORRECTED, alpha=0.6, label="correct")
         ax.hist(conf[~correct], bins=bins, color=WORSENED, alpha=0.6, label="wrong")
-        ax.set_title(f"{group.key.label} ({len(group.runs)} seed(s))", fontsize=9)
+        ax.set_title(wrap(f"{group.key.label} ({len(group.runs)} seed(s))"), fontsize=9)
         ax.set_xlabel("confidence")
         ax.set_ylabel("predictions")
         ax.set_xlim(0, 1)
@@ -90,11 +91,9 @@ def high_conf_errors_figure(analysis: Analysis) -> Figure:
             style = "-" if not analysis.is_reference(group.key) else "--"
             ax.errorbar(thresholds, mean, yerr=std, fmt=style + "o", capsize=3, markersize=4,
                         label=f"{group.key.name} (n={len(group.runs)})")  # fmt: skip
-        ax.set_xlabel("confidence threshold")
-        ax.set_ylabel("wrong predictions with confidence >= threshold")
-        ax.set_title("/".join(setting), fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        label_panel(
+            ax, setting, "confidence threshold", "wrong predictions with confidence >= threshold"
+        )
     return fig
 
 
@@ -164,7 +163,7 @@ def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
             axes[r, c].imshow(overlays[c - 1][r])
             title = f"{side.classes[pred]} ({column.confidence[r]:.2f})"
             if r == 0:
-                title = f"{column.title}\n{column.settings}\n{title}"
+                title = f"{wrap(column.title, 28)}\n{column.settings}\n{title}"
             axes[r, c].set_title(title, fontsize=8, color="tab:green" if ok else "tab:red")
     for ax in axes.ravel():
         ax.set_axis_off()

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from cnnstress.plots.canvas import new_figure, save_figure
-from cnnstress.plots.layout import panel_grid
+from cnnstress.plots.layout import group_legend, label_panel, panel_grid
 
 if TYPE_CHECKING:
     from cnnstress.analysis.compare import Analysis
@@ -123,13 +123,11 @@ def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
     # here, not at the top: cnnstress.stress imports this module for its own figures
     from cnnstress.stress.corruption_suite import corruption_accuracies
 
-    shown = [g for g in stress.groups if any(m.startswith("corruptions/") for m in g.values)]
-    if not shown:
+    if (panels := _setting_panels(stress, re.compile("corruptions/.*"), (5.5, 4.0))) is None:
         return None
-    settings = sorted({g.key.setting for g in shown})
-    fig, axes = panel_grid(len(settings), 2, (5.5, 4.0))
-    for ax, setting in zip(axes, settings, strict=True):
-        for group in (g for g in shown if g.key.setting == setting):
+    fig, axes = panels
+    for ax, setting, groups in axes:
+        for group in groups:
             per_seed = {}  # seed -> {severity: mean accuracy over types}
             seeds = sorted({s for m, v in group.values.items() for s in v})
             for seed in seeds:
@@ -150,31 +148,38 @@ def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
             ax.errorbar(severities, np.nanmean(grid, 0), yerr=std, fmt=style + "o", capsize=3,
                         markersize=4, label=f"{group.key.name} (n={len(grid)})")  # fmt: skip
             ax.set_xticks(severities, ["clean" if s == 0 else str(s) for s in severities])
-        _label_accuracy_axes(
-            ax, setting, "corruption severity", "top-1 accuracy (mean over corruption types)"
+        label_panel(
+            ax,
+            setting,
+            "corruption severity",
+            "top-1 accuracy (mean over corruption types)",
+            ylim=(0, 1),
         )
     return fig
 
 
-def _label_accuracy_axes(ax: Axes, setting: tuple[str, ...], xlabel: str, ylabel: str) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1)
-    ax.set_title("/".join(setting), fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+def _setting_panels(
+    stress: StressSummary, pattern: re.Pattern[str], panel: tuple[float, float]
+) -> tuple[Figure, list[tuple[Axes, tuple[str, ...], list[Any]]]] | None:
+    """One panel per setting (2 per row) for the groups with a metric matching ``pattern``:
+    the figure and ``(axes, setting, groups)`` per panel; None when no group has one."""
+    shown = [g for g in stress.groups if any(pattern.fullmatch(m) for m in g.values)]
+    if not shown:
+        return None
+    settings = sorted({g.key.setting for g in shown})
+    fig, axes = panel_grid(len(settings), 2, panel)
+    members = [[g for g in shown if g.key.setting == setting] for setting in settings]
+    return fig, list(zip(axes, settings, members, strict=True))
 
 
 def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
     """Per setting: robust accuracy against eps per group and attack (mean ± std over seeds)."""
     pattern = re.compile(r"adversarial/([^/]+)/eps([^/]+)/acc")
-    shown = [g for g in stress.groups if any(pattern.fullmatch(m) for m in g.values)]
-    if not shown:
+    if (panels := _setting_panels(stress, pattern, (5.5, 4.0))) is None:
         return None
-    settings = sorted({g.key.setting for g in shown})
-    fig, axes = panel_grid(len(settings), 2, (5.5, 4.0))
-    for ax, setting in zip(axes, settings, strict=True):
-        for group in (g for g in shown if g.key.setting == setting):
+    fig, axes = panels
+    for ax, setting, groups in axes:
+        for group in groups:
             curves: dict[str, list[tuple[float, str]]] = {}
             for metric in group.values:
                 if match := pattern.fullmatch(metric):
@@ -190,7 +195,9 @@ def stress_adversarial_figure(stress: StressSummary) -> Figure | None:
                 ax.errorbar([p for p, _ in points], [e.mean for e in est], yerr=std,
                             fmt="o-", capsize=3, markersize=4,
                             label=f"{group.key.name} {attack}")  # fmt: skip
-        _label_accuracy_axes(ax, setting, "eps (x 1/255, L-inf, pixel space)", "robust accuracy")
+        label_panel(
+            ax, setting, "eps (x 1/255, L-inf, pixel space)", "robust accuracy", ylim=(0, 1)
+        )
     return fig
 
 
@@ -198,14 +205,12 @@ def stress_faithfulness_figure(stress: StressSummary) -> Figure | None:
     """Per setting: the cascading-randomisation curve per group (mean ± std over seeds of the
     rank correlation with the trained CAMs after each cascade step)."""
     pattern = re.compile(r"faithfulness/cascade/(\d+)/([^/]+)/spearman")
-    shown = [g for g in stress.groups if any(pattern.fullmatch(m) for m in g.values)]
-    if not shown:
+    if (panels := _setting_panels(stress, pattern, (6.0, 4.2))) is None:
         return None
-    settings = sorted({g.key.setting for g in shown})
-    fig, axes = panel_grid(len(settings), 2, (6.0, 4.2))
-    for ax, setting in zip(axes, settings, strict=True):
+    fig, axes = panels
+    for ax, setting, groups in axes:
         blocks: list[str] = []
-        for group in (g for g in shown if g.key.setting == setting):
+        for group in groups:
             steps = sorted(
                 (int(match.group(1)), match.group(2), metric)
                 for metric in group.values
@@ -222,12 +227,8 @@ def stress_faithfulness_figure(stress: StressSummary) -> Figure | None:
         ax.set_xticks(range(len(blocks) + 1), ["trained", *blocks], rotation=45, ha="right",
                       fontsize=8)  # fmt: skip
         ax.axhline(0, color="gray", linewidth=0.8)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_xlabel("blocks re-initialised, cumulatively from the output")
-        ax.set_ylabel("Spearman correlation with trained CAMs")
-        ax.set_title("/".join(setting), fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        label_panel(ax, setting, "blocks re-initialised, cumulatively from the output",
+                    "Spearman correlation with trained CAMs", ylim=(-1.05, 1.05))  # fmt: skip
     return fig
 
 
@@ -264,6 +265,6 @@ def background_figure(stress: StressSummary, analysis: Analysis) -> Figure | Non
         ax.set_ylabel("fraction")
         ax.set_title(f"{'/'.join(setting)}: accuracy and background reliance (centre square "
                      "as the object's proxy)", fontsize=9)  # fmt: skip
-        ax.legend(fontsize=8)
+        group_legend(ax)
         ax.grid(axis="y", alpha=0.3)
     return fig
