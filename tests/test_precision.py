@@ -204,3 +204,21 @@ def test_cuda_checks_are_cheap_again_only_on_cpu_runs_without_a_gpu(
     monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: cuda))
     cheap_cuda_checks(make_config(f"trainer.accelerator={accelerator}"))
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
+
+
+def test_train_loss_is_the_image_weighted_mean_over_the_epoch():
+    from functools import partial
+
+    from cnnstress.module import ClassifierModule
+
+    module = ClassifierModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)),
+                              partial(torch.optim.SGD, lr=0.1), num_classes=3)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        {"image": torch.randn(n, 3, 2, 2, generator=gen), "target": torch.arange(n) % 3}
+        for n in (5, 2)  # a short last batch weighs less
+    ]
+    losses = [float(module.training_step(b, i)) for i, b in enumerate(batches)]
+    expected = (5 * losses[0] + 2 * losses[1]) / 7
+    assert float(module.train_loss.compute()) == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(sum(losses) / 2)

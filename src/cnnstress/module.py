@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnstress.errors import ConfigError
@@ -98,8 +99,8 @@ class ClassifierModule(L.LightningModule):
         self.tta_val = bool(tta_val)
         self.param_groups = check_param_groups(param_groups)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self._train_loss_sum = torch.zeros(())
-        self._train_count = 0
+        # image-weighted mean loss: Lightning's own epoch reduction, sum(loss x n) / sum(n)
+        self.train_loss = MeanMetric()
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._gathered: dict[str, Predictions] = {}
 
@@ -121,34 +122,22 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         # Per-step self.log calls and torchmetrics' forward (which also computes and validates a
         # batch value) cost ~1.4 ms a step, 4% of a bf16 simple_cnn step on 2 CPU cores
-        # (bench/RESULTS.md): accumulate on the device instead and log once per epoch. The loss
-        # sum is Lightning's own mean reduction, sum(loss x n) / sum(n): identical values.
-        size = batch["target"].numel()
-        self._train_loss_sum = self._train_loss_sum + loss.detach().float() * size
-        self._train_count += size
+        # (bench/RESULTS.md): only update the metrics here and log them once per epoch.
+        self.train_loss.update(loss.detach().float(), weight=batch["target"].numel())
         self.train_acc.update(logits.detach(), batch["target"])
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self._train_loss_sum = torch.zeros((), device=self.device)
-        self._train_count = 0
-        self.train_acc.reset()
         hook = getattr(self.net, "on_train_epoch_start", None)
         if hook is not None:
             hook(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
-        """Log ``train/loss`` (mean over every process's images) and ``train/acc``."""
-        if self._train_count == 0:
-            return
-        total = torch.tensor([self._train_count], device=self.device)
-        loss_sum = self._train_loss_sum.clone()
-        if self.trainer.world_size > 1:
-            loss_sum, total = (
-                self.trainer.strategy.reduce(t, reduce_op="sum") for t in (loss_sum, total)
-            )
-        self.log("train/loss", loss_sum / total[0], sync_dist=False, rank_zero_only=False)
-        self.log("train/acc", self.train_acc)
+        """Log ``train/loss`` (mean over every process's images) and ``train/acc``; Lightning
+        computes, syncs and resets the metric objects at the epoch's end."""
+        if self.train_loss.update_called:
+            self.log("train/loss", self.train_loss)
+            self.log("train/acc", self.train_acc)
 
     # -- evaluation: keep per-image logits, compute metrics on the gathered split ------------
     def tta_mode(self, stage: str) -> str | None:
