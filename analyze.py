@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cnnstress.errors import exit_on_user_error
-from cnnstress.overrides import check_group_choices
+from cnnstress.overrides import check_analysis_output, check_group_choices
 from cnnstress.resolvers import register_resolvers
 
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
@@ -27,4 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     exit_on_user_error(check_group_choices, sys.argv[1:])
+    exit_on_user_error(check_analysis_output, sys.argv[1:])
     main()

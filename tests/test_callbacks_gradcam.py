@@ -14,7 +14,7 @@ from cnnstress.cam import METHODS, compute_heatmaps, hook_snapshot, predict_prob
 from cnnstress.config import instantiate
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError
-from cnnstress.run_files import read_metrics
+from cnnstress.run_dir import read_metrics
 from cnnstress.training import build_datamodule, build_module, build_trainer, train
 
 

@@ -18,7 +18,7 @@ from cnnstress.data import CIFARDataModule, load_split
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.data.sources import detect_root_kind, resolve_root
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_files import read_run_record
+from cnnstress.run_dir import read_record
 from cnnstress.training import train
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP
 
@@ -190,7 +190,7 @@ def test_a_run_records_the_data_it_found(make_config, tiny_cifar10_zip, tmp_path
     cfg = make_config(f"paths.data_dir={shared}", f"paths.download_dir={tmp_path / 'data'}")
     assert cfg.dataset.root is None
     train(cfg)
-    record = read_run_record(tmp_path / "run")
-    assert record["config"]["dataset"]["root"] == str(shared / "cifar10.zip")
-    assert record["config"]["dataset"]["download"] is False
+    record = read_record(tmp_path / "run")
+    assert record.config["dataset"]["root"] == str(shared / "cifar10.zip")
+    assert record.config["dataset"]["download"] is False
     assert not (tmp_path / "data").exists()

@@ -21,7 +21,7 @@ from cnnstress.identity import run_identity
 from cnnstress.models import FastNet, fast_net
 from cnnstress.models.airbench import BN_EPS, BN_MOMENTUM, WHITEN_EPS, patches, whitening_filters
 from cnnstress.param_groups import parameter_groups
-from cnnstress.run_files import read_metrics, read_predictions
+from cnnstress.run_dir import read_metrics, read_predictions
 from cnnstress.stress.faithfulness import cascade_units
 from cnnstress.training import build_datamodule, build_module, train
 from cnnstress.tta import tta_logits

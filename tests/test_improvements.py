@@ -16,7 +16,7 @@ from torch import nn
 from cnnstress.augment import Cutout, RandomCrop, RandomHorizontalFlip
 from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
-from cnnstress.run_files import read_metrics
+from cnnstress.run_dir import read_metrics
 from cnnstress.training import build_datamodule, train
 from tests.conftest import CONF_DIR, compose_train_config
 

@@ -23,7 +23,7 @@ from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CL
 from cnnstress.errors import ConfigError
 from cnnstress.module import ClassifierModule
 from cnnstress.plots.images import FRAME_COLOR
-from cnnstress.run_files import read_metrics, read_predictions, write_predictions
+from cnnstress.run_dir import read_metrics, read_predictions, write_predictions
 from cnnstress.training import build_datamodule, build_trainer, train
 from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image
 from tests.test_callbacks_failures import ConstantLogits

@@ -16,7 +16,7 @@ import cnnstress.precision as precision
 from cnnstress.checkpoints import load_backbone
 from cnnstress.errors import ConfigError
 from cnnstress.precision import resolve_auto
-from cnnstress.run_files import read_metrics, read_predictions
+from cnnstress.run_dir import read_metrics, read_predictions
 from cnnstress.stress import read_stress
 from cnnstress.training import build_trainer, cheap_cuda_checks, train
 

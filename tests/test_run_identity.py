@@ -18,7 +18,7 @@ from cnnstress.errors import ConfigError
 from cnnstress.identity import fingerprint, run_identity
 from cnnstress.overrides import check_group_choices
 from cnnstress.resolvers import claim_unique_dir
-from cnnstress.run_files import read_metrics, read_run_record
+from cnnstress.run_dir import read_metrics, read_record
 from cnnstress.training import build_datamodule, build_module, train
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
@@ -39,11 +39,11 @@ def test_run_json_records_the_resolved_config_and_its_fingerprint(make_config, t
                                                                   tmp_path):  # fmt: skip
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}")
     train(cfg)
-    record = read_run_record(tmp_path / "run")
-    assert record["config"]["dataset"]["root"] == str(tiny_cifar10_zip)
-    assert record["config"]["seed"] == 42 and record["improvement"]["name"] == "baseline"
-    assert record["fingerprint"] == fingerprint(run_identity(record["config"]))
-    identity = run_identity(record["config"])
+    record = read_record(tmp_path / "run")
+    assert record.config["dataset"]["root"] == str(tiny_cifar10_zip)
+    assert record.config["seed"] == 42 and record.improvement == "baseline"
+    assert record.fingerprint == fingerprint(run_identity(record.config))
+    identity = run_identity(record.config)
     # Outputs, logging, observers and the label are not part of what the run is.
     assert not any(k.startswith(("paths.", "logger.", "callbacks.gradcam")) for k in identity)
     assert "improvement" not in identity and "trainer.enable_progress_bar" not in identity
@@ -72,7 +72,7 @@ def test_rerun_into_a_finished_directory(make_config, tiny_cifar10_zip, tmp_path
     # skip_completed=false replaces it, and the record says what ran.
     train(make_config(f"dataset.root={tiny_cifar10_zip}", "trainer.max_epochs=2",
                       "skip_completed=false"))  # fmt: skip
-    assert read_run_record(run)["config"]["trainer"]["max_epochs"] == 2
+    assert read_record(run).config["trainer"]["max_epochs"] == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
 
 
@@ -92,9 +92,9 @@ def test_no_augmentation_run(make_config, tiny_cifar10_zip, tmp_path):
     out, soft = augment(images, torch.zeros(4, dtype=torch.long), torch.Generator())
     assert soft is None and torch.equal(out, images.float() / 255)
     train(cfg)
-    record = read_run_record(tmp_path / "run")
-    assert record["improvement"] == {"name": "baseline", "changed_by": ["augmentation=[]"]}
-    assert "augmentation.crop.padding" not in run_identity(record["config"])
+    record = read_record(tmp_path / "run")
+    assert (record.improvement, record.changed_by) == ("baseline", ("augmentation=[]",))
+    assert "augmentation.crop.padding" not in run_identity(record.config)
 
 
 def test_override_precheck_uses_hydras_parser():
@@ -122,7 +122,7 @@ def test_two_runs_started_at_once_get_their_own_directories(tiny_cifar10_zip, tm
     assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for _, _, err in results]
     runs = sorted(p for p in (log_dir / "runs").glob("*/*") if p.is_dir())
     assert len(runs) == 2
-    assert sorted(read_run_record(r)["config"]["seed"] for r in runs) == [1, 2]
+    assert sorted(read_record(r).config["seed"] for r in runs) == [1, 2]
     assert not (log_dir / "multiruns").exists()
 
 
@@ -132,9 +132,9 @@ def test_sweep_over_augmentation_lists_and_its_analysis(tiny_cifar10_zip, tmp_pa
     sweep_args = ("augmentation=[],[crop,flip]", f"hydra.sweep.dir={sweep}")
     rc, _, err = finish(run_cli(f"dataset.root={tiny_cifar10_zip}", *sweep_args, multirun=True))
     assert rc == 0, err[-3000:]
-    records = [read_run_record(sweep / job) for job in ("0", "1")]
+    records = [read_record(sweep / job) for job in ("0", "1")]
     # [crop,flip] is exactly the baseline's augmentation: the run is the baseline.
-    assert [r["improvement"]["changed_by"] for r in records] == [["augmentation=[]"], []]
+    assert [r.changed_by for r in records] == [("augmentation=[]",), ()]
     report = analyze(compose_train_config(tmp_path / "report", [f"sweep={sweep}"], "analyze"))
     rows = {r["name"]: r for r in csv.DictReader((report / "summary.csv").open())}
     assert set(rows) == {"augmentation=[]", "baseline"}

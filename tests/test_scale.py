@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cnnstress.analysis import analyze
-from cnnstress.run_files import read_metrics, read_predictions
+from cnnstress.run_dir import read_metrics, read_predictions
 from cnnstress.training import train
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 

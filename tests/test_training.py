@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_files import read_metrics, read_predictions, read_run_record
+from cnnstress.run_dir import read_metrics, read_predictions, read_record
 from cnnstress.training import train
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN, compose_train_config
 
@@ -211,4 +211,4 @@ def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path)
     assert "test: acc " in out
     log = (tmp_path / "run" / "train.log").read_text()
     assert log.count("cnnstress.callbacks.progress") == 2 and "\r" not in log
-    assert read_run_record(tmp_path / "run")["config"]["trainer"]["enable_progress_bar"] is False
+    assert read_record(tmp_path / "run").config["trainer"]["enable_progress_bar"] is False

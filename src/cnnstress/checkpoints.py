@@ -1,8 +1,10 @@
 """Rebuild a trained backbone from a run directory, without any training code path.
 
 Run directories may come from elsewhere (a colleague's sweep, a download), so nothing in them
-is trusted to run code: the backbone is rebuilt only from cnnstress's own model classes, and
-weights are read with ``torch.load(weights_only=True)``.
+is trusted to run code: the record is read as plain data (:func:`cnnstress.run_dir.read_record`),
+the backbone is rebuilt only from cnnstress's own model classes with plain keyword values
+(:func:`cnnstress.models.registry.build_backbone`), and weights are read with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -14,59 +16,57 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnstress.config import instantiate
 from cnnstress.errors import DataError
-from cnnstress.run_files import RUN_FILE, read_run_record
+from cnnstress.models.registry import build_backbone
+from cnnstress.run_dir import RunRecord, read_record, tested_checkpoint
 
-# The only constructors a run's config may name for its backbone (and anything nested in it).
-TRUSTED_MODEL_PREFIX = "cnnstress.models."
+
+def record_config(record: RunRecord) -> DictConfig:
+    """A record's config as a DictConfig (safe: :func:`read_record` refused interpolations)."""
+    return OmegaConf.create(record.config)
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The resolved config a finished run ran with (its ``run.json``)."""
-    try:
-        return OmegaConf.create(read_run_record(run_dir)["config"])
-    except FileNotFoundError:
-        raise DataError(f"{run_dir} has no {RUN_FILE}: not a finished cnnstress run") from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{run_dir}/{RUN_FILE} is unreadable: {err}") from None
+    return record_config(read_record(run_dir))
 
 
-def _targets(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = [str(node["_target_"])] if "_target_" in node else []
-        return found + [t for value in node.values() for t in _targets(value)]
-    if isinstance(node, list):
-        return [t for value in node for t in _targets(value)]
-    return []
-
-
-def build_backbone(cfg: DictConfig) -> nn.Module:
-    """Instantiate ``cfg.model.net``, refusing any ``_target_`` outside cnnstress's models.
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint, read with ``weights_only=True``.
 
     Raises:
-        DataError: the config names another constructor (it could run arbitrary code).
+        DataError: not readable, refused by the weights-only unpickler, not a checkpoint
+            mapping, or without a ``state_dict`` of tensors.
     """
-    net_cfg = OmegaConf.select(cfg, "model.net", default=None)
-    if not isinstance(net_cfg, DictConfig):
-        raise DataError("the run's config has no model.net to rebuild the backbone from")
-    container = OmegaConf.to_container(net_cfg, resolve=True)
-    for target in _targets(container):
-        if not target.startswith(TRUSTED_MODEL_PREFIX):
-            raise DataError(
-                f"refusing to build model.net with _target_={target}: only "
-                f"{TRUSTED_MODEL_PREFIX}* backbones are rebuilt from a run directory"
-            )
-    return instantiate(container)
+    try:
+        checkpoint: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"checkpoint {path} does not exist") from None
+    except Exception as err:  # UnpicklingError (refused), RuntimeError (not a zip), EOFError...
+        reason = " ".join(str(err).split())[:300]
+        raise DataError(f"cannot read checkpoint {path}: {type(err).__name__}: {reason}") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise DataError(f"{path} is not a Lightning checkpoint (no state_dict of tensors)")
+    return state
 
 
-def checkpoint_path(run_dir: str | Path) -> Path:
-    """``checkpoints/best.ckpt`` when the run selected one on validation, else ``last.ckpt``."""
-    folder = Path(run_dir) / "checkpoints"
-    for name in ("best.ckpt", "last.ckpt"):
-        if (folder / name).is_file():
-            return folder / name
-    raise DataError(f"no checkpoint in {folder} (expected best.ckpt or last.ckpt)")
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load the backbone weights (``net.*`` keys) of a module ``state`` into ``net``.
+
+    Raises:
+        DataError: the weights do not fit ``net`` (another model or width).
+    """
+    prefix = "net."
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(first[1:2]).strip() or first[0]
+        raise DataError(f"{path} does not fit the run's model.net: {detail}") from None
 
 
 def load_backbone(
@@ -74,17 +74,17 @@ def load_backbone(
 ) -> tuple[nn.Module, DictConfig]:
     """Return the run's backbone (eval mode, on ``device``) and its config.
 
-    The network is built from ``model.net`` in the run's ``run.json`` (cnnstress models only,
-    :func:`build_backbone`) and its weights are loaded from ``ckpt`` (default:
-    :func:`checkpoint_path`) with ``weights_only=True``.
+    The network is built from ``model.net`` in the run's ``run.json`` and its weights are
+    loaded from ``ckpt`` (default: the checkpoint the run's test used,
+    :func:`cnnstress.run_dir.tested_checkpoint`) with ``weights_only=True``.
+
+    Raises:
+        DataError: a missing or malformed record or checkpoint, a refused ``model.net``, or
+            weights that do not fit.
     """
-    cfg = load_run_config(run_dir)
-    net = build_backbone(cfg)
-    path = Path(ckpt) if ckpt is not None else checkpoint_path(run_dir)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except (OSError, RuntimeError, KeyError, EOFError) as err:
-        raise DataError(f"cannot read checkpoint {path}: {err}") from None
-    prefix = "net."
-    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    record = read_record(run_dir)
+    cfg = record_config(record)
+    net = build_backbone((record.config.get("model") or {}).get("net"))
+    path = Path(ckpt) if ckpt is not None else tested_checkpoint(run_dir, record)
+    load_weights(net, load_state_dict(path), path)
     return net.to(device).eval(), cfg

@@ -98,3 +98,20 @@ def improvement_changes(
 
     same = all(section(canonical, k) == section(cfg, k) for k in keys)
     return [] if same else touching
+
+
+def check_analysis_output(args: Sequence[str]) -> None:
+    """Refuse ``hydra.run.dir=DIR`` for an analysis when DIR already holds one: Hydra would
+    rewrite its ``.hydra/`` before the analysis even starts."""
+    for override in parse_overrides(args):
+        if override.key_or_group == "hydra.run.dir" and not override.is_sweep_override():
+            check_report_free(Path(str(override.value())))
+
+
+def check_report_free(out: Path) -> None:
+    """:class:`ConfigError` when ``out`` already holds an analysis (its ``report.html``)."""
+    if (out / "report.html").exists():
+        raise ConfigError(
+            f"{out} already holds an analysis (report.html); give another hydra.run.dir, or "
+            "leave it out for a new directory"
+        )

@@ -27,23 +27,21 @@ from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
 from cnnstress.distributed import prepare_hydra_relaunch
-from cnnstress.errors import ConfigError
+from cnnstress.errors import ConfigError, DataError
 from cnnstress.identity import IMPROVEMENT_KEYS, describe, differences, run_identity
 from cnnstress.module import ClassifierModule
 from cnnstress.overrides import improvement_changes
 from cnnstress.precision import resolve_accelerator, resolve_auto
-from cnnstress.run_files import (
-    METRICS_FILE,
-    PREDICTIONS_FILE,
-    RUN_FILE,
+from cnnstress.run_dir import (
+    RunDir,
     read_metrics,
-    read_run_record,
+    read_record,
     write_metrics,
     write_predictions,
-    write_run_record,
+    write_record,
 )
 from cnnstress.settings import Flag, check
-from cnnstress.stress import STRESS_FILE, run_stress
+from cnnstress.stress import run_stress
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +138,6 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     }
 
 
-# Files and folders a finished run leaves; removed before a finished run is replaced.
-RUN_OUTPUTS = (
-    METRICS_FILE, RUN_FILE, PREDICTIONS_FILE, STRESS_FILE, "checkpoints", "tensorboard",
-    "failures", "gradcam", "confusion_matrix.json", "confusion_matrix.png",
-    "reliability.json", "reliability.png", "stress_*.png",
-)  # fmt: skip
-
-
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as plain containers, every interpolation resolved."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -179,40 +169,56 @@ def resolve_data_root(cfg: DictConfig) -> None:
             log.info("downloading %s into %s (once; about 170 MB)", cfg.dataset.name, found.path)
 
 
-def finished_run(cfg: DictConfig, run_dir: Path) -> dict[str, float] | None:
-    """Decide what to do with a run directory that already holds a finished run.
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint this training run resumes from (``ckpt_path`` with ``train=true``)."""
+    ckpt = cfg.get("ckpt_path")
+    return Path(ckpt) if ckpt and cfg.get("train", True) else None
 
-    Returns its metrics when it is a finished run of this very config (same fingerprint) and
-    ``skip_completed`` is true; ``None`` when there is nothing to skip (no finished run, or it
-    is replaced because ``skip_completed=false``: its run files are removed first, by rank 0).
 
-    Raises:
-        ConfigError: a finished run of another config (or of an unknown one) is there and
-            ``skip_completed`` is true: nothing is ever overwritten silently.
+def prepare_run_dir(cfg: DictConfig, run: RunDir) -> dict[str, Any] | None:
+    """Decide what to do with what the run directory already holds, before anything is built.
+
+    * A finished run of this very config (same fingerprint) with ``skip_completed``: return its
+      metrics; the job is done.
+    * A finished run of another config with ``skip_completed``: :class:`ConfigError` (nothing
+      is ever overwritten silently).
+    * Otherwise the directory starts clean: a finished run replaced (``skip_completed=false``)
+      or an earlier unfinished attempt loses every file it wrote (stale checkpoints would
+      otherwise be tested, and two attempts' TensorBoard events mixed). A run resuming from a
+      checkpoint inside this directory (``ckpt_path=RUN/checkpoints/last.ckpt``: a crashed run
+      continued, or a finished one extended, e.g. with a larger ``trainer.max_epochs``) keeps
+      its checkpoints and TensorBoard events: no file this command reads is deleted.
+      Only rank 0 deletes.
     """
-    if not (run_dir / METRICS_FILE).is_file():
-        return None
-    if cfg.get("skip_completed", True):
+    if run.finished and cfg.get("skip_completed", True):
         try:
-            recorded = run_identity(read_run_record(run_dir)["config"])
-        except (OSError, ValueError) as err:
+            recorded = read_record(run.path).config
+        except DataError as err:
             raise ConfigError(
-                f"{run_dir} holds a finished run without a readable {RUN_FILE} ({err}); use "
+                f"{run.path} holds a finished run without a readable run.json ({err}); use "
                 "another output directory, or skip_completed=false to replace it"
             ) from None
-        diffs = differences(recorded, run_identity(resolved_config(cfg)))
+        diffs = differences(run_identity(recorded), run_identity(resolved_config(cfg)))
         if not diffs:
-            log.info("%s already has %s: skipping this completed run", run_dir, METRICS_FILE)
-            return read_metrics(run_dir)
+            log.info("%s already holds this finished run: skipping it", run.path)
+            return read_metrics(run.path)
         raise ConfigError(
-            f"{run_dir} holds a finished run of another config ({describe(diffs)}); use another "
-            "hydra.sweep.dir (or hydra.run.dir), or skip_completed=false to replace it"
+            f"{run.path} holds a finished run of another config ({describe(diffs)}); use "
+            "another hydra.sweep.dir (or hydra.run.dir), or skip_completed=false to replace it"
         )
-    log.warning("replacing the finished run in %s (skip_completed=false)", run_dir)
-    if rank_zero_only.rank == 0:
-        for pattern in RUN_OUTPUTS:
-            for path in run_dir.glob(pattern):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resume = resume_checkpoint(cfg)
+    inside = resume is not None and resume.resolve().is_relative_to(run.path.resolve())
+    if rank_zero_only.rank != 0 or not run.outputs():
+        return None
+    if run.finished:
+        what = "extending" if inside else "replacing"
+        log.warning("%s the finished run in %s (skip_completed=false)", what, run.path)
+    elif not inside:
+        log.warning("%s holds files of an earlier unfinished attempt: starting clean", run.path)
+    kept = [run.checkpoints, run.tensorboard] if inside else []
+    for path in run.outputs():
+        if path not in kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return None
 
 
@@ -221,7 +227,7 @@ def log_stress_figures(trainer: L.Trainer, run_dir: Path) -> None:
     writer = tensorboard_writer(trainer)
     if writer is None:
         return
-    for path in sorted(run_dir.glob("stress_*.png")):
+    for path in RunDir(run_dir).stress_figures():
         image = read_image(str(path), ImageReadMode.RGB)  # (3, H, W) uint8
         writer.add_image(f"stress/{path.stem}", image, trainer.global_step)
     writer.flush()
@@ -233,7 +239,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The test uses ``best.ckpt`` when a validation split exists, else the final weights. With
     ``train=false`` the run only tests the weights in ``ckpt_path``. The run files are written
     last, ``metrics.json`` at the very end, so a run that fails leaves no ``metrics.json``. A
-    directory that already holds a finished run is handled by :func:`finished_run`.
+    directory that already holds files is handled by :func:`prepare_run_dir`.
     """
     quiet_library_noise()
     start = time.perf_counter()
@@ -248,7 +254,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Concrete trainer.precision and channels_last before the run's identity is compared (a
     # finished run records what it ran in) and before anything is built.
     resolve_auto(cfg)
-    if (done := finished_run(cfg, run_dir)) is not None:
+    if (done := prepare_run_dir(cfg, RunDir(run_dir))) is not None:
         return done
     validate_config(cfg)
     cheap_cuda_checks(cfg)
@@ -264,6 +270,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         # best.ckpt's callback (the one with a monitor), named: with last.ckpt's callback beside
         # it, Lightning's ckpt_path="best" warns and takes whichever comes first.
+        if trainer.global_step == 0:  # e.g. trainer.limit_train_batches=0: nothing was trained
+            raise ConfigError(
+                "the run made no training step (check trainer.limit_train_batches, "
+                "trainer.max_steps and dataset.batch_size); nothing is recorded as finished"
+            )
         selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
         test_ckpt = None
         if datamodule.has_val and selector is not None:
@@ -299,7 +310,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         overrides = task_overrides()
         changed = improvement_changes(cfg, overrides, IMPROVEMENT_KEYS)
-        write_run_record(run_dir, config, overrides, changed)
+        # The weights the test used (the final ones equal last.ckpt when nothing was selected).
+        tested = (
+            test_ckpt
+            if test_ckpt not in (None, "best")
+            else RunDir(run_dir).checkpoints / "last.ckpt"
+        )
+        write_record(
+            run_dir,
+            config,
+            overrides,
+            changed,
+            checkpoint=tested if cfg.get("train", True) else None,
+        )
         write_metrics(run_dir, metrics)  # last: the run is finished
         if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
             names = list(cfg.stress)

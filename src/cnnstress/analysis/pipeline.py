@@ -17,7 +17,8 @@ from cnnstress.analysis.runs import collect_runs, latest_multirun
 from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names, summarise_stress
 from cnnstress.cam import METHODS
 from cnnstress.console import quiet_library_noise
-from cnnstress.errors import ConfigError, UserError
+from cnnstress.errors import UserError
+from cnnstress.overrides import check_report_free
 from cnnstress.plots import calibration as calibration_plots
 from cnnstress.plots import comparison as comparison_plots
 from cnnstress.plots import stress as stress_plots
@@ -40,7 +41,10 @@ class Device(Rule):
     """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``)."""
 
     def convert(self, value: Any) -> str:
-        device = torch.device(str(value))
+        try:
+            device = torch.device(str(value))
+        except RuntimeError:  # "Expected one of cpu, cuda, ... device type"
+            raise ValueError from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError
         return str(value)
@@ -124,15 +128,14 @@ def _gradcam(
                 method=settings.gradcam.method,
                 target_layer=settings.gradcam.target_layer,
             )
-        except ConfigError:
-            raise
-        except UserError as err:  # a moved dataset or a missing checkpoint: say so, go on
+        except UserError as err:  # a moved dataset or an unreadable checkpoint: say so, go on
             notes.append(f"{reference.label}: no Grad-CAM figure: {err}")
             log.warning("no Grad-CAM figure for %s: %s", reference.label, err)
             continue
         if side is None:
             notes.append(f"{reference.label}: the reference has no test failure to show.")
             continue
+        notes += side.notes
         name = default_filename(n if len(references) > 1 else None)
         save_figure(comparison_plots.gradcam_figure(side), out / name)
         files.append(name)
@@ -190,6 +193,7 @@ def analyze(cfg: DictConfig) -> Path:
     settings = AnalysisSettings.from_config(cfg)
     stress_names(cfg)  # unknown stress sections, before any work
     out = Path(cfg.paths.output_dir)
+    check_report_free(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, sweep = settings.runs, settings.sweep
     if not runs and sweep is None:

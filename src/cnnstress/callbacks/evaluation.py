@@ -19,7 +19,7 @@ from cnnstress.callbacks.context import (
 from cnnstress.metrics import ECE_BINS, expected_calibration_error, reliability_bins
 from cnnstress.plots.calibration import confusion_matrix_figure, reliability_figure
 from cnnstress.plots.canvas import figure_to_array, save_png
-from cnnstress.run_files import write_json
+from cnnstress.run_dir import write_json
 from cnnstress.settings import Integer, Settings, Text, setting
 
 

@@ -21,7 +21,7 @@ from cnnstress.data.label_errors import SOURCE, LabelErrors
 from cnnstress.metrics import find_failures
 from cnnstress.plots.canvas import save_png, to_hwc
 from cnnstress.plots.images import image_grid
-from cnnstress.run_files import write_json
+from cnnstress.run_dir import write_json
 from cnnstress.settings import Integer, Number, Settings, Text, setting
 
 

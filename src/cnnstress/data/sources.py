@@ -27,6 +27,7 @@ import functools
 import logging
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 IMAGE_SIZE = 32
 _TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+# What torchvision.io.decode_image reads (no BMP, no TIFF).
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
 _MEMBER = re.compile(r"^(?:.*/)?(train|test)/([^/]+)/([^/]+)$")
 OFFICIAL_TEST_SIZE = 10_000  # CIFAR-10 and CIFAR-100 alike
 
@@ -196,12 +198,23 @@ def _load_split_cached(
     return _load_torchvision(root, dataset, split, download)
 
 
+def _is_image_entry(name: str) -> bool:
+    """Whether an archive or folder entry is an image of the tree: not macOS metadata
+    (``__MACOSX/``, ``._name`` resource forks) or another hidden file."""
+    parts = Path(name).parts
+    return (
+        Path(name).suffix.lower() in _IMAGE_SUFFIXES
+        and "__MACOSX" not in parts
+        and not parts[-1].startswith(".")
+    )
+
+
 def _decode(data: bytes, where: str) -> torch.Tensor:
     try:
         image = decode_image(
             torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB
         )
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise DataError(f"cannot decode image {where}: {err}") from None
     if image.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(
@@ -280,7 +293,7 @@ def _load_zip(path: Path, dataset: str, split: str) -> LabeledImages:
             members = []
             for name in archive.namelist():
                 match = _MEMBER.match(name)
-                if match and match[1] == split and Path(name).suffix.lower() in _IMAGE_SUFFIXES:
+                if match and match[1] == split and _is_image_entry(name):
                     members.append((match[2], name))
             if not members:
                 raise DataError(f"zip {path} has no {split}/<class>/<image> entries")
@@ -289,7 +302,7 @@ def _load_zip(path: Path, dataset: str, split: str) -> LabeledImages:
             order = sorted(range(len(members)), key=lambda i: (index[members[i][0]], members[i][1]))
             members = [members[i] for i in order]
             items = [(index[c], _decode(archive.read(n), f"{path}:{n}")) for c, n in members]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as err:
         raise DataError(f"cannot read zip {path}: {err} (is it a complete zip file?)") from None
     return _stack(items, path, dataset, split, None if ids is None else ids[order], why)
 
@@ -298,19 +311,23 @@ def _load_folder(root: Path, dataset: str, split: str) -> LabeledImages:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{root} has no {split}/ folder of {split}/<class>/<image> files")
-    files = [
-        (folder.name, file)
-        for folder in split_dir.iterdir()
-        if folder.is_dir()
-        for file in folder.iterdir()
-        if file.suffix.lower() in _IMAGE_SUFFIXES
-    ]
-    ids, why = _file_ids([f.name for _, f in files]) if split == "test" and files else (None, "")
-    folders = {p.name for p in split_dir.iterdir() if p.is_dir()}
-    index = _class_index(folders, dataset, split_dir, ids is not None)
-    order = sorted(range(len(files)), key=lambda i: (index[files[i][0]], files[i][1].name))
-    files = [files[i] for i in order]
-    items = [(index[name], _decode(file.read_bytes(), str(file))) for name, file in files]
+    try:
+        folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name != "__MACOSX")
+        files = [
+            (folder.name, file)
+            for folder in folders
+            for file in folder.iterdir()
+            if _is_image_entry(file.name)
+        ]
+        ids, why = (
+            _file_ids([f.name for _, f in files]) if split == "test" and files else (None, "")
+        )
+        index = _class_index({p.name for p in folders}, dataset, split_dir, ids is not None)
+        order = sorted(range(len(files)), key=lambda i: (index[files[i][0]], files[i][1].name))
+        files = [files[i] for i in order]
+        items = [(index[name], _decode(file.read_bytes(), str(file))) for name, file in files]
+    except OSError as err:  # an unreadable folder or file
+        raise DataError(f"cannot read {err.filename or split_dir}: {err.strerror}") from None
     return _stack(items, split_dir, dataset, split, None if ids is None else ids[order], why)
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnstress.errors import ConfigError
-from cnnstress.run_files import write_json
+from cnnstress.run_dir import write_json
 from cnnstress.stress import (
     adversarial,
     background,
