@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torchvision.io import encode_png
 
-from cnnstress.config import compose_config
+from cnnstress.config_store import compose_config
 from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +110,15 @@ def compose_train_config(
 ) -> DictConfig:
     """Compose the real ``conf/`` like the entry points do (see ``cnnstress.config``)."""
     return compose_config(output_dir, overrides, config_name, keep_hydra)
+
+
+def prepared(cfg: DictConfig) -> DictConfig:
+    """``cfg`` after :func:`cnnstress.training.prepare_run` (every ``auto`` resolved), for
+    tests that build a Trainer or a module from it."""
+    from cnnstress.training import prepare_run
+
+    assert prepare_run(cfg) is None, "the test's run directory already holds a finished run"
+    return cfg
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from cnnstress.analysis.runs import latest_multirun
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError, DataError
-from cnnstress.training import train
+from cnnstress.training import run_training
 from tests.conftest import CONF_DIR, ROOT, TINY_RUN, class_pattern_image, compose_train_config
 
 SEEDS = (1, 2)
@@ -76,8 +76,8 @@ def _train_run(out: Path, zip_path: Path, improvement: str, seed: int) -> Path:
             # conf/improvement/label_smoothing.yaml is not in this tree: make its change by
             # hand so the group still differs from the baseline in that one key.
             cfg.improvement = improvement
-            cfg.loss.label_smoothing = 0.1
-    train(cfg)
+            cfg.module.loss.label_smoothing = 0.1
+    run_training(cfg)
     (out / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / ".hydra" / "config.yaml")  # what Hydra saves for a real run
     return out
@@ -147,7 +147,7 @@ def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
     analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     (comparison,) = analysis.comparisons
     assert comparison.reference.key.name == "baseline"
-    assert comparison.constrained and comparison.changed_keys == ["loss.label_smoothing"]
+    assert comparison.constrained and comparison.changed_keys == ["module.loss.label_smoothing"]
     b_sum = c_sum = 0
     for seed in SEEDS:
         ref, other = (
@@ -227,7 +227,7 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
         assert rows[improvement]["n_seeds"] == "2"
     assert rows["label_smoothing"]["reference"] == "cifar10/simple_cnn/baseline"
     assert rows["label_smoothing"]["constrained"] == "1"
-    assert rows["label_smoothing"]["differs_in"] == "loss.label_smoothing: 0.0 -> 0.1"
+    assert rows["label_smoothing"]["differs_in"] == "module.loss.label_smoothing: 0.0 -> 0.1"
 
 
 def test_gradcam_shows_the_reference_top_failures(sweep):
@@ -310,7 +310,7 @@ def test_groups_differing_in_epochs_are_apart_and_unconstrained(sweep, tmp_path)
     (unconstrained,) = [c for c in analysis.comparisons if not c.constrained]
     assert unconstrained.other.key.name == "label_smoothing [trainer.max_epochs=30]"
     assert unconstrained.unconstrained_keys == ["trainer.max_epochs"]
-    assert unconstrained.changed_keys == ["loss.label_smoothing"]
+    assert unconstrained.changed_keys == ["module.loss.label_smoothing"]
     assert any("unconstrained comparison" in n and "trainer.max_epochs: 2 -> 30" in n
                for n in analysis.notes)  # fmt: skip
     out = tmp_path / "report"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -15,9 +14,9 @@ from torch import nn
 
 from cnnstress.augment import Cutout, RandomCrop, RandomHorizontalFlip
 from cnnstress.errors import ConfigError
-from cnnstress.module import ClassifierModule
+from cnnstress.module import ClassifierModule, LossConfig, ModuleConfig
 from cnnstress.run_dir import read_metrics
-from cnnstress.training import build_datamodule, train
+from cnnstress.training import build_datamodule, run_training
 from tests.conftest import CONF_DIR, compose_train_config
 
 IMPROVEMENTS = ["baseline", "cutout", "cutmix", "mixup", "augment", "label_smoothing"]
@@ -60,7 +59,7 @@ def test_improvement_differs_from_baseline_only_in_augmentation_and_loss(name, t
     assert improved["improvement"] == name
     ops, smoothing = CHANGES[name]
     assert {k.split(".")[1] for k in changed if k.startswith("augmentation.")} == set(ops)
-    assert improved["loss.label_smoothing"] == smoothing
+    assert improved["module.loss.label_smoothing"] == smoothing
     assert baseline["augmentation.crop.padding"] == 4 and baseline["augmentation.flip.p"] == 0.5
     # Each added op comes with the parameters of its conf/augmentation file.
     for op in ops:
@@ -103,10 +102,8 @@ def test_bad_augmentation_value_from_the_command_line_is_a_config_error(make_con
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_soft_target_loss_equals_hand_computed_value(smoothing):
     # nn.Flatten as the backbone makes the (2, 3, 1, 1) "images" the logits themselves.
-    module = ClassifierModule(
-        net=nn.Flatten(), optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=3,
-        label_smoothing=smoothing,
-    )  # fmt: skip
+    config = ModuleConfig(channels_last=False, loss=LossConfig(label_smoothing=smoothing))
+    module = ClassifierModule(nn.Flatten(), config, num_classes=3)
     logits = [[0.0, math.log(2), math.log(5)], [0.0, 0.0, 0.0]]  # softmax 1/8 2/8 5/8; 1/3 each
     soft = [[0.25, 0.75, 0.0], [0.0, 0.4, 0.6]]
     batch = {
@@ -175,7 +172,7 @@ def test_tiny_run_of_each_improvement_writes_metrics(name, make_config, tiny_cif
     cfg = make_config(
         f"improvement={name}", f"dataset.root={tiny_cifar10_zip}", "trainer.limit_train_batches=4"
     )
-    train(cfg)
+    run_training(cfg)
     metrics = read_metrics(tmp_path / "run")
     for key in ("train/loss", "train/acc", "test/acc", "test/loss"):
         assert math.isfinite(metrics[key]), key

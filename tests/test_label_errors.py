@@ -17,15 +17,14 @@ from torch import nn
 from torchvision.io import decode_image, encode_png, read_image
 
 from cnnstress.callbacks import GradCAMGrids, HighConfidenceFailures
-from cnnstress.config import instantiate
-from cnnstress.data import CIFARDataModule, load_label_errors, load_split
+from cnnstress.data import CIFARDataModule
 from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CLASSES
+from cnnstress.data.datamodule import DatasetConfig, load_label_errors, load_split
 from cnnstress.errors import ConfigError
-from cnnstress.module import ClassifierModule
 from cnnstress.plots.images import FRAME_COLOR
 from cnnstress.run_dir import read_metrics, read_predictions, write_predictions
-from cnnstress.training import build_datamodule, build_trainer, train
-from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image
+from cnnstress.training import build_datamodule, build_module, build_trainer, run_training
+from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image, prepared
 from tests.test_callbacks_failures import ConstantLogits
 
 LABELS_DIR = DATA_DIR / "label-errors"
@@ -229,7 +228,9 @@ def test_files_not_named_by_official_indices_are_positions(tmp_path, caplog, fil
 
 def test_test_batches_carry_official_indices_validation_positions(tmp_path):
     root = make_official_zip(tmp_path / "o.zip", "cifar10", PLANTED10)
-    dm = CIFARDataModule("cifar10", str(root), 10, [0.5] * 3, [0.25] * 3, val_size=4)
+    config = DatasetConfig(name="cifar10", root=str(root), num_classes=10, mean=[0.5] * 3,
+                           std=[0.25] * 3, val_size=4, batch_size=2)  # fmt: skip
+    dm = CIFARDataModule(config)
     dm.setup()
     assert dm.official_test_index and dm.test_set.official_index
     batch = next(iter(dm.test_dataloader()))
@@ -280,12 +281,11 @@ def run_planted_test(make_config, root: Path, dataset: str, *overrides: str):
         "callbacks.high_conf_failures.ncols=1",
         *overrides,
     )
+    prepared(cfg)
     datamodule = build_datamodule(cfg)
     net = PlantedNet(cfg.dataset.num_classes, cfg.dataset.mean[0], cfg.dataset.std[0])
-    module = ClassifierModule(
-        net=net, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
-    )
-    trainer = build_trainer(cfg, has_val=False)
+    module = build_module(cfg, net)
+    trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     return trainer
 
@@ -397,9 +397,9 @@ def test_planted_cifar100_label_errors(make_config, tmp_path):
 
 
 def test_nothing_label_error_related_without_official_indices(make_config, tiny_cifar10_zip):
-    cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null")
-    module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
-    trainer = build_trainer(cfg, has_val=False)
+    cfg = prepared(make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null"))
+    module = build_module(cfg, ConstantLogits())
+    trainer = build_trainer(cfg)
     trainer.test(module, datamodule=build_datamodule(cfg))
     assert not [k for k in trainer.callback_metrics if "clean" in k or "label_error" in k]
     assert "test/acc_corrected" not in trainer.callback_metrics
@@ -417,7 +417,7 @@ def test_gradcam_indices_are_checked_against_the_official_indices(make_config, t
 
 def test_training_run_records_official_indices_and_clean_accuracy(make_config, tmp_path):
     root = make_official_zip(tmp_path / "o.zip", "cifar10", PLANTED10)
-    metrics = train(make_config(f"dataset.root={root}", "callbacks.gradcam=null"))
+    metrics = run_training(make_config(f"dataset.root={root}", "callbacks.gradcam=null"))
     run = tmp_path / "run"
     preds = read_predictions(run)
     assert preds["official_index"].item() is True

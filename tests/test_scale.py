@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from cnnstress.analysis import analyze
 from cnnstress.run_dir import read_metrics, read_predictions
-from cnnstress.training import train
+from cnnstress.training import run_training
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 
@@ -61,7 +61,7 @@ def test_ddp_job_in_a_multirun_equals_single_process_evaluation(
     val = json.loads((run / "failures" / "val_failures.json").read_text())
     assert val["num_images"] == 33  # not 34: the padded duplicate is dropped
     evaluation = tmp_path / "eval"
-    single = train(
+    single = run_training(
         make_config(
             f"dataset.root={data}", "train=false", "dataset.val_size=33",
             f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", output_dir=evaluation,

@@ -20,7 +20,7 @@ from cnnstress.analysis import analyze, collect_runs
 from cnnstress.checkpoints import load_backbone
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.run_dir import RunDir, read_predictions, read_record
-from cnnstress.training import train
+from cnnstress.training import run_training
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 
@@ -39,7 +39,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10_zip: Path) -
     """One finished tiny run (last.ckpt, run.json, predictions.npz)."""
     out = tmp_path_factory.mktemp("runs") / "seed1"
     cfg = compose_train_config(out, [*TINY_RUN, f"dataset.root={tiny_cifar10_zip}", "seed=1"])
-    train(cfg)
+    run_training(cfg)
     return out
 
 
@@ -170,11 +170,11 @@ def test_a_rerun_into_an_unfinished_directory_starts_clean(tiny_cifar10_zip, tmp
     first = [*TINY_RUN, f"dataset.root={tiny_cifar10_zip}", "dataset.val_size=32",
              "trainer.max_epochs=2", "seed=1"]  # fmt: skip
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_train_config(run, [*first, *crash]))
+        run_training(compose_train_config(run, [*first, *crash]))
     stale = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     assert (run / "tensorboard").is_dir()
     events_before = sorted(p.name for p in (run / "tensorboard").rglob("events.*"))
-    train(compose_train_config(run, [*first[:-1], "seed=2"]))
+    run_training(compose_train_config(run, [*first[:-1], "seed=2"]))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert read_record(run).checkpoint == "checkpoints/best.ckpt"
     fresh = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
@@ -188,14 +188,16 @@ def test_a_rerun_into_an_unfinished_directory_starts_clean(tiny_cifar10_zip, tmp
 def test_extending_a_finished_run_equals_an_uninterrupted_longer_one(tiny_cifar10_zip, tmp_path):
     base = [*TINY_RUN, f"dataset.root={tiny_cifar10_zip}", "seed=3"]
     run = tmp_path / "run"
-    train(compose_train_config(run, base))
+    run_training(compose_train_config(run, base))
     last = run / "checkpoints" / "last.ckpt"
-    extended = train(
+    extended = run_training(
         compose_train_config(
             run, [*base, "trainer.max_epochs=2", f"ckpt_path={last}", "skip_completed=false"]
         )
     )
-    straight = train(compose_train_config(tmp_path / "straight", [*base, "trainer.max_epochs=2"]))
+    straight = run_training(
+        compose_train_config(tmp_path / "straight", [*base, "trainer.max_epochs=2"])
+    )
     assert extended["test/acc"] == straight["test/acc"]
     assert extended["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-6)
     assert read_record(run).config["trainer"]["max_epochs"] == 2
@@ -204,10 +206,20 @@ def test_extending_a_finished_run_equals_an_uninterrupted_longer_one(tiny_cifar1
     )
 
 
-def test_a_run_without_a_training_step_is_not_finished(make_config, tiny_cifar10_zip, tmp_path):
-    cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "trainer.limit_train_batches=0")
-    with pytest.raises(ConfigError, match="made no training step"):
-        train(cfg)
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches must be null, a number"),
+        ("trainer.max_steps=0", "trainer.max_steps must be one of -1 or an integer >= 1"),
+        ("dataset.batch_size=1000", "dataset.batch_size=1000 is larger than the training split"),
+        ("trainer.limit_train_batches=0.001", r"bad trainer setting: .*0\.001 \* 10 < 1"),
+    ],
+)
+def test_a_run_without_a_training_step_is_never_finished(
+    make_config, tiny_cifar10_zip, tmp_path, override, message
+):
+    with pytest.raises(ConfigError, match=message):
+        run_training(make_config(f"dataset.root={tiny_cifar10_zip}", override))
     assert not RunDir(tmp_path / "run").finished
 
 

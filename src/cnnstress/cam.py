@@ -32,7 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cnnstress.errors import ConfigError
-from cnnstress.settings import OneOf, check
+from cnnstress.rules import OneOf, check
 
 # Methods that only need a target layer and gradients/activations. AblationCAM (swaps layers
 # in the model), FullGrad (ignores the target layer), KPCA-CAM (scikit-learn) and RandomCAM

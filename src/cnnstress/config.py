@@ -1,26 +1,33 @@
-"""Compose, instantiate and check training configs.
+"""Configs: build objects from config nodes, check every value against its rule, and say in
+one line what is wrong with a config Hydra could not compose.
 
-The override pre-check lives in :mod:`cnnstress.overrides`, the resolvers of ``conf/`` in
-:mod:`cnnstress.resolvers`.
+Every configurable object declares its knobs once, as the fields of a dataclass (the object
+itself, as for augmentation ops, callbacks and stresses, or its settings, as for the data
+module and the LightningModule), each with its default, its type and, as ``Annotated``
+metadata, its :class:`~cnnstress.rules.Rule`. :mod:`cnnstress.config_store` registers those
+dataclasses as Hydra structured configs; the YAML files of ``conf/`` extend them and hold only
+recipes and values that differ from the defaults. So a typo fails while Hydra composes, a wrong
+type fails with it, and :func:`validate` checks every range once, naming the key where the value
+sits.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.errors import HydraException, InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from cnnstress.errors import ConfigError, UserError
-from cnnstress.resolvers import register_resolvers
-from cnnstress.settings import Integer, Number, OneOf, Rule, check
+from cnnstress.rules import Flag, Integer, Number, Rule, Text, check, plain
 
 
 def project_root() -> Path:
@@ -28,67 +35,137 @@ def project_root() -> Path:
     return Path(os.environ.get("CNNSTRESS_ROOT", Path(__file__).resolve().parents[2]))
 
 
-def compose_config(
-    output_dir: str | Path,
-    overrides: Sequence[str] = (),
-    config_name: str = "train",
-    keep_hydra: bool = False,
-) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` outside a Hydra app (tests, benchmarks, notebooks).
-
-    The result is what the entry point would see, writing into ``output_dir``: the Hydra config
-    is registered so ``${hydra:...}`` resolves, and is removed from the result unless
-    ``keep_hydra``.
-    """
-    os.environ.setdefault("CNNSTRESS_ROOT", str(project_root()))
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(project_root() / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[*overrides, f"hydra.run.dir={output_dir}"],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        if not keep_hydra:
-            del cfg.hydra
-    return cfg
+@functools.cache
+def rules_of(schema: type) -> dict[str, Rule]:
+    """Field name -> the :class:`Rule` in its ``Annotated`` type, for a schema dataclass."""
+    hints = typing.get_type_hints(schema, include_extras=True)
+    rules = {}
+    for name, hint in hints.items():
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, Rule):
+                rules[name] = meta
+    return rules
 
 
-def instantiate(config: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that reports a bad config value as a :class:`ConfigError`.
+def type_rule(schema: type | None, name: str) -> Rule | None:
+    """The rule of field ``name`` of ``schema``, else one from its plain type (an integer, a
+    number, true or false), else ``None``."""
+    if schema is not None and dataclasses.is_dataclass(schema):
+        if name in rules_of(schema):
+            return rules_of(schema)[name]
+        hint = typing.get_type_hints(schema).get(name)
+        optional = type(None) in typing.get_args(hint)
+        base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+        plain_rules = {bool: Flag, int: Integer, float: Number, str: Text}
+        if base in plain_rules:
+            return plain_rules[base](optional=optional)
+    return None
 
-    Hydra wraps every constructor error; a :class:`UserError` from our own code is unwrapped,
-    any other (e.g. Lightning rejecting ``trainer.precision=foo``) becomes one readable line.
+
+def _typed_nodes(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Every node of a config that a schema dataclass types, with its dotted key."""
+    if isinstance(node, DictConfig):
+        if node._is_missing() or node._is_none() or node._is_interpolation():
+            return
+        if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+            yield key, node
+        for name in node:
+            if not key and name == "hydra":  # Hydra's own settings, checked by Hydra
+                continue
+            child = node._get_node(name)
+            yield from _typed_nodes(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, ListConfig) and not (node._is_none() or node._is_missing()):
+        for i in range(len(node)):
+            yield from _typed_nodes(node._get_node(i), f"{key}[{i}]")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check that no schema-typed node has a key its schema lacks (Hydra's ``+key=value`` adds
+    any key: a typo such as ``+sed=3`` must not pass; a schema with ``EXTRA_KEYS = True``, the
+    Trainer's, takes any), every value a schema declares against its rule, then each schema's
+    ``validate(key)`` checks across fields (the root schema's ``validate_root(cfg)``).
+
+    Raises:
+        ConfigError: the first value that breaks its rule, in one line naming its key.
     """
     try:
-        return hydra_instantiate(config, **kwargs)
+        for key, node in _typed_nodes(cfg):
+            schema = OmegaConf.get_type(node)
+            prefix = f"{key}." if key else ""
+            fields = [f.name for f in dataclasses.fields(schema)]
+            extra = [k for k in node if k not in fields and k != "hydra"]
+            if extra and not getattr(schema, "EXTRA_KEYS", False):
+                where = f"valid keys of {key}:" if key else "the top-level keys are"
+                raise ConfigError(f"unknown key {prefix}{extra[0]}; {where} {', '.join(fields)}")
+            for name, rule in rules_of(schema).items():
+                if not node._get_node(name)._is_interpolation():  # checked where it is set
+                    check(rule, plain(node[name]), f"{prefix}{name}")
+            hook = getattr(schema, "validate", None)
+            if hook is not None and key:
+                hook(OmegaConf.to_object(node), key)
+        schema = OmegaConf.get_type(cfg)
+        if dataclasses.is_dataclass(schema) and hasattr(schema, "validate_root"):
+            schema.validate_root(cfg)
+    except (OmegaConfBaseException, HydraException) as err:
+        raise ConfigError(one_line(err)) from None
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """The object a config node describes: a schema-typed node becomes its dataclass (the
+    object itself, or its settings), a node with ``_target_`` is instantiated by Hydra (with
+    ``kwargs``), any other mapping becomes a dict of its children built, ``None`` stays
+    ``None``.
+
+    A :class:`UserError` raised by a constructor is passed on unwrapped; any other constructor
+    error (e.g. Lightning rejecting ``trainer.precision=foo``) becomes one :class:`ConfigError`
+    line.
+    """
+    if node is None:
+        return None
+    if isinstance(node, DictConfig) and "_target_" not in node:
+        if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+            return OmegaConf.to_object(node)
+        return {name: build(child) for name, child in node.items()}  # a mapping of nodes
+    try:
+        return instantiate(node, **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None
-        raise ConfigError(" ".join(str(err).split())) from err
+        raise ConfigError(one_line(err)) from err
 
 
-# Keys of the training config that no constructor checks, with their rules.
-TRAINING_RULES: dict[str, Rule] = {
-    "optimizer.lr": Number(0.0, low_open=True),
-    "optimizer.weight_decay": Number(0.0),
-    "loss.label_smoothing": Number(0.0, 1.0, high_open=True),
-    "trainer.max_epochs": Integer(1),
-    "dataset.batch_size": Integer(1),
-    "dataset.eval_batch_size": Integer(1),
-    "lr_scaling.rule": OneOf(("none", "linear")),
-    "lr_scaling.reference_batch_size": Integer(1),
-}
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (Hydra and OmegaConf add detail lines)."""
+    text = str(err).split("\n    full_key:")[0]
+    return " ".join(text.split())
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise one :class:`ConfigError` line for a training config value that cannot work."""
-    for key, rule in TRAINING_RULES.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
-            check(rule, value, key)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+def composition_error(err: BaseException, schema_of: Any = None) -> ConfigError:
+    """One line for an error Hydra raised while composing a config.
+
+    ``schema_of(key)`` (optional) returns the schema dataclass of the node holding dotted
+    ``key``, for the rule of a value of the wrong type.
+    """
+    cause = err.__cause__ if err.__cause__ is not None else err
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, ValidationError) and key:
+        parent, _, name = key.rpartition(".")
+        rule = type_rule(schema_of(parent) if schema_of else None, name)
+        value = _override_value(str(err), key)
+        if rule is not None:
+            return ConfigError(f"{key} must be {rule.describe()}, got {value!r}")
+        return ConfigError(f"{key}: {one_line(cause)}")
+    text = one_line(err)
+    if text.startswith("Could not override '"):
+        name = text.split("'")[1]
+        return ConfigError(
+            f"unknown key {name} (a key the config does not have; add a new one with "
+            f"+{name}=...; `--cfg job` lists every key)"
+        )
+    return ConfigError(text)
+
+
+def _override_value(message: str, key: str) -> Any:
+    """The value of ``key=value`` in Hydra's "Error merging override key=value"."""
+    marker = f"override {key}="
+    return message.split(marker, 1)[1].split()[0] if marker in message else "?"

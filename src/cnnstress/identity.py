@@ -3,8 +3,9 @@
 A run's *results* are its trained weights and its test predictions. Its *identity* is its
 resolved config without the keys that cannot change them: where it writes (``paths``, Hydra,
 loggers, callback folders), how it reports (progress bar, logging interval, the stress-test
-callbacks, the ``improvement`` label), how data is moved (workers, pinned memory), post-hoc
-stresses, and the skip/resume switches. The ``fingerprint`` is a hash of the identity.
+callbacks and their confidence threshold, the ``improvement`` label), how data is moved
+(workers, pinned memory), post-hoc stresses, and the skip/resume switches. The
+``fingerprint`` is a hash of the identity.
 
 Two uses: a finished run directory is only reused (``skip_completed``) by a run of the same
 fingerprint, and the analysis groups runs whose identities differ only in the seed.
@@ -24,6 +25,7 @@ NOT_IDENTITY = (
     "logger",
     "stress",
     "improvement",
+    "confidence_threshold",
     "skip_completed",
     "dataset.num_workers",
     "dataset.pin_memory",
@@ -36,18 +38,10 @@ NOT_IDENTITY = (
 # Callbacks only observe a run, except the checkpoint callback, which picks the tested weights,
 # and weight averaging, which makes them.
 IDENTITY_CALLBACKS = ("model_checkpoint", "weight_averaging")
-# Keys whose default changes nothing: left out of the identity at that value, so a run recorded
-# before the key existed keeps its fingerprint (and its group).
-NEUTRAL_DEFAULTS: dict[str, object] = {
-    "tta": None,
-    "tta_val": True,
-    "param_groups": {},
-    "augmentation.crop.padding_mode": "constant",
-}
 # Keys that may differ between the seeds of one group.
 SEED_KEYS = ("seed",)
 # Keys a constrained improvement may change (everything else must equal the reference's).
-IMPROVEMENT_KEYS = ("augmentation", "loss")
+IMPROVEMENT_KEYS = ("augmentation", "module.loss")
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,8 +76,6 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         ):
             continue
         if key == "ckpt_path" and config.get("train", True):
-            continue
-        if key in NEUTRAL_DEFAULTS and value == NEUTRAL_DEFAULTS[key]:
             continue
         kept[key] = value
     return dict(sorted(kept.items()))

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnstress.errors import ConfigError
-from cnnstress.param_groups import check_param_groups, parameter_groups
-from cnnstress.tta import TTA_VIEWS, check_tta, tta_logits
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+from cnnstress.optim import SchedulerConfig, SGDConfig
+from cnnstress.param_groups import ParamGroups, parameter_groups
+from cnnstress.precision import CHANNELS_LAST_RULE
+from cnnstress.rules import Integer, Number, OneOf
+from cnnstress.tta import TTA_RULE, TTA_VIEWS, tta_logits
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,53 @@ class Predictions:
         return torch.from_numpy(self.logits).softmax(dim=1).numpy()
 
 
+@dataclass
+class LossConfig:
+    """The training loss (``module.loss``): cross-entropy with optional label smoothing. A
+    constrained improvement may change it (improvement=label_smoothing)."""
+
+    label_smoothing: Annotated[float, Number(0.0, 1.0, high_open=True)] = 0.0
+
+
+@dataclass
+class LrScaling:
+    """``module.lr_scaling``: ``none``, or ``linear``: the optimizer's learning rate times
+    effective batch / ``reference_batch_size`` (Goyal et al. 2017). The effective batch is
+    ``dataset.batch_size`` x devices x nodes x ``trainer.accumulate_grad_batches``."""
+
+    rule: Annotated[str, OneOf(("none", "linear"))] = "none"
+    reference_batch_size: Annotated[int, Integer(1)] = 128
+
+
+@dataclass
+class ModuleConfig:
+    """The ``module`` config node: how the LightningModule trains and evaluates its backbone.
+
+    ``optimizer`` and ``scheduler`` come from the groups of those names (conf/optimizer,
+    conf/scheduler; ``optimizer=adam`` picks one, ``module.optimizer.lr=0.05`` sets a value).
+    """
+
+    # from the groups (null here: a schema may not pin the type a group's file brings)
+    optimizer: Any = None
+    scheduler: Any = None
+    loss: LossConfig = field(default_factory=LossConfig)
+    lr_scaling: LrScaling = field(default_factory=LrScaling)
+    # Learning-rate / weight-decay multipliers for groups of parameters, e.g.
+    # module.param_groups.norm_bias.lr_scale=64 (cnnstress.param_groups)
+    param_groups: ParamGroups = field(default_factory=ParamGroups)
+    # Memory format of the backbone: true, false, or auto (resolved at start-up: true with a
+    # reduced precision, cnnstress.precision)
+    channels_last: Annotated[Any, CHANNELS_LAST_RULE] = "auto"
+    # Train through torch.compile (opt-in: on 2 CPU cores compiling costs more than it saves).
+    compile: bool = False
+    # Test-time augmentation of the test logits: null, flip, or flip_translate (cnnstress.tta).
+    # CAMs and stresses always use the plain model.
+    tta: Annotated[str | None, TTA_RULE] = None
+    # Also average the views of the validation logits (val/ metrics, best.ckpt selection,
+    # per-epoch failures); false: validation sees the plain model.
+    tta_val: bool = True
+
+
 class ClassifierModule(L.LightningModule):
     """Train and evaluate an image classifier.
 
@@ -62,42 +109,37 @@ class ClassifierModule(L.LightningModule):
     ``init_from_data(images)`` is called once at the start of a new fit (never on resume: the
     checkpoint holds the result) with ``init_images`` normalised training images (a fixed
     subset, see :meth:`init_images`); ``on_train_epoch_start(epoch)`` at every training epoch.
-    ``param_groups`` (:mod:`cnnstress.param_groups`) scales the learning rate and weight decay
-    of groups of parameters.
 
     ``channels_last`` keeps the backbone and its inputs in channels_last memory format;
     ``compile`` runs the training steps through ``torch.compile(net)`` (evaluation, checkpoints,
     Grad-CAM and the stresses use the eager ``net``, which shares its parameters).
+
+    Args:
+        net: the backbone (logits ``(N, num_classes)``).
+        config: the module's settings (``channels_last`` concrete, not ``auto``).
+        num_classes: outputs of the backbone.
     """
 
     def __init__(
-        self,
-        net: nn.Module,
-        optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
-        scheduler_interval: str = "epoch",
-        num_classes: int = 10,
-        label_smoothing: float = 0.0,
-        channels_last: bool = False,
-        tta: str | None = None,
-        tta_val: bool = True,
-        param_groups: Mapping[str, Mapping[str, float]] | None = None,
-        compile: bool = False,
+        self, net: nn.Module, config: ModuleConfig | None = None, num_classes: int = 10
     ) -> None:
         super().__init__()
+        config = config or ModuleConfig(channels_last=False)
+        if config.optimizer is None:
+            config = dataclasses.replace(config, optimizer=SGDConfig())
+        if config.scheduler is None:
+            config = dataclasses.replace(config, scheduler=SchedulerConfig())
+        self.config = config
+        channels_last = bool(config.channels_last is True)
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         # The compiled wrapper shares the backbone's parameters but is kept out of the module
         # tree, so state-dict keys stay ``net.*`` (no ``_orig_mod.``).
-        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if config.compile else None
         self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = config.loss.label_smoothing
         self.channels_last = channels_last
-        self.tta = check_tta(tta)
-        self.tta_val = bool(tta_val)
-        self.param_groups = check_param_groups(param_groups)
+        self.tta = config.tta
+        self.tta_val = config.tta_val
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         # image-weighted mean loss: Lightning's own epoch reduction, sum(loss x n) / sum(n)
         self.train_loss = MeanMetric()
@@ -228,26 +270,40 @@ class ClassifierModule(L.LightningModule):
         init(self.init_images(int(getattr(self.net, "init_images", 5000))))
 
     # -- optimisation -------------------------------------------------------------------------
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step over every process: ``dataset.batch_size`` x world size x
+        ``trainer.accumulate_grad_batches``."""
+        trainer = self.trainer
+        return trainer.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+    def base_lr(self) -> float:
+        """The optimizer's learning rate after ``lr_scaling`` (what OneCycle peaks at)."""
+        lr = float(self.config.optimizer.lr)
+        scaling = self.config.lr_scaling
+        if scaling.rule == "linear":
+            return lr * self.effective_batch_size() / scaling.reference_batch_size
+        return lr
+
     def configure_optimizers(self) -> Any:
-        params: Any = self.parameters()
-        defaults = getattr(self.optimizer_factory, "keywords", {})
-        if self.param_groups:
-            lr, weight_decay = defaults.get("lr"), defaults.get("weight_decay", 0.0)
-            if lr is None:
-                raise ConfigError("param_groups needs an optimizer with an explicit lr")
-            params = parameter_groups(self, self.param_groups, lr, weight_decay)
-        optimizer = self.optimizer_factory(params=params)
-        if self.scheduler_factory is None:
+        lr, weight_decay = self.base_lr(), float(self.config.optimizer.weight_decay)
+        groups = parameter_groups(self, self.config.param_groups, lr, weight_decay)
+        # Objects go in through the partial: Hydra would turn the groups into config nodes.
+        optimizer = instantiate(self.config.optimizer, _partial_=True)(groups, lr=lr)
+        schedule = self.config.scheduler.schedule
+        if schedule is None:
             return optimizer
         kwargs: dict[str, Any] = {}
-        if getattr(self.scheduler_factory, "func", None) is torch.optim.lr_scheduler.OneCycleLR:
+        if _target(schedule).endswith("OneCycleLR"):
+            # One cycle over the whole run, peaking at each group's (scaled) learning rate.
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-            # OneCycle sets every group's rate itself: give each group its scaled peak.
-            peak = self.scheduler_factory.keywords.get("max_lr")
-            if self.param_groups and peak is not None:
-                kwargs["max_lr"] = [peak * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
-        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+            kwargs["max_lr"] = [g["lr"] for g in optimizer.param_groups]
+        scheduler = instantiate(schedule, _partial_=True)(optimizer, **kwargs)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.config.scheduler.interval},
         }
+
+
+def _target(node: Any) -> str:
+    """The ``_target_`` of a config object or mapping."""
+    return str(getattr(node, "_target_", None) or node.get("_target_", ""))

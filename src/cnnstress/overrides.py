@@ -52,6 +52,11 @@ def check_group_choices(args: Sequence[str], conf_dir: Path | None = None) -> No
     conf_dir = conf_dir or project_root() / "conf"
     for override in parse_overrides(args):
         key = override.key_or_group
+        if not key:
+            raise ConfigError(
+                f"override {override.input_line!r} has no key: write key=value, e.g. "
+                "model=simple_cnn"
+            )
         group = conf_dir / key
         if "/" in key or "." in key or not group.is_dir():
             continue

@@ -1,8 +1,8 @@
 """Pick the numeric precision and memory format a run trains and evaluates in.
 
-``trainer.precision: auto`` and ``channels_last: auto`` (the defaults) are resolved here, once,
-before anything is built (:func:`resolve_auto`), into the concrete values the run then uses and
-records in its config:
+``trainer.precision: auto`` and ``module.channels_last: auto`` (the defaults) are resolved here,
+once, before anything is built (:func:`resolve_auto`), into the concrete values the run then uses
+and records in its config:
 
 - CPU: ``bf16-mixed`` when the CPU has native bf16 instructions (:func:`cpu_has_native_bf16`),
   else ``32-true``;
@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnstress.settings import Either, Flag, OneOf, check
+from cnnstress.rules import Either, Flag, OneOf, check
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,9 @@ def _channels_last_flag(value: Any) -> bool | None:
 
 
 def resolve_auto(cfg: DictConfig) -> tuple[str, bool]:
-    """Replace ``auto`` in ``cfg.trainer.precision`` and ``cfg.channels_last`` by concrete values,
-    in place, and log what was chosen and why. Values the user set are kept (validated), so
-    calling it again is a no-op: the builders of :mod:`cnnstress.training` call it too.
+    """Replace ``auto`` in ``cfg.trainer.precision`` and ``cfg.module.channels_last`` by
+    concrete values, in place, and log what was chosen and why. Values the user set are kept
+    (validated); calling it again is a no-op.
 
     Returns:
         ``(precision, channels_last)`` as now in ``cfg``.
@@ -111,7 +111,7 @@ def resolve_auto(cfg: DictConfig) -> tuple[str, bool]:
     """
     requested_precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
     precision = _precision_name(requested_precision)
-    requested_layout = cfg.get("channels_last", False)
+    requested_layout = OmegaConf.select(cfg, "module.channels_last", default=False)
     channels_last = _channels_last_flag(requested_layout)
     device = resolve_accelerator(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     reason = f"accelerator {device}"
@@ -132,10 +132,10 @@ def resolve_auto(cfg: DictConfig) -> tuple[str, bool]:
         channels_last = "bf16" in precision or device == "cuda"
     with open_dict(cfg):
         cfg.trainer.precision = precision
-        cfg.channels_last = channels_last
+        cfg.module.channels_last = channels_last
     if AUTO in (requested_precision, requested_layout):
         log.info(
-            "precision %s, channels_last %s (trainer.precision=%s, channels_last=%s; %s)",
+            "precision %s, channels_last %s (trainer.precision=%s, module.channels_last=%s; %s)",
             precision,
             str(channels_last).lower(),
             requested_precision,

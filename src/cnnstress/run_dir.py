@@ -279,6 +279,30 @@ class RunRecord:
     changed_by: tuple[str, ...]
     checkpoint: str | None
 
+    @property
+    def confidence_threshold(self) -> float:
+        """The run's confidence threshold (:func:`run_threshold`)."""
+        return run_threshold(self.config)
+
+
+#: The confidence threshold of a run recorded before ``confidence_threshold`` existed.
+LEGACY_THRESHOLD = 0.8
+
+
+def run_threshold(config: Mapping[str, Any]) -> float:
+    """The confidence threshold a run's config says it used for confident failures: its
+    ``confidence_threshold``; for older runs, the failures callback's ``threshold``, else the
+    default of that time (0.8)."""
+    value = config.get("confidence_threshold")
+    if value is None:
+        callback = (config.get("callbacks") or {}).get("high_conf_failures") or {}
+        value = (
+            callback.get("threshold", LEGACY_THRESHOLD) if isinstance(callback, Mapping) else None
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise DataError(f"the run's confidence threshold {value!r} is not a number in [0, 1]")
+    return float(value)
+
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
     if value is None:

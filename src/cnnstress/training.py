@@ -1,4 +1,10 @@
-"""Train one configured model, test it, and write the run files."""
+"""Train one configured model: resolve its config once, then fit, test and write the run files.
+
+``prepare_run(cfg)`` turns every ``auto`` and derived value into what the run uses (recorded in
+its ``run.json``) and decides what to do with what the run directory holds; ``train(cfg)`` then
+builds the data, the module, the callbacks, the loggers and the Trainer from their config nodes,
+fits, tests and writes the run files.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,9 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import lightning as L
 import torch
@@ -19,19 +26,20 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.io import ImageReadMode, read_image
 
-from cnnstress.augment import drop_unlisted_ops
+from cnnstress.augment import IMAGE_OPS, MIX_OPS, build_augmentation, drop_unlisted_ops
 from cnnstress.callbacks import TrainSpeed
-from cnnstress.callbacks.context import tensorboard_writer
-from cnnstress.config import TRAINING_RULES, instantiate, validate_config
+from cnnstress.checkpoints import load_state_dict, load_weights
+from cnnstress.config import build, one_line, validate
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
 from cnnstress.distributed import prepare_hydra_relaunch
 from cnnstress.errors import ConfigError, DataError
 from cnnstress.identity import IMPROVEMENT_KEYS, describe, differences, run_identity
-from cnnstress.module import ClassifierModule
+from cnnstress.module import ClassifierModule, ModuleConfig
 from cnnstress.overrides import improvement_changes
-from cnnstress.precision import resolve_accelerator, resolve_auto
+from cnnstress.precision import PRECISION_RULE, resolve_accelerator, resolve_auto
+from cnnstress.rules import Either, Integer, Number, OneOf, Probability, Rule, Text
 from cnnstress.run_dir import (
     RunDir,
     read_metrics,
@@ -40,80 +48,108 @@ from cnnstress.run_dir import (
     write_predictions,
     write_record,
 )
-from cnnstress.settings import Flag, check
 from cnnstress.stress import run_stress
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
-    """The data module of ``cfg.dataset``, augmenting with ``cfg.augmentation`` (none when
-    ``augmentation=[]``)."""
-    resolve_data_root(cfg)
-    node = cfg.get("augmentation")
-    augmentation = OmegaConf.to_container(node, resolve=True) if node else {}
-    return instantiate(cfg.dataset, seed=cfg.seed, augmentation=augmentation)
+class BatchLimit(Rule):
+    """Lightning's ``limit_*_batches``: null (all), a count >= 1, or a fraction in (0, 1]."""
+
+    def convert(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError
+        if isinstance(value, int) and value >= 1:
+            return value
+        if isinstance(value, float) and 0.0 < value <= 1.0:
+            return value
+        raise ValueError
+
+    def describe(self) -> str:
+        return "null, a number of batches >= 1 or a fraction in (0, 1]"
 
 
-def lr_scale(cfg: DictConfig, effective_batch_size: int) -> float:
-    """Factor applied to ``optimizer.lr``: 1, or effective / reference batch size (linear rule)."""
-    rule = check(TRAINING_RULES["lr_scaling.rule"], OmegaConf.select(cfg, "lr_scaling.rule",
-                 default="none"), "lr_scaling.rule")  # fmt: skip
-    if rule == "linear":
-        return effective_batch_size / cfg.lr_scaling.reference_batch_size
-    return 1.0
+@dataclass
+class TrainerConfig:
+    """The ``trainer`` config node: ``lightning.Trainer`` arguments (any other Trainer argument
+    can be added with ``+trainer.<name>=...``)."""
+
+    EXTRA_KEYS: ClassVar[bool] = True  # Lightning checks the arguments it takes
+    _target_: str = "lightning.pytorch.Trainer"
+    default_root_dir: str = "${paths.output_dir}"
+    accelerator: Annotated[str, Text()] = "auto"
+    devices: Any = 1
+    num_nodes: Annotated[int, Integer(1)] = 1
+    strategy: Annotated[str, Text()] = "auto"
+    # auto: bf16-mixed on a CPU with native bf16 (AVX-512 BF16 / AMX) or a bf16-capable CUDA
+    # GPU, else 32-true (cnnstress.precision); or any of Lightning's precisions
+    precision: Annotated[Any, PRECISION_RULE] = "auto"
+    max_epochs: Annotated[int, Integer(1)] = 30
+    max_steps: Annotated[int, Either((OneOf((-1,)), Integer(1)))] = -1
+    deterministic: Annotated[Any, Either((OneOf((True, False)), OneOf(("warn",))))] = False
+    benchmark: bool | None = False
+    log_every_n_steps: Annotated[int, Integer(1)] = 50
+    check_val_every_n_epoch: Annotated[int, Integer(1)] = 1
+    num_sanity_val_steps: Annotated[int, Integer(-1)] = 0
+    # The live bar only when stdout is a terminal; a redirected log gets one line per epoch
+    # (callbacks.epoch_log) instead.
+    enable_progress_bar: bool = "${stdout_isatty:}"  # type: ignore[assignment]
+    enable_model_summary: bool = True
+    limit_train_batches: Annotated[Any, BatchLimit()] = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    fast_dev_run: Any = False
+    accumulate_grad_batches: Annotated[int, Integer(1)] = 1
+    gradient_clip_val: Annotated[float | None, Number(0.0, optional=True)] = None
 
 
-def build_module(cfg: DictConfig, lr: float | None = None) -> ClassifierModule:
-    """The LightningModule: ``cfg.model.net`` with ``cfg.optimizer`` (its ``lr`` replaced by
-    ``lr`` when given) and ``cfg.scheduler``."""
-    resolve_auto(cfg)
-    scheduler = cfg.get("scheduler") or {}
-    groups = cfg.get("param_groups")
-    optimizer = instantiate(cfg.optimizer, **({} if lr is None else {"lr": lr}))
-    schedule = None
-    if scheduler.get("schedule"):
-        # OneCycle's peak is the learning rate: it follows the (scaled) rate actually used.
-        one_cycle = scheduler.schedule.get("_target_", "").endswith("OneCycleLR")
-        peak = {"max_lr": lr} if one_cycle and lr is not None else {}
-        schedule = instantiate(scheduler.schedule, **peak)
-    return ClassifierModule(
-        net=instantiate(cfg.model.net),
-        optimizer=optimizer,
-        scheduler=schedule,
-        scheduler_interval=scheduler.get("interval", "epoch"),
-        num_classes=cfg.dataset.num_classes,
-        label_smoothing=cfg.loss.label_smoothing,
-        channels_last=cfg.get("channels_last", False),
-        tta=cfg.get("tta"),
-        tta_val=cfg.get("tta_val", True),
-        param_groups=OmegaConf.to_container(groups, resolve=True) if groups else {},
-        compile=check(Flag(), cfg.get("compile", False), "compile"),
-    )
+@dataclass
+class TrainConfig:
+    """The root of conf/train.yaml: the top-level keys (every group is typed by its own schema:
+    :class:`~cnnstress.data.DatasetConfig`, :class:`~cnnstress.module.ModuleConfig`,
+    :class:`TrainerConfig`, the backbones' and callbacks' classes, ...)."""
 
+    seed: Annotated[int, Integer(0, 2**32 - 1)] = 42
+    # Fit the model (false: only test the weights in ckpt_path).
+    train: bool = True
+    # With train=true: resume from a checkpoint (optimizer, scheduler and epoch included), e.g.
+    # RUN/checkpoints/last.ckpt; the run continues in RUN.
+    ckpt_path: Annotated[str | None, Text(optional=True)] = None
+    # Skip a run whose directory already holds a finished run of the same config, so
+    # re-running a sweep resumes it.
+    skip_completed: bool = True
+    # A prediction is a confident failure when it is wrong with a top-1 probability >= this
+    # (the failures and Grad-CAM callbacks, the background stress and the analysis read it).
+    confidence_threshold: Annotated[float, Probability()] = 0.8
+    # The improvement this run is (set by conf/improvement/; the analysis checks it).
+    improvement: Annotated[str, Text()] = "baseline"
+    paths: Any = None
+    dataset: Any = None
+    model: Any = None
+    module: ModuleConfig = field(default_factory=ModuleConfig)
+    augmentation: dict[str, Any] = field(default_factory=dict)
+    trainer: Any = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
+    stress: dict[str, Any] = field(default_factory=dict)
 
-def build_trainer(cfg: DictConfig, has_val: bool) -> L.Trainer:
-    """The Trainer with the configured callbacks and loggers."""
-    resolve_auto(cfg)
-    callback_cfgs = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
-    if not has_val:  # nothing to select best.ckpt on: keep only last.ckpt
-        callback_cfgs.pop("model_checkpoint", None)
-    if not OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True):
-        callback_cfgs.pop("progress_bar", None)  # Lightning refuses a bar it was told to disable
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [instantiate(c) for c in callback_cfgs.values() if c]
-    # Weight averaging first: its swaps then happen before any other callback observes the
-    # weights (e.g. the Grad-CAM grid at the end of training sees the averaged weights).
-    callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
-    # Without a validation split, switch the validation loop off instead of feeding it nothing.
-    no_val = {} if has_val else {"limit_val_batches": 0}
-    # Objects go in through a partial: Hydra would turn dataclass callbacks passed as
-    # instantiate() kwargs into config nodes.
-    make_trainer = instantiate(cfg.trainer, _partial_=True, **no_val)
-    try:
-        return make_trainer(callbacks=callbacks, logger=loggers or False)
-    except (ValueError, TypeError, MisconfigurationException) as err:
-        raise ConfigError(f"bad trainer setting: {' '.join(str(err).split())}") from None
+    @staticmethod
+    def validate_root(cfg: DictConfig) -> None:
+        """The augmentation list: known ops, at most one batch-mixing op (a plain node is a
+        recipe's setting for an op that is not in the list, dropped by :func:`prepare_run`)."""
+        known = {**IMAGE_OPS, **MIX_OPS}
+        for name in cfg.augmentation:
+            if name not in known:
+                raise ConfigError(f"unknown augmentation op {name!r}; valid: {', '.join(known)}")
+        listed = [n for n, node in cfg.augmentation.items()
+                  if OmegaConf.get_type(node) is known[n] and n in MIX_OPS]  # fmt: skip
+        if len(listed) > 1:
+            raise ConfigError(
+                f"augmentation: choose at most one batch-mixing op of {', '.join(MIX_OPS)}, "
+                f"got {listed}"
+            )
 
 
 def cheap_cuda_checks(cfg: DictConfig) -> None:
@@ -222,75 +258,112 @@ def prepare_run_dir(cfg: DictConfig, run: RunDir) -> dict[str, Any] | None:
     return None
 
 
-def log_stress_figures(trainer: L.Trainer, run_dir: Path) -> None:
-    """Add every ``stress_*.png`` in ``run_dir`` to the TensorBoard log as ``stress/<stem>``."""
-    writer = tensorboard_writer(trainer)
-    if writer is None:
+def check_checkpoint(cfg: DictConfig) -> None:
+    """``ckpt_path`` must be a readable checkpoint of this run's backbone.
+
+    Raises:
+        ConfigError: missing, unreadable, not a Lightning checkpoint, or of another model.
+    """
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        if not cfg.train:
+            raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=PATH")
         return
-    for path in RunDir(run_dir).stress_figures():
-        image = read_image(str(path), ImageReadMode.RGB)  # (3, H, W) uint8
-        writer.add_image(f"stress/{path.stem}", image, trainer.global_step)
-    writer.flush()
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} does not exist")
+    try:
+        load_weights(build(cfg.model.net), load_state_dict(ckpt), ckpt)
+    except DataError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
+
+
+def prepare_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Resolve every ``auto`` and derived value of ``cfg`` in place, once, before anything is
+    built or any data decoded, so the run record says what the run used; then decide what to
+    do with the run directory (:func:`prepare_run_dir`).
+
+    Resolved: the augmentation ops a recipe set but the list does not have (dropped), the
+    dataset root (:func:`resolve_data_root`), ``trainer.precision`` and
+    ``module.channels_last`` (:func:`cnnstress.precision.resolve_auto`).
+
+    Returns:
+        The metrics of a finished run of this very config (the job is done), else ``None``.
+
+    Raises:
+        ConfigError: a value that cannot work (one line), or a finished run of another config.
+    """
+    quiet_library_noise()
+    validate(cfg)
+    for name in drop_unlisted_ops(cfg):
+        log.info("augmentation.%s is set, but %s is not in the augmentation list: not applied",
+                 name, name)  # fmt: skip
+    resolve_data_root(cfg)
+    resolve_auto(cfg)
+    check_checkpoint(cfg)
+    cheap_cuda_checks(cfg)
+    return prepare_run_dir(cfg, RunDir(cfg.paths.output_dir))
+
+
+def build_datamodule(cfg: DictConfig) -> CIFARDataModule:
+    """The data module of ``cfg.dataset``, augmenting with ``cfg.augmentation``."""
+    augmentation = build_augmentation(build(cfg.augmentation), cfg.dataset.num_classes)
+    return CIFARDataModule(build(cfg.dataset), cfg.seed, augmentation)
+
+
+def build_module(cfg: DictConfig, net: torch.nn.Module | None = None) -> ClassifierModule:
+    """The LightningModule of ``cfg.module`` around ``net`` (default: ``cfg.model.net``)."""
+    net = build(cfg.model.net) if net is None else net
+    return ClassifierModule(net, build(cfg.module), cfg.dataset.num_classes)
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer with the configured callbacks and loggers."""
+    has_val = cfg.dataset.val_size > 0
+    callbacks = [
+        build(c)
+        for name, c in cfg.callbacks.items()
+        if c is not None and (has_val or name != "model_checkpoint")
+    ]  # nothing to select best.ckpt on without it
+    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar it was told to disable
+        callbacks = [c for c in callbacks if type(c).__name__ != "TQDMProgressBar"]
+    # Weight averaging first: its swaps then happen before any other callback observes the
+    # weights (e.g. the Grad-CAM grid at the end of training sees the averaged weights).
+    callbacks.sort(key=lambda c: not isinstance(c, WeightAveraging))
+    loggers = [build(c) for c in cfg.logger.values() if c is not None]
+    # Without a validation split, switch the validation loop off instead of feeding it nothing.
+    no_val = {} if has_val else {"limit_val_batches": 0}
+    # Objects go in through a partial: Hydra would turn dataclass callbacks passed as
+    # instantiate() kwargs into config nodes.
+    make_trainer = build(cfg.trainer, _partial_=True, **no_val)
+    try:
+        return make_trainer(callbacks=callbacks, logger=loggers or False)
+    except (ValueError, TypeError, MisconfigurationException) as err:
+        raise ConfigError(f"bad trainer setting: {' '.join(str(err).split())}") from None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, test, and write ``run.json``, ``predictions.npz`` and ``metrics.json``.
+    """Fit, test, and write ``predictions.npz``, ``run.json`` and ``metrics.json`` (last: a run
+    that fails leaves no ``metrics.json``) for a config :func:`prepare_run` resolved.
 
-    The test uses ``best.ckpt`` when a validation split exists, else the final weights. With
-    ``train=false`` the run only tests the weights in ``ckpt_path``. The run files are written
-    last, ``metrics.json`` at the very end, so a run that fails leaves no ``metrics.json``. A
-    directory that already holds files is handled by :func:`prepare_run_dir`.
+    The test uses ``best.ckpt`` when a validation split exists, else the final weights; with
+    ``train=false`` it tests the weights in ``ckpt_path``.
     """
-    quiet_library_noise()
     start = time.perf_counter()
-    for name in drop_unlisted_ops(cfg):
-        log.info(
-            "augmentation.%s is set, but %s is not in the augmentation list: not applied",
-            name,
-            name,
-        )
-    run_dir = Path(cfg.paths.output_dir)
-    resolve_data_root(cfg)
-    # Concrete trainer.precision and channels_last before the run's identity is compared (a
-    # finished run records what it ran in) and before anything is built.
-    resolve_auto(cfg)
-    if (done := prepare_run_dir(cfg, RunDir(run_dir))) is not None:
-        return done
-    validate_config(cfg)
-    cheap_cuda_checks(cfg)
+    run = RunDir(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    trainer = build_trainer(cfg, datamodule.has_val)
-    batch = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-    lr = cfg.optimizer.lr * lr_scale(cfg, batch)
-    module = build_module(cfg, lr=lr)
-    prepare_hydra_relaunch(str(run_dir))  # before fit starts the other DDP processes
-
-    if cfg.get("train", True):
-        trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        # best.ckpt's callback (the one with a monitor), named: with last.ckpt's callback beside
-        # it, Lightning's ckpt_path="best" warns and takes whichever comes first.
-        if trainer.global_step == 0:  # e.g. trainer.limit_train_batches=0: nothing was trained
-            raise ConfigError(
-                "the run made no training step (check trainer.limit_train_batches, "
-                "trainer.max_steps and dataset.batch_size); nothing is recorded as finished"
-            )
-        selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
-        test_ckpt = None
-        if datamodule.has_val and selector is not None:
-            test_ckpt = selector.best_model_path or "best"  # "best": Lightning says why not
-    elif cfg.get("ckpt_path"):
-        test_ckpt = cfg.ckpt_path
-    else:
-        raise ConfigError("train=false evaluates a checkpoint: pass ckpt_path=PATH")
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    prepare_hydra_relaunch(str(run.path))  # before fit starts the other DDP processes
+    tested = fit(trainer, module, datamodule, cfg)
     metrics = _scalar_metrics(trainer)  # last epoch's train/ and val/ values
-    metrics.update({"train/effective_batch_size": batch, "train/base_lr": lr})
     # verbose=False: Lightning's table lists every per-class accuracy (100 rows for CIFAR-100);
     # the run ends with one summary line instead (:func:`test_summary`).
-    trainer.test(
-        module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True, verbose=False
-    )
+    trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True,
+                 verbose=False)  # fmt: skip
     metrics.update(_scalar_metrics(trainer))
+    metrics["train/effective_batch_size"] = module.effective_batch_size()
+    metrics["train/base_lr"] = module.base_lr()
     speed = next((c for c in trainer.callbacks if isinstance(c, TrainSpeed)), None)
     if speed is not None:
         metrics["train/images_per_sec"] = speed.images_per_sec
@@ -301,35 +374,75 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(config, final)
     if trainer.is_global_zero:
         predictions = module.predictions("test")
-        write_predictions(
-            run_dir,
-            predictions.index,
-            predictions.target,
-            predictions.probs,
-            official_index=datamodule.official_test_index,
-        )
+        write_predictions(run.path, predictions.index, predictions.target, predictions.probs,
+                          official_index=datamodule.official_test_index)  # fmt: skip
         overrides = task_overrides()
         changed = improvement_changes(cfg, overrides, IMPROVEMENT_KEYS)
-        # The weights the test used (the final ones equal last.ckpt when nothing was selected).
-        tested = (
-            test_ckpt
-            if test_ckpt not in (None, "best")
-            else RunDir(run_dir).checkpoints / "last.ckpt"
-        )
-        write_record(
-            run_dir,
-            config,
-            overrides,
-            changed,
-            checkpoint=tested if cfg.get("train", True) else None,
-        )
-        write_metrics(run_dir, metrics)  # last: the run is finished
-        if cfg.get("stress"):  # after metrics.json: a stress error never un-finishes the run
-            names = list(cfg.stress)
-            run_stress(run_dir, names, cfg.stress, module.device, net=module.net, cfg=cfg)
-            log_stress_figures(trainer, run_dir)
-        log.info("%s; run files in %s", test_summary(metrics), run_dir)
+        checkpoint = tested if tested not in (None, "best") else run.checkpoints / "last.ckpt"
+        write_record(run.path, config, overrides, changed, checkpoint if cfg.train else None)
+        write_metrics(run.path, metrics)  # last: the run is finished
+        log.info("%s; run files in %s", test_summary(metrics), run.path)
     return metrics
+
+
+def fit(
+    trainer: L.Trainer, module: ClassifierModule, datamodule: CIFARDataModule, cfg: DictConfig
+) -> str | None:
+    """Fit (unless ``train=false``); return the checkpoint the test should use: the best one
+    when a validation split selected it, ``ckpt_path`` for an evaluation, else ``None`` (the
+    final weights).
+
+    Raises:
+        ConfigError: the fit made no training step (nothing would be trained but recorded as
+            finished).
+    """
+    if not cfg.train:
+        return cfg.ckpt_path
+    try:
+        trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except MisconfigurationException as err:  # e.g. a batch limit that leaves no batch
+        raise ConfigError(f"bad trainer setting: {one_line(err)}") from None
+    if trainer.global_step == 0:
+        raise ConfigError(
+            "the run made no training step (check trainer.limit_train_batches, "
+            "trainer.max_steps and dataset.batch_size); nothing is recorded as finished"
+        )
+    if not datamodule.has_val:
+        return None
+    # best.ckpt's callback (the one with a monitor), named: with last.ckpt's callback beside
+    # it, Lightning's ckpt_path="best" warns and takes whichever comes first.
+    selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+    return None if selector is None else (selector.best_model_path or "best")
+
+
+def run_training(cfg: DictConfig) -> dict[str, float]:
+    """``python train.py``: prepare the run, train it (unless a finished run of this config is
+    there), then run the configured stresses on it."""
+    if (done := prepare_run(cfg)) is not None:
+        return done
+    metrics = train(cfg)
+    if cfg.stress and rank_zero_only.rank == 0:  # after metrics.json: a stress error never
+        # un-finishes the run
+        run = RunDir(cfg.paths.output_dir)
+        settings = {name: build(node) for name, node in cfg.stress.items()}
+        run_stress(run.path, list(settings), settings, resolve_accelerator_device(cfg))
+        log_stress_figures(run)
+    return metrics
+
+
+def resolve_accelerator_device(cfg: DictConfig) -> str:
+    """The device the stresses run on: the run's accelerator when it is CUDA, else the CPU."""
+    return "cuda" if resolve_accelerator(cfg.trainer.accelerator) == "cuda" else "cpu"
+
+
+def log_stress_figures(run: RunDir, step: int = 0) -> None:
+    """Add every stress figure of the run to its TensorBoard log as ``stress/<name>``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(run.tensorboard)) as writer:
+        for path in run.stress_figures():
+            image = read_image(str(path), ImageReadMode.RGB)  # (3, H, W) uint8
+            writer.add_image(f"stress/{path.stem}", image, step)
 
 
 def test_summary(metrics: dict[str, float]) -> str:

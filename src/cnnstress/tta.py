@@ -1,6 +1,6 @@
 """Test-time augmentation (TTA): evaluate a model on several views of each image and average.
 
-Modes (the ``tta`` config key):
+Modes (the ``module.tta`` config key):
 
 * ``null``: the plain model, one view.
 * ``flip``: the mean of the logits of the image and of its left-right mirror (2 views).
@@ -22,18 +22,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cnnstress.settings import OneOf, check
+from cnnstress.rules import OneOf
 
 #: Number of views per image of each mode.
 TTA_VIEWS: dict[str | None, int] = {None: 1, "flip": 2, "flip_translate": 6}
 
 
+#: The rule of ``module.tta``.
 TTA_RULE = OneOf(tuple(m for m in TTA_VIEWS if m is not None), optional=True)
-
-
-def check_tta(mode: str | None, key: str = "tta") -> str | None:
-    """``mode`` if it is a known TTA mode (``None`` = off), else one :class:`ConfigError`."""
-    return check(TTA_RULE, mode, key)
 
 
 def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -50,7 +46,8 @@ def tta_logits(
     """Logits ``(N, num_classes)`` of ``model`` on normalised ``images`` ``(N, C, H, W)``,
     averaged over the views of ``mode`` (see the module docstring)."""
 
-    check_tta(mode)
+    if mode not in TTA_VIEWS:
+        raise ValueError(f"unknown test-time augmentation {mode!r}; valid: {list(TTA_VIEWS)}")
 
     def mirrored(x: torch.Tensor) -> torch.Tensor:
         return 0.5 * model(x) + 0.5 * model(x.flip(-1))

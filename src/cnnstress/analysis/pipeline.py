@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any
 
 import torch
 from omegaconf import DictConfig
@@ -14,8 +14,9 @@ from cnnstress.analysis.compare import Analysis, analyse
 from cnnstress.analysis.gradcam import default_filename, side_by_side
 from cnnstress.analysis.report import write_report
 from cnnstress.analysis.runs import collect_runs, latest_multirun
-from cnnstress.analysis.stress import StressSummary, run_stresses, stress_names, summarise_stress
+from cnnstress.analysis.stress import StressSummary, run_stresses, summarise_stress
 from cnnstress.cam import METHODS
+from cnnstress.config import build
 from cnnstress.console import quiet_library_noise
 from cnnstress.errors import UserError
 from cnnstress.overrides import check_report_free
@@ -23,16 +24,7 @@ from cnnstress.plots import calibration as calibration_plots
 from cnnstress.plots import comparison as comparison_plots
 from cnnstress.plots import stress as stress_plots
 from cnnstress.plots.canvas import save_figure
-from cnnstress.settings import (
-    Integer,
-    ListOf,
-    Number,
-    OneOf,
-    Rule,
-    Settings,
-    Text,
-    setting,
-)
+from cnnstress.rules import Integer, ListOf, OneOf, Probability, Rule, Text
 
 log = logging.getLogger(__name__)
 
@@ -56,38 +48,42 @@ class Device(Rule):
 
 
 @dataclass
-class GradCAMFigure(Settings):
+class GradCAMFigure:
     """``gradcam.*`` of conf/analyze.yaml: the side-by-side CAMs of the reference's failures."""
 
-    KEY: ClassVar[str] = "gradcam"
-    top_n: int = setting(8, Integer(0))
-    method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
-    target_layer: str | None = setting(None, Text(optional=True))
+    top_n: Annotated[int, Integer(0)] = 8
+    method: Annotated[str | None, OneOf(METHODS, optional=True, casefold=True)] = None
+    target_layer: Annotated[str | None, Text(optional=True)] = None
 
 
 @dataclass
-class AnalysisSettings(Settings):
-    """The analysis knobs of conf/analyze.yaml (``stress.*`` are each stress's own)."""
+class AnalyzeConfig:
+    """The root of conf/analyze.yaml: what to analyse and how (``stress.*`` are the stresses'
+    own settings)."""
 
-    KEY: ClassVar[str] = ""
-    runs: list[str] = setting(rule=ListOf(Text()), factory=list)
-    sweep: str | None = setting(None, Text(optional=True))
-    latest: int = setting(1, Integer(1))
-    reference: str = setting("baseline", Text())
-    thresholds: list[float] = setting(rule=ListOf(Number(0.0, 1.0), 1), factory=lambda: [0.5])
-    gradcam: GradCAMFigure = setting(factory=GradCAMFigure)
-    device: str = setting("cpu", Device())
-
-    def validate(self) -> None:
-        if not isinstance(self.gradcam, GradCAMFigure):
-            self.gradcam = GradCAMFigure.parse(self.gradcam)
-        self.thresholds = sorted(set(self.thresholds))
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> AnalysisSettings:
-        """The settings of an ``analyze`` config; ``paths`` and ``stress`` are not its, any
-        other unknown key is a typo."""
-        return cls.parse({k: v for k, v in cfg.items() if k not in ("paths", "stress")})
+    # Run directories (each with run.json once finished) and/or a folder searched for them.
+    runs: Annotated[list[str], ListOf(Text())] = field(default_factory=list)
+    sweep: Annotated[str | None, Text(optional=True)] = None
+    # With neither: the latest-th most recent sweep under outputs/multiruns that holds runs.
+    latest: Annotated[int, Integer(1)] = 1
+    # The group every other group of its dataset/model is compared with: a group name (an
+    # improvement such as baseline, or e.g. '"augmentation=[]"'), a group label
+    # dataset/model/name, or, among same-named groups, the name with some of its [key=value]
+    # items, e.g. "reference='baseline [trainer.precision=32-true]'".
+    reference: Annotated[str, Text()] = "baseline"
+    # Confidence thresholds of the high-confidence error curves (each run's own
+    # confidence_threshold is always added).
+    thresholds: Annotated[list[float], ListOf(Probability(), 1)] = field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    )
+    gradcam: GradCAMFigure = field(default_factory=GradCAMFigure)
+    # Device that runs the checkpoints (Grad-CAM, stresses).
+    device: Annotated[str, Device()] = "cpu"
+    # Stresses on every run's checkpoint (stress=[corruptions,...]): numbers a run already has
+    # for the same settings are reused unless this is true.
+    recompute_stress: bool = False
+    paths: Any = None
+    stress: dict[str, Any] = field(default_factory=dict)
 
 
 def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
@@ -107,9 +103,7 @@ def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
     return figures
 
 
-def _gradcam(
-    settings: AnalysisSettings, analysis: Analysis, out: Path
-) -> tuple[list[str], list[str]]:
+def _gradcam(settings: AnalyzeConfig, analysis: Analysis, out: Path) -> tuple[list[str], list[str]]:
     """Draw the side-by-side CAM figures; return (file names, notes for the report)."""
     top_n = settings.gradcam.top_n
     if top_n == 0:
@@ -148,13 +142,12 @@ def _gradcam(
     return files, notes
 
 
-def _stress(cfg: DictConfig, analysis: Analysis, device: str) -> StressSummary | None:
-    """Run ``cfg.stress`` on every run, aggregate; ``None`` when no stress is asked for."""
-    names = stress_names(cfg)
-    if not names:
+def _stress(settings: AnalyzeConfig, analysis: Analysis) -> StressSummary | None:
+    """Run ``stress=[...]`` on every run, aggregate; ``None`` when no stress is asked for."""
+    if not settings.stress:
         return None
-    results, notes = run_stresses(cfg, analysis, device)
-    summary = summarise_stress(analysis, results, names)
+    results, notes = run_stresses(settings.stress, analysis, settings.device)
+    summary = summarise_stress(analysis, results, list(settings.stress))
     summary.notes = [*notes, *summary.notes]
     return summary
 
@@ -190,8 +183,7 @@ def analyze(cfg: DictConfig) -> Path:
         DataError: no finished run found.
     """
     quiet_library_noise()
-    settings = AnalysisSettings.from_config(cfg)
-    stress_names(cfg)  # unknown stress sections, before any work
+    settings: AnalyzeConfig = build(cfg)
     out = Path(cfg.paths.output_dir)
     check_report_free(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +202,7 @@ def analyze(cfg: DictConfig) -> Path:
     gradcam_files, gradcam_notes = _gradcam(settings, analysis, out)
     if gradcam_files:
         figures["gradcam"] = gradcam_files
-    stress = _stress(cfg, analysis, settings.device)
+    stress = _stress(settings, analysis)
     if stress is not None:
         figures.update(_draw_stress(stress, analysis, out))
     sources = [f"runs={runs}"] if runs else []

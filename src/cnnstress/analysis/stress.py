@@ -20,16 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from cnnstress.analysis.compare import Analysis, Estimate, GroupResult, PairedTest, estimate
 from cnnstress.analysis.compare import paired_test as paired
 from cnnstress.analysis.runs import GroupKey
 from cnnstress.console import Progress
-from cnnstress.errors import ConfigError, UserError
+from cnnstress.errors import UserError
 from cnnstress.stress import corruption_accuracies, corruption_errors, mce, run_stress
 from cnnstress.stress.corruptions import BENCHMARK_TYPES
-from cnnstress.stress.runner import STRESSES, check_names
+from cnnstress.stress.runner import STRESSES
 
 log = logging.getLogger(__name__)
 
@@ -67,28 +66,16 @@ def _kept(metric: str) -> bool:
     return is_headline(metric) or any(p.fullmatch(metric) for p in _DETAIL)
 
 
-def stress_names(cfg: DictConfig) -> list[str]:
-    """The stresses asked for by ``stress=[...]`` (the sections composed under ``cfg.stress``).
-
-    Raises:
-        ConfigError: a section that is no stress (e.g. ``+stress.nope={}``).
-    """
-    section = cfg.get("stress")
-    if not section:
-        return []
-    return check_names(list(section.keys()))
-
-
 def run_stresses(
-    cfg: DictConfig, analysis: Analysis, device: str
+    settings: Mapping[str, Any], analysis: Analysis, device: str
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Run ``cfg.stress`` on every analysed run; return (run path -> stress.json, notes).
+    """Run the stresses of ``settings`` (name -> settings object) on every analysed run; return
+    (run path -> stress.json, notes).
 
-    A run that cannot be stressed (e.g. no checkpoint, moved dataset) is noted and left out;
-    a bad stress setting (:class:`ConfigError`) stops the analysis.
+    A run that cannot be stressed (no readable checkpoint, moved dataset, a stress that does
+    not apply to it) is noted and left out; the other runs go on.
     """
-    names = stress_names(cfg)
-    settings = OmegaConf.to_container(cfg.stress, resolve=True)
+    names = list(settings)
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     progress = Progress(f"stress {'+'.join(names)}: run", len(analysis.runs), log)
@@ -96,8 +83,6 @@ def run_stresses(
         for run in group.runs:
             try:
                 results[str(run.path)] = run_stress(run.path, names, settings, device)
-            except ConfigError:
-                raise
             except UserError as err:
                 notes.append(f"{run.path}: no stress results: {err}")
                 log.warning("no stress results for %s: %s", run.path, err)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated
 
 import torch
 
 from cnnstress.augment.ops import box_mask, draw_mask
-from cnnstress.settings import Number, Probability, Settings, setting
+from cnnstress.rules import Number, Probability
 
 
 def sample_log_gamma(
@@ -76,7 +76,7 @@ def _mix_targets(targets: torch.Tensor, partner: torch.Tensor, keep: torch.Tenso
 
 
 @dataclass
-class CutMix(Settings):
+class CutMix:
     """CutMix (Yun et al. 2019) with a box and lambda per image.
 
     With probability ``p``, image ``i`` gets the box of partner ``perm[i]`` pasted in:
@@ -87,9 +87,8 @@ class CutMix(Settings):
     with probability ``p`` and one box; here each image decides and gets its own box.
     """
 
-    KEY: ClassVar[str] = "augmentation.cutmix"
-    alpha: float = setting(1.0, Number(0.0, low_open=True))
-    p: float = setting(0.5, Probability())
+    alpha: Annotated[float, Number(0.0, low_open=True)] = 1.0
+    p: Annotated[float, Probability()] = 0.5
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
@@ -114,7 +113,7 @@ class CutMix(Settings):
 
 
 @dataclass
-class MixUp(Settings):
+class MixUp:
     """MixUp (Zhang et al. 2018) with lambda per image.
 
     With probability ``p``, image ``i`` becomes ``lambda * x_i + (1 - lambda) * x_perm[i]``
@@ -122,9 +121,8 @@ class MixUp(Settings):
     ``y_i`` and ``y_perm[i]``; otherwise ``lambda = 1`` (unchanged).
     """
 
-    KEY: ClassVar[str] = "augmentation.mixup"
-    alpha: float = setting(1.0, Number(0.0, low_open=True))
-    p: float = setting(1.0, Probability())
+    alpha: Annotated[float, Number(0.0, low_open=True)] = 1.0
+    p: Annotated[float, Probability()] = 1.0
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator

@@ -20,23 +20,16 @@ or ``value`` to the mean (e.g. 0.47) to get that.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from cnnstress.errors import ConfigError
-from cnnstress.settings import (
-    Integer,
-    Interval,
-    Number,
-    OneOf,
-    Probability,
-    Settings,
-    setting,
-)
+from cnnstress.rules import Integer, Interval, Number, OneOf, Probability
 
+CIFAR_SIZE = 32
 # Luma weights exactly as torchvision's rgb_to_grayscale (ITU-R 601-2, 0.2989 not 0.299).
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -77,7 +70,7 @@ def _grayscale(images: torch.Tensor) -> torch.Tensor:
 
 # -- image ops --------------------------------------------------------------------------------
 @dataclass
-class RandomCrop(Settings):
+class RandomCrop:
     """Pad by ``padding`` pixels, then crop back to the input size at a random offset.
 
     Offsets are drawn uniformly per image from ``[0, 2 * padding]`` on each axis.
@@ -86,19 +79,24 @@ class RandomCrop(Settings):
     the image).
     """
 
-    KEY: ClassVar[str] = "augmentation.crop"
     PADDING_MODES: ClassVar[tuple[str, ...]] = ("constant", "reflect")
-    padding: int = setting(4, Integer(0))
-    p: float = setting(1.0, Probability())
-    padding_mode: str = setting("constant", OneOf(PADDING_MODES))
+    padding: Annotated[int, Integer(0)] = 4
+    p: Annotated[float, Probability()] = 1.0
+    padding_mode: Annotated[str, OneOf(PADDING_MODES)] = "constant"
+
+    def validate(self, key: str) -> None:
+        if self.padding_mode == "reflect" and self.padding >= CIFAR_SIZE:
+            raise ConfigError(
+                f"{key}.padding must be < {CIFAR_SIZE} (the image size) with padding_mode=reflect, "
+                f"got {self.padding}"
+            )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, c, h, w = images.shape
         pad, dev = self.padding, images.device
         if self.padding_mode == "reflect" and pad >= min(h, w):
             raise ConfigError(
-                f"augmentation.crop.padding={pad} must be < the image size ({h}x{w}) with "
-                "padding_mode=reflect"
+                f"crop padding {pad} must be < the image size ({h}x{w}) with padding_mode=reflect"
             )
         offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=dev)
         # An image that is not cropped keeps the centre offset, i.e. stays unchanged.
@@ -114,11 +112,10 @@ class RandomCrop(Settings):
 
 
 @dataclass
-class RandomHorizontalFlip(Settings):
+class RandomHorizontalFlip:
     """Mirror each image left-right with probability ``p``."""
 
-    KEY: ClassVar[str] = "augmentation.flip"
-    p: float = setting(0.5, Probability())
+    p: Annotated[float, Probability()] = 0.5
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         flip = draw_mask(images.shape[0], self.p, generator)[:, None, None, None]
@@ -149,15 +146,14 @@ def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class RandomRotation(Settings):
+class RandomRotation:
     """Rotate each image about its centre by an angle uniform in ``[-degrees, degrees]``.
 
     See :func:`rotate` (bilinear, corners filled with 0).
     """
 
-    KEY: ClassVar[str] = "augmentation.rotation"
-    degrees: float = setting(15.0, Number(0.0, 180.0))
-    p: float = setting(1.0, Probability())
+    degrees: Annotated[float, Number(0.0, 180.0)] = 15.0
+    p: Annotated[float, Probability()] = 1.0
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
@@ -184,7 +180,7 @@ def jitter_colors(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class ColorJitter(Settings):
+class ColorJitter:
     """Brightness, contrast and saturation jitter with independent factors per image.
 
     Each factor is uniform in ``[max(0, 1 - s), 1 + s]`` for its strength ``s`` (torchvision's
@@ -193,11 +189,10 @@ class ColorJitter(Settings):
     probability ``1 - p`` an image keeps all factors at 1. No hue jitter.
     """
 
-    KEY: ClassVar[str] = "augmentation.color_jitter"
-    brightness: float = setting(0.2, Number(0.0))
-    contrast: float = setting(0.2, Number(0.0))
-    saturation: float = setting(0.2, Number(0.0))
-    p: float = setting(1.0, Probability())
+    brightness: Annotated[float, Number(0.0)] = 0.2
+    contrast: Annotated[float, Number(0.0)] = 0.2
+    saturation: Annotated[float, Number(0.0)] = 0.2
+    p: Annotated[float, Probability()] = 1.0
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
@@ -211,17 +206,16 @@ class ColorJitter(Settings):
 
 
 @dataclass
-class Cutout(Settings):
+class Cutout:
     """Cutout (DeVries & Taylor 2017): one ``size x size`` hole per image, filled with ``fill``.
 
     The hole's centre is uniform over the whole image, so holes near a border are clipped
     (as the paper's code does); rows ``[cy - size // 2, cy - size // 2 + size)``, likewise columns.
     """
 
-    KEY: ClassVar[str] = "augmentation.cutout"
-    size: int = setting(16, Integer(1))
-    p: float = setting(1.0, Probability())
-    fill: float = setting(0.0, Number(0.0, 1.0))
+    size: Annotated[int, Integer(1)] = 16
+    p: Annotated[float, Probability()] = 1.0
+    fill: Annotated[float, Number(0.0, 1.0)] = 0.0
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -237,7 +231,7 @@ class Cutout(Settings):
 
 
 @dataclass
-class RandomErasing(Settings):
+class RandomErasing:
     """Random erasing with torchvision ``RandomErasing`` semantics, parameters drawn per image.
 
     With probability ``p``, an image gets one rectangle of area ``scale`` (fraction of the
@@ -246,12 +240,13 @@ class RandomErasing(Settings):
     an image none fits stays unchanged. The top-left corner is uniform over the valid range.
     """
 
-    KEY: ClassVar[str] = "augmentation.erasing"
     ATTEMPTS: ClassVar[int] = 10
-    p: float = setting(0.5, Probability())
-    scale: tuple[float, float] = setting((0.02, 0.33), Interval(0.0, 1.0))
-    ratio: tuple[float, float] = setting((0.3, 3.3), Interval(0.0, math.inf))
-    value: float = setting(0.0, Number(0.0, 1.0))
+    p: Annotated[float, Probability()] = 0.5
+    scale: Annotated[list[float], Interval(0.0, 1.0)] = field(default_factory=lambda: [0.02, 0.33])
+    ratio: Annotated[list[float], Interval(0.0, math.inf)] = field(
+        default_factory=lambda: [0.3, 3.3]
+    )
+    value: Annotated[float, Number(0.0, 1.0)] = 0.0
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = images.shape

@@ -19,12 +19,11 @@ All ops run in pixel space (float in ``[0, 1]``) before normalisation.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnstress.augment.mix import CutMix, MixUp
 from cnnstress.augment.ops import (
@@ -83,47 +82,49 @@ class BatchAugmentation:
         return self.mix_op(x, soft, generator)
 
 
-def build_augmentation(config: Mapping[str, Any] | None, num_classes: int) -> BatchAugmentation:
-    """Build the pipeline from the ``augmentation`` config node (op name -> parameters).
+def build_augmentation(ops: Mapping[str, Any] | None, num_classes: int) -> BatchAugmentation:
+    """The pipeline of the ``augmentation`` config node: op name -> op (the node's schema
+    objects, e.g. ``{"crop": RandomCrop(padding=4), "cutout": Cutout(size=16)}``), applied in
+    the fixed order of :data:`IMAGE_OPS` then at most one of :data:`MIX_OPS`.
 
-    Raises :class:`ConfigError` for an unknown op or parameter, an invalid value, or more than
-    one batch-mixing op.
+    Raises:
+        ConfigError: an unknown op name, an op of the wrong type, or two batch-mixing ops.
     """
-    config = dict(config or {})
-    unknown = sorted(set(config) - set(IMAGE_OPS) - set(MIX_OPS))
-    if unknown:
-        raise ConfigError(
-            f"unknown augmentation op(s) {unknown}; valid: {', '.join([*IMAGE_OPS, *MIX_OPS])}"
-        )
-    mixes = [name for name in MIX_OPS if name in config]
+    ops = dict(ops or {})
+    known = {**IMAGE_OPS, **MIX_OPS}
+    for name, op in ops.items():
+        if name not in known:
+            raise ConfigError(f"unknown augmentation op {name!r}; valid: {', '.join(known)}")
+        if not isinstance(op, known[name]):
+            raise ConfigError(f"augmentation.{name} must be a {known[name].__name__}, got {op!r}")
+    mixes = [name for name in MIX_OPS if name in ops]
     if len(mixes) > 1:
         raise ConfigError(
             f"augmentation: choose at most one batch-mixing op of {', '.join(MIX_OPS)}, got {mixes}"
         )
-    image_ops = [cls.parse(config[n]) for n, cls in IMAGE_OPS.items() if n in config]
-    mix_op = MIX_OPS[mixes[0]].parse(config[mixes[0]]) if mixes else None
-    return BatchAugmentation(image_ops, mix_op, num_classes)
+    image_ops = [ops[name] for name in IMAGE_OPS if name in ops]
+    return BatchAugmentation(image_ops, ops[mixes[0]] if mixes else None, num_classes)
 
 
 def drop_unlisted_ops(cfg: DictConfig) -> list[str]:
     """Remove from ``cfg.augmentation`` the ops that are not in the augmentation list but whose
     parameters a recipe or an override set; return their names.
 
-    An op of the list always carries every parameter of its ``conf/augmentation`` file. A node
-    with only some of them was created by a setting such as the fast recipe's
+    An op of the list comes from its ``conf/augmentation`` file and carries its schema (the op's
+    dataclass). A plain node was created by a setting alone, such as the fast recipe's
     ``augmentation.crop.padding: 2`` in a run whose list does not have the op
     (``experiment=fast_cifar10 augmentation=[]``): it must not add the op with default values.
     """
     node = cfg.get("augmentation")
     if not isinstance(node, DictConfig):
         return []
-    ops = {**IMAGE_OPS, **MIX_OPS}
+    known = {**IMAGE_OPS, **MIX_OPS}
     dropped = [
         name
         for name, params in node.items()
-        if name in ops
+        if name in known
         and isinstance(params, DictConfig)
-        and not set(inspect.signature(ops[name]).parameters) <= set(params)
+        and OmegaConf.get_type(params) is not known[name]
     ]
     with open_dict(cfg):
         for name in dropped:

@@ -1,10 +1,8 @@
 """What the stress-test callbacks read from their Trainer: the dataset's class names, the
-images of a split, the known label errors, the TensorBoard writer and the output folder."""
+images of a split, the known label errors and the TensorBoard writer."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -51,8 +49,3 @@ def tensorboard_writer(trainer: L.Trainer) -> Any | None:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def output_dir(trainer: L.Trainer, dirpath: str | os.PathLike | None, default: str) -> Path:
-    """``dirpath`` if given, else ``<trainer.default_root_dir>/<default>``."""
-    return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / default

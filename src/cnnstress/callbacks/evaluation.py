@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated
 
 import lightning as L
 import numpy as np
@@ -12,19 +12,18 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from cnnstress.callbacks.context import (
     label_errors_of,
-    output_dir,
     tensorboard_writer,
     trainer_class_names,
 )
 from cnnstress.metrics import ECE_BINS, expected_calibration_error, reliability_bins
 from cnnstress.plots.calibration import confusion_matrix_figure, reliability_figure
 from cnnstress.plots.canvas import figure_to_array, save_png
-from cnnstress.run_dir import write_json
-from cnnstress.settings import Integer, Settings, Text, setting
+from cnnstress.rules import Integer
+from cnnstress.run_dir import RunDir, write_json
 
 
 @dataclass(eq=False)
-class ConfusionCalibration(Settings, L.Callback):
+class ConfusionCalibration(L.Callback):
     """At the end of the test, from the whole gathered test split (every rank calls the gather):
 
     * logs ``test/ece`` (expected calibration error, torchmetrics, ``n_bins`` equal-width bins,
@@ -37,17 +36,14 @@ class ConfusionCalibration(Settings, L.Callback):
     * on global rank 0 writes ``confusion_matrix.json`` (``classes`` in the dataset's official
       order, ``matrix[true][predicted]`` counts), ``confusion_matrix.png``,
       ``reliability.json`` (per-bin count, accuracy, mean confidence) and ``reliability.png``
-      into ``dirpath``, and logs both figures to TensorBoard (``test/confusion_matrix``,
+      into the run directory, and logs both figures to TensorBoard (``test/confusion_matrix``,
       ``test/reliability``).
 
     Args:
         n_bins: calibration bins (15 is the usual choice for ECE).
-        dirpath: output folder (default ``trainer.default_root_dir``, the run directory).
     """
 
-    KEY: ClassVar[str] = "callbacks.evaluation"
-    n_bins: int = setting(ECE_BINS, Integer(1))
-    dirpath: str | None = setting(None, Text(optional=True))
+    n_bins: Annotated[int, Integer(1)] = ECE_BINS
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         preds = pl_module.predictions("test")  # a collective: every rank calls it
@@ -73,9 +69,9 @@ class ConfusionCalibration(Settings, L.Callback):
         pl_module.log_dict(metrics, sync_dist=False)  # same gathered values on every rank
         if not trainer.is_global_zero:
             return
-        folder = output_dir(trainer, self.dirpath, "")
+        run = RunDir(trainer.default_root_dir)
         write_json(
-            folder / "confusion_matrix.json",
+            run.file("confusion_matrix.json"),
             {
                 "classes": names,
                 "rows": "true class",
@@ -87,7 +83,7 @@ class ConfusionCalibration(Settings, L.Callback):
         correct = (predicted == target).numpy()
         bins = reliability_bins(confidence.numpy(), correct, self.n_bins)
         write_json(
-            folder / "reliability.json",
+            run.file("reliability.json"),
             {
                 "ece": ece,
                 "n_bins": self.n_bins,
@@ -101,6 +97,6 @@ class ConfusionCalibration(Settings, L.Callback):
         }
         for name, figure in figures.items():
             array = figure_to_array(figure)
-            save_png(array, folder / f"{name}.png")
+            save_png(array, run.file(f"{name}.png"))
             if writer is not None:
                 writer.add_image(f"test/{name}", array, trainer.global_step, dataformats="HWC")

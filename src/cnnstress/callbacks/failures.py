@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import MISSING
 
 from cnnstress.callbacks.context import (
     label_errors_of,
-    output_dir,
     split_images,
     tensorboard_writer,
     trainer_class_names,
@@ -21,8 +21,8 @@ from cnnstress.data.label_errors import SOURCE, LabelErrors
 from cnnstress.metrics import find_failures
 from cnnstress.plots.canvas import save_png, to_hwc
 from cnnstress.plots.images import image_grid
-from cnnstress.run_dir import write_json
-from cnnstress.settings import Integer, Number, Settings, Text, setting
+from cnnstress.rules import Integer, Probability
+from cnnstress.run_dir import RunDir, write_json
 
 
 def failure_records(
@@ -66,7 +66,7 @@ def failure_records(
 
 
 @dataclass(eq=False)
-class HighConfidenceFailures(Settings, L.Callback):
+class HighConfidenceFailures(L.Callback):
     """Find wrong predictions made with confidence ``>= threshold`` (inclusive).
 
     At the end of every validation epoch (sanity check excluded) and of the test, from the
@@ -91,24 +91,25 @@ class HighConfidenceFailures(Settings, L.Callback):
     Only global rank 0 writes and renders; every rank logs the same (already gathered) values.
 
     Args:
-        threshold: confidence in [0, 1] from which a wrong prediction counts.
+        threshold: confidence in [0, 1] from which a wrong prediction counts (the run's
+            ``confidence_threshold`` in the config).
         top_n: images in the grid.
-        dirpath: output folder (default ``<default_root_dir>/failures``).
         grid_every_n_epochs: validation epochs between TensorBoard grids.
         top_k: classes listed per failure in the JSON.
         ncols: images per grid row.
     """
 
-    KEY: ClassVar[str] = "callbacks.high_conf_failures"
-    threshold: float = setting(0.8, Number(0.0, 1.0))
-    top_n: int = setting(16, Integer(0))
-    dirpath: str | None = setting(None, Text(optional=True))
-    grid_every_n_epochs: int = setting(1, Integer(0))
-    top_k: int = setting(3, Integer(1))
-    ncols: int = setting(8, Integer(1))
-    last: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
-    # What the latest grid of each stage shows: index, caption and frame per tile.
-    last_grid: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False)
+    threshold: Annotated[float, Probability()] = MISSING
+    top_n: Annotated[int, Integer(0)] = 16
+    grid_every_n_epochs: Annotated[int, Integer(0)] = 1
+    top_k: Annotated[int, Integer(1)] = 3
+    ncols: Annotated[int, Integer(1)] = 8
+
+    def __post_init__(self) -> None:
+        # The latest failure records of each stage, and what its grid shows (index, caption
+        # and frame per tile): state, not settings.
+        self.last: dict[str, list[dict[str, Any]]] = {}
+        self.last_grid: dict[str, list[dict[str, Any]]] = {}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -137,7 +138,7 @@ class HighConfidenceFailures(Settings, L.Callback):
         names = trainer_class_names(trainer, probs.shape[1])
         records = failure_records(preds.index, preds.target, probs, rows, names, self.top_k, errors)
         self.last[stage] = records
-        folder = output_dir(trainer, self.dirpath, "failures")
+        folder = RunDir(trainer.default_root_dir).failures
         summary = {
             "split": stage,
             "epoch": trainer.current_epoch,

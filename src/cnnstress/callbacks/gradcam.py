@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from cnnstress.callbacks.context import (
     label_errors_of,
-    output_dir,
     split_images,
     tensorboard_writer,
     trainer_class_names,
@@ -23,7 +23,8 @@ from cnnstress.errors import ConfigError
 from cnnstress.metrics import find_failures
 from cnnstress.plots.canvas import save_png, to_hwc
 from cnnstress.plots.images import image_grid, overlay
-from cnnstress.settings import Flag, Integer, ListOf, Number, Settings, Text, setting
+from cnnstress.rules import Integer, ListOf, Number, Probability, Text
+from cnnstress.run_dir import RunDir
 
 
 def explained_model(pl_module: L.LightningModule) -> nn.Module:
@@ -33,7 +34,7 @@ def explained_model(pl_module: L.LightningModule) -> nn.Module:
 
 
 @dataclass(eq=False)
-class GradCAMGrids(Settings, L.Callback):
+class GradCAMGrids(L.Callback):
     """Render, per image: the image, the CAM of the predicted class and the CAM of the true class.
 
     Which images: the ``top_n`` most confident validation failures (wrong with confidence
@@ -62,33 +63,34 @@ class GradCAMGrids(Settings, L.Callback):
         top_n: failures per grid. threshold: confidence from which a failure counts.
         indices: official test-split indices always shown.
         on_test: also render the test failures at the end of the test.
-        dirpath: output folder (default ``<default_root_dir>/gradcam``).
         examples_per_row: images (each three panels) per grid row.
         alpha: heatmap weight in the overlays.
     """
 
-    KEY: ClassVar[str] = "callbacks.gradcam"
-    method: str = setting("gradcam", METHOD_RULE)
-    target_layer: str | None = setting(None, Text(optional=True))
-    every_n_epochs: int = setting(5, Integer(0))
-    top_n: int = setting(8, Integer(0))
-    threshold: float = setting(0.8, Number(0.0, 1.0))
-    indices: list[int] = setting(rule=ListOf(Integer(0)), factory=list)
-    on_test: bool = setting(True, Flag())
-    dirpath: str | None = setting(None, Text(optional=True))
-    examples_per_row: int = setting(2, Integer(1))
-    alpha: float = setting(0.5, Number(0.0, 1.0))
-    _rendered_step: int | None = field(default=None, init=False)
-    written: list[str] = field(default_factory=list, init=False)
-    last_captions: list[str] = field(default_factory=list, init=False)  # three per image
+    method: Annotated[str, METHOD_RULE] = "gradcam"
+    target_layer: Annotated[str | None, Text(optional=True)] = None
+    every_n_epochs: Annotated[int, Integer(0)] = 5
+    top_n: Annotated[int, Integer(0)] = 8
+    threshold: Annotated[float, Probability()] = MISSING
+    indices: Annotated[list[int], ListOf(Integer(0))] = field(default_factory=list)
+    on_test: bool = True
+    examples_per_row: Annotated[int, Integer(1)] = 2
+    alpha: Annotated[float, Number(0.0, 1.0)] = 0.5
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        # State, not settings: the step last rendered, the files written, the captions of the
+        # latest grid (three per image).
+        self._rendered_step: int | None = None
+        self.written: list[str] = []
+        self.last_captions: list[str] = []
+
+    def validate(self, key: str) -> None:
         if self.method != SALIENCY and not self.target_layer:
-            raise ConfigError(f"{self.KEY}.target_layer is required for method={self.method!r}")
+            raise ConfigError(f"{key}.target_layer is required for method={self.method!r}")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.target_layer:
-            resolve_layer(explained_model(pl_module), self.target_layer, f"{self.KEY}.target_layer")
+            resolve_layer(explained_model(pl_module), self.target_layer, "Grad-CAM target_layer")
         test_set = getattr(trainer.datamodule, "test_set", None) if trainer.datamodule else None
         if test_set is not None and self.indices:
             indices = torch.tensor(self.indices, dtype=torch.long)
@@ -96,7 +98,7 @@ class GradCAMGrids(Settings, L.Callback):
             if bad:
                 kind = "official indices" if test_set.official_index else "positions"
                 raise ConfigError(
-                    f"{self.KEY}.indices {bad} out of range: the test split's {len(test_set)} "
+                    f"Grad-CAM indices {bad} out of range: the test split's {len(test_set)} "
                     f"images have {kind} (valid {_ranges(test_set.data.ids, len(test_set))})"
                 )
 
@@ -170,7 +172,7 @@ class GradCAMGrids(Settings, L.Callback):
             label_error=label_error,
             likely_true=likely_true,
         )
-        path = save_png(array, output_dir(trainer, self.dirpath, "gradcam") / f"{name}.png")
+        path = save_png(array, RunDir(trainer.default_root_dir).gradcam / f"{name}.png")
         self.written.append(str(path))
         self._rendered_step = trainer.global_step
         writer = tensorboard_writer(trainer)

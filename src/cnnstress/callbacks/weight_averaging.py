@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from cnnstress.settings import Flag, Integer, Number, check
-
-KEY = "callbacks.weight_averaging"
+from cnnstress.rules import Integer, Number
 
 
+@dataclass(eq=False)
 class WeightAverage(WeightAveraging):
     """An exponential moving average of the weights (parameters and BatchNorm statistics),
     updated every ``every_n_steps`` optimizer steps with the decay
@@ -45,20 +45,13 @@ class WeightAverage(WeightAveraging):
         lookahead: reset the training weights to the average after each update.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 5,
-        decay: float = 0.95**5,
-        decay_power: float = 3.0,
-        lookahead: bool = True,
-    ) -> None:
+    every_n_steps: Annotated[int, Integer(1)] = 5
+    decay: Annotated[float, Number(0.0, 1.0, high_open=True)] = 0.95**5
+    decay_power: Annotated[float, Number(0.0)] = 3.0
+    lookahead: bool = True
+
+    def __post_init__(self) -> None:
         super().__init__(use_buffers=True, avg_fn=self._average)
-        # Lightning's WeightAveraging takes the constructor, so the settings are checked here
-        # with the same rules as every settings dataclass (cnnstress.settings).
-        self.every_n_steps = check(Integer(1), every_n_steps, f"{KEY}.every_n_steps")
-        self.decay = check(Number(0.0, 1.0, high_open=True), decay, f"{KEY}.decay")
-        self.decay_power = check(Number(0.0), decay_power, f"{KEY}.decay_power")
-        self.lookahead = check(Flag(), lookahead, f"{KEY}.lookahead")
         self._current_decay = 0.0
         self._total_steps = 1.0
 

@@ -24,6 +24,8 @@ DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "cifar10": CIFAR10_CLASSES,
     "cifar100": CIFAR100_CLASSES,
 }
+#: The datasets cnnstress knows.
+DATASETS: tuple[str, ...] = tuple(DATASET_CLASSES)
 
 
 def class_names(dataset: str) -> tuple[str, ...]:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from cnnstress.augment import BatchAugmentation, build_augmentation
-from cnnstress.data.classes import class_names
+from cnnstress.augment import BatchAugmentation
+from cnnstress.data.classes import DATASETS, class_names
 from cnnstress.data.label_errors import LabelErrors, load_label_errors
 from cnnstress.data.normalize import Normalize
 from cnnstress.data.sources import LabeledImages, load_split
 from cnnstress.errors import ConfigError
-from cnnstress.settings import Integer, check
+from cnnstress.rules import Integer, ListOf, Number, OneOf, Text
 
 Batch = dict[str, torch.Tensor]
 
@@ -71,6 +73,48 @@ def keep_batch(batch: Batch) -> Batch:
     return batch
 
 
+@dataclass
+class DatasetConfig:
+    """The ``dataset`` config node (conf/dataset/): which CIFAR, where it is, how it is served.
+
+    ``name``, ``num_classes``, ``mean`` and ``std`` come from the dataset's file
+    (conf/dataset/cifar10.yaml); the rest are knobs with defaults.
+    """
+
+    name: Annotated[str, OneOf(DATASETS)] = MISSING
+    num_classes: Annotated[int, Integer(2)] = MISSING
+    # per-channel normalisation (pixel values in [0, 1])
+    mean: Annotated[list[float], ListOf(Number(0.0, 1.0), 3, 3)] = MISSING
+    std: Annotated[list[float], ListOf(Number(0.0, low_open=True), 3, 3)] = MISSING
+    # A zip or folder of train/<class>/*, test/<class>/*, or a torchvision CIFAR root. null: a
+    # local copy in paths.data_dir ($CNNSTRESS_DATA: e.g. cifar10-jpeg.zip, cifar10.zip,
+    # cifar10/ or a torchvision root), else the torchvision root paths.download_dir, downloaded
+    # on first use.
+    root: Annotated[str | None, Text(optional=True)] = None
+    # Let torchvision download into that fallback root (needs internet).
+    download: bool = True
+    # Training images per step and process; the effective batch is batch_size x devices x
+    # num_nodes x trainer.accumulate_grad_batches.
+    batch_size: Annotated[int, Integer(1)] = 128
+    eval_batch_size: Annotated[int, Integer(1)] = 512
+    # Images held out of the official train split for validation: best.ckpt is selected on
+    # them, the failure grids and Grad-CAM of every epoch use them, and temperature scaling is
+    # fitted on them. 0 trains on all 50,000 (then no best.ckpt, no per-epoch grids, and
+    # calibration fits on half of the test set).
+    val_size: Annotated[int, Integer(0)] = 5000
+    # Fixed seed of the validation split, independent of the run's seed.
+    val_seed: Annotated[int, Integer(0)] = 0
+    num_workers: Annotated[int, Integer(0)] = 0
+    pin_memory: bool = True
+
+    def validate(self, key: str) -> None:
+        classes = len(class_names(self.name))
+        if self.num_classes != classes:
+            raise ConfigError(
+                f"{key}.num_classes must be {classes} for {self.name}, got {self.num_classes}"
+            )
+
+
 class CIFARDataModule(L.LightningDataModule):
     """CIFAR-10/100 with the official splits and an optional held-out validation split.
 
@@ -84,41 +128,29 @@ class CIFARDataModule(L.LightningDataModule):
 
     Randomness: the shuffle order and the augmentation draw from ``(seed, epoch, rank)`` only,
     so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
+
+    Args:
+        config: the dataset's settings; ``root`` must name the data (see
+            :func:`cnnstress.data.sources.resolve_root`).
+        seed: the run's seed (shuffle and augmentation).
+        augmentation: the training augmentation (none by default).
     """
 
     def __init__(
         self,
-        name: str,
-        root: str,
-        num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int = 128,
-        eval_batch_size: int = 512,
-        val_size: int = 0,
-        val_seed: int = 0,
-        download: bool = False,
-        num_workers: int = 0,
-        pin_memory: bool = True,
+        config: DatasetConfig,
         seed: int = 42,
-        augmentation: Mapping[str, Any] | None = None,
+        augmentation: BatchAugmentation | None = None,
     ) -> None:
         super().__init__()
-        self.classes = class_names(name)
-        if num_classes != len(self.classes):
-            raise ConfigError(
-                f"dataset.num_classes={num_classes} but {name} has {len(self.classes)} classes"
-            )
-        batch_size = check(Integer(1), batch_size, "dataset.batch_size")
-        eval_batch_size = check(Integer(1), eval_batch_size, "dataset.eval_batch_size")
-        val_size = check(Integer(0), val_size, "dataset.val_size")
-        self.name, self.root, self.download = name, root, download
-        self.num_classes = num_classes
-        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
-        self.val_size, self.val_seed, self.seed = int(val_size), int(val_seed), int(seed)
-        self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.augment: BatchAugmentation = build_augmentation(augmentation, num_classes)
-        self.normalizer = Normalize(mean, std)
+        self.config = config
+        self.classes = class_names(config.name)
+        self.name, self.root, self.download = config.name, config.root, config.download
+        self.num_classes = config.num_classes
+        self.batch_size, self.eval_batch_size = config.batch_size, config.eval_batch_size
+        self.val_size, self.val_seed, self.seed = config.val_size, config.val_seed, int(seed)
+        self.augment = augmentation or BatchAugmentation([], None, config.num_classes)
+        self.normalizer = Normalize(config.mean, config.std)
         self.train_set: IndexedImages | None = None
         self.val_set: IndexedImages | None = None
         self.test_set: IndexedImages | None = None
@@ -155,6 +187,13 @@ class CIFARDataModule(L.LightningDataModule):
                 f"dataset.val_size={self.val_size} leaves no training images "
                 f"({len(train)} in the train split)"
             )
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = (len(train) - self.val_size) // world
+        if self.batch_size > per_process:  # drop_last: not one training step per epoch
+            raise ConfigError(
+                f"dataset.batch_size={self.batch_size} is larger than the training split "
+                f"({per_process} images per process): no full batch to train on"
+            )
         # The validation split depends on val_seed only, never on the run's seed, so every run
         # of a comparison is selected on the same images.
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.val_seed))
@@ -171,9 +210,9 @@ class CIFARDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.config.num_workers,
+            pin_memory=self.config.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.config.num_workers > 0,
             **kwargs,
         )
 

@@ -14,11 +14,13 @@ Shapes for a ``(N, 3, 32, 32)`` input: ``whiten`` ``(N, 24, 31, 31)`` (stride 1,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from cnnstress.errors import ConfigError
+from cnnstress.rules import Integer, ListOf
 
 # airbench's BatchNorm keeps ``0.6`` of the running statistics per step (its momentum 0.6);
 # PyTorch's ``momentum`` is the weight of the *new* batch statistics, so it is 1 - 0.6.
@@ -156,10 +158,10 @@ class FastNet(nn.Module):
 
 
 def fast_net(
-    num_classes: int = 10,
-    widths: Sequence[int] = (64, 256, 256),
-    whiten_bias_epochs: int = 3,
-    init_images: int = 5000,
+    num_classes: Annotated[int, Integer(1)] = 10,
+    widths: Annotated[list[int], ListOf(Integer(1), 3, 3)] = (64, 256, 256),  # type: ignore[assignment]
+    whiten_bias_epochs: Annotated[int, Integer(0)] = 3,
+    init_images: Annotated[int, Integer(1)] = 5000,
 ) -> FastNet:
     """airbench94's net (:class:`FastNet`); ``widths=(64, 256, 256)``: 1,972,792 parameters
     for 10 classes."""

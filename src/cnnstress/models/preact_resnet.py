@@ -5,9 +5,13 @@ Written here because torchvision has no pre-activation ResNet.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cnnstress.rules import Integer
 
 
 class PreActBlock(nn.Module):
@@ -61,6 +65,6 @@ class PreActResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def preact_resnet18(num_classes: int = 10) -> PreActResNet:
+def preact_resnet18(num_classes: Annotated[int, Integer(1)] = 10) -> PreActResNet:
     """Pre-activation ResNet-18 (about 11.17M parameters for 10 classes)."""
     return PreActResNet((2, 2, 2, 2), num_classes)

@@ -9,13 +9,16 @@ is a plain number, string, boolean or list of those.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
 from cnnstress.errors import DataError, UserError
-from cnnstress.models.airbench import FastNet, fast_net
+from cnnstress.models.airbench import fast_net
 from cnnstress.models.preact_resnet import preact_resnet18
 from cnnstress.models.resnet import resnet18
 from cnnstress.models.simple_cnn import SimpleCNN
@@ -28,7 +31,6 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "cnnstress.models.preact_resnet18": preact_resnet18,
     "cnnstress.models.wide_resnet": wide_resnet,
     "cnnstress.models.fast_net": fast_net,
-    "cnnstress.models.FastNet": FastNet,
 }
 
 
@@ -66,3 +68,22 @@ def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
         return BACKBONES[target](**kwargs)
     except (TypeError, ValueError, UserError) as err:
         raise DataError(f"cannot rebuild {target} from the run's model.net: {err}") from None
+
+
+def schema_of(target: str) -> type:
+    """The config schema of backbone ``target`` (a key of :data:`BACKBONES`): a dataclass with
+    ``_target_`` and one field per constructor argument, with its default and its annotated
+    rule, so the constructor's signature is the only place they are written."""
+    constructor = BACKBONES[target]
+    function = constructor.__init__ if inspect.isclass(constructor) else constructor
+    hints = typing.get_type_hints(function, include_extras=True)
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, dataclasses.field(default=target))]
+    for name, parameter in inspect.signature(constructor).parameters.items():
+        default = parameter.default
+        if isinstance(default, tuple):  # OmegaConf keeps lists; a tuple default is immutable
+            default = dataclasses.field(default_factory=lambda d=default: list(d))
+        elif default is inspect.Parameter.empty:
+            default = dataclasses.MISSING
+        fields.append((name, hints.get(name, Any), default))
+    name = f"{target.rsplit('.', 1)[-1]}_config".title().replace("_", "")
+    return dataclasses.make_dataclass(name, fields)

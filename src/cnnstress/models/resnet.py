@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 from torchvision.models import resnet18 as torchvision_resnet18
 
+from cnnstress.rules import Integer
 
-def resnet18(num_classes: int = 10) -> nn.Module:
+
+def resnet18(num_classes: Annotated[int, Integer(1)] = 10) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool.
 
     Input ``(N, 3, 32, 32)``; ``layer1`` .. ``layer4`` give 32x32, 16x16, 8x8 and 4x4 maps.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
+
+from cnnstress.rules import Integer
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -23,7 +27,9 @@ class SimpleCNN(nn.Module):
     model.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+    def __init__(
+        self, num_classes: Annotated[int, Integer(1)] = 10, width: Annotated[int, Integer(1)] = 32
+    ) -> None:
         super().__init__()
         self.block1 = _block(3, width)
         self.block2 = _block(width, 2 * width)

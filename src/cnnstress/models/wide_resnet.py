@@ -5,9 +5,13 @@ Written here because torchvision's wide ResNets are the ImageNet variants.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cnnstress.rules import Integer, Probability
 
 
 class WideBlock(nn.Module):
@@ -62,12 +66,24 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class WRNDepth(Integer):
+    """A WRN depth: 6n + 4 with n >= 1."""
+
+    def convert(self, value: object) -> int:
+        depth = super().convert(value)
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError
+        return depth
+
+    def describe(self) -> str:
+        return "6n+4 with n >= 1 (e.g. 16, 28)"
+
+
 def wide_resnet(
-    depth: int = 28, widen: int = 10, dropout: float = 0.0, num_classes: int = 10
+    depth: Annotated[int, WRNDepth()] = 28,
+    widen: Annotated[int, Integer(1)] = 10,
+    dropout: Annotated[float, Probability()] = 0.0,
+    num_classes: Annotated[int, Integer(1)] = 10,
 ) -> WideResNet:
     """Build WRN-``depth``-``widen`` (WRN-28-10: about 36.5M parameters)."""
-    if depth < 10 or (depth - 4) % 6:
-        from cnnstress.errors import ConfigError
-
-        raise ConfigError(f"model.net.depth must be 6n+4 with n >= 1 (e.g. 16, 28), got {depth}")
     return WideResNet(depth, widen, dropout, num_classes)

@@ -128,19 +128,20 @@ class StressContext:
         if int(OmegaConf.select(self.cfg, "dataset.val_size", default=0) or 0) <= 0:
             return None
         from cnnstress.data import CIFARDataModule
+        from cnnstress.data.datamodule import DatasetConfig
 
         ds = self.cfg.dataset
-        module = CIFARDataModule(
-            name=ds.name,
-            root=self.data_root,
-            num_classes=ds.num_classes,
+        config = DatasetConfig(
+            name=str(ds.name),
+            num_classes=int(ds.num_classes),
             mean=list(ds.mean),
             std=list(ds.std),
-            val_size=ds.val_size,
-            val_seed=ds.get("val_seed", 0),
+            root=self.data_root,
             download=False,
-            seed=int(self.cfg.get("seed", 0)),
+            val_size=int(ds.val_size),
+            val_seed=int(ds.get("val_seed", 0)),
         )
+        module = CIFARDataModule(config, seed=int(self.cfg.get("seed", 0)))
         module.setup("validate")
         val = module.val_set
         return LabeledImages(val.images[val.indices], val.labels[val.indices])

@@ -52,7 +52,7 @@ import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from cnnstress.errors import ConfigError
-from cnnstress.settings import OneOf, check
+from cnnstress.rules import OneOf, check
 from cnnstress.stress import image_ops as ops
 
 SEVERITIES = (1, 2, 3, 4, 5)

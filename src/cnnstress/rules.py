@@ -1,29 +1,25 @@
-"""One way to declare and check settings: each knob is a typed field with a rule.
+"""Rules: the range and choice constraints of config values.
 
-Augmentation ops, callbacks and stresses are dataclasses whose fields are their knobs, declared
-with :func:`setting` and a :class:`Rule`; constructing one checks every field, and
-:meth:`Settings.parse` builds one from a config mapping. Everything else (the training config,
-the analysis config) checks its values with the same rules through :func:`check`. A wrong value
-is always one :class:`~cnnstress.errors.ConfigError` line: ``<key> must be <rule>, got
-<value>``; an unknown key lists the valid ones.
+A knob's rule sits on its declaration, as ``typing.Annotated`` metadata of a schema field
+(``padding: Annotated[int, Integer(0)] = 4``); :mod:`cnnstress.schema` checks every field of a
+composed config against it. A wrong value is always one :class:`~cnnstress.errors.ConfigError`
+line, ``<key> must be <rule>, got <value>``, the key being where the value sits in the config.
 
 Written here rather than taken from a validation library: the rules are a handful of range
-checks whose messages must name cnnstress's dotted config keys, and Hydra's structured configs
-check types only, with multi-line errors raised before cnnstress runs.
+checks whose messages must name cnnstress's dotted config keys; Hydra's structured configs
+check types only, with multi-line errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnstress.errors import ConfigError
-
-S = TypeVar("S", bound="Settings")
 
 
 class Rule:
@@ -191,10 +187,11 @@ class Interval(Rule):
 
 @dataclasses.dataclass(frozen=True)
 class ListOf(Rule):
-    """A list whose every item follows ``item``, at least ``min_length`` long."""
+    """A list whose every item follows ``item``, of ``min_length`` to ``max_length`` items."""
 
     item: Rule = dataclasses.field(default_factory=Text)
     min_length: int = 0
+    max_length: int | None = None
     optional: bool = False
 
     def convert(self, value: Any) -> list[Any]:
@@ -202,10 +199,17 @@ class ListOf(Rule):
             raise ValueError
         if len(value) < self.min_length:
             raise ValueError
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ValueError
         return [self.item(v) for v in value]
 
     def describe(self) -> str:
-        size = "a non-empty list" if self.min_length else "a list"
+        if self.max_length is not None and self.max_length == self.min_length:
+            size = f"a list of {self.min_length}"
+        elif self.min_length:
+            size = "a non-empty list"
+        else:
+            size = "a list"
         return self._or_null(f"{size}, each item {self.item.describe()}")
 
 
@@ -236,58 +240,8 @@ def check(rule: Rule, value: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be {rule.describe()}, got {value!r}") from None
 
 
-def setting(default: Any = dataclasses.MISSING, rule: Rule | None = None, *, factory: Any = None):
-    """A dataclass field of a :class:`Settings` class, checked by ``rule``."""
-    metadata = {"rule": rule} if rule is not None else {}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
 def plain(values: Any) -> Any:
     """OmegaConf containers as plain Python (resolved); anything else unchanged."""
     if isinstance(values, DictConfig | ListConfig):
         return OmegaConf.to_container(values, resolve=True)
     return values
-
-
-class Settings:
-    """Base of settings dataclasses (see the module docstring).
-
-    Subclasses set ``KEY`` (their dotted config key, e.g. ``"augmentation.crop"``) and declare
-    fields with :func:`setting`; ``validate()`` may add checks across fields (raising through
-    :func:`check` or :class:`ConfigError`).
-    """
-
-    KEY: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            rule = field.metadata.get("rule")
-            if rule is not None:
-                key = f"{self.KEY}.{field.name}" if self.KEY else field.name
-                value = check(rule, plain(getattr(self, field.name)), key)
-                object.__setattr__(self, field.name, value)
-        self.validate()
-
-    def validate(self) -> None:
-        """Checks across fields (none by default)."""
-
-    @classmethod
-    def parse(cls: type[S], values: Mapping[str, Any] | None) -> S:
-        """Build from a (partial) config mapping: missing keys keep their defaults, an unknown
-        key is a :class:`ConfigError` listing the valid ones."""
-        values = plain(values)
-        if values is None:
-            values = {}
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{cls.KEY} must be a mapping of settings, got {values!r}")
-        valid = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            where = f"{cls.KEY}." if cls.KEY else ""
-            raise ConfigError(
-                f"unknown key {where}{unknown[0]}; valid keys of {cls.KEY or 'the config'}: "
-                f"{', '.join(valid)}"
-            )
-        return cls(**values)
