@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from cnnstress.cam import compute_heatmaps
-from cnnstress.config import compose_config
+from cnnstress.config_store import compose_config
 from cnnstress.data.sources import load_split
 from cnnstress.models import SimpleCNN, resnet18
 from cnnstress.stress import background
@@ -101,7 +101,7 @@ def stress(ctx: StressContext, settings: dict, parts: dict[str, float]) -> dict[
     start = sync(ctx.device)
     fresh.clean_logits()  # what evaluate asks first; cached, as for the other stresses
     clean = sync(ctx.device) - start
-    background.evaluate(fresh, settings)
+    background.evaluate(fresh, background.BackgroundSettings(**settings))
     total = sync(ctx.device) - start
     out = {"clean": clean, **{name: parts[name] for name in PARTS}}
     out["other"] = total - sum(out.values())

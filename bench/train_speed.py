@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
-from cnnstress.config import compose_config, instantiate
-from cnnstress.precision import resolve_auto
-from cnnstress.training import build_datamodule, train
+from cnnstress.config import build
+from cnnstress.config_store import compose_config
+from cnnstress.training import build_datamodule, resolve_config, run_training
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 WARMUP = 5  # steps before timing starts (plain loop) or not counted (per-step framework times)
@@ -45,7 +45,8 @@ class PlainLoop:
     the framework, in the precision and memory format it resolves for ``cfg``."""
 
     def __init__(self, cfg, device: torch.device) -> None:
-        precision, channels_last = resolve_auto(cfg)
+        resolve_config(cfg)
+        precision, channels_last = cfg.trainer.precision, cfg.module.channels_last
         if precision not in ("32-true", "bf16-mixed"):
             raise SystemExit(f"the plain loop supports 32-true and bf16-mixed, not {precision}")
         self.bf16 = precision == "bf16-mixed"
@@ -56,9 +57,9 @@ class PlainLoop:
         self.dm.setup()
         self.images = self.dm.train_set.images[self.dm.train_set.indices]
         self.labels = self.dm.train_set.labels[self.dm.train_set.indices]
-        net = instantiate(cfg.model.net).to(device, memory_format=self.memory_format)
+        net = build(cfg.model.net).to(device, memory_format=self.memory_format)
         self.net = net.train()
-        self.optimizer = instantiate(cfg.optimizer)(params=self.net.parameters())
+        self.optimizer = build(cfg.module.optimizer)(params=self.net.parameters())
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.mean, self.std = self.dm.mean.to(device), self.dm.std.to(device)
         self.batch = cfg.dataset.batch_size
@@ -152,7 +153,7 @@ def framework(cfg, steps: int, paired: PlainLoop | None = None) -> tuple[float, 
         cfg.callbacks.step_times = {"_target_": f"{__name__}.StepTimes"}
     StepTimes.PAIRED = paired
     try:
-        speed = train(cfg)["train/images_per_sec"]
+        speed = run_training(cfg)["train/images_per_sec"]
     finally:
         StepTimes.PAIRED = None
     return speed, StepTimes.last.durations()
@@ -193,7 +194,7 @@ def main() -> None:
     best += [min(r[i] for r in results) for i in (2, 3, 4, 5)]
     print(f"\nmodel={cfg.model.name} device={device} batch={cfg.dataset.batch_size} "
           f"steps={args.steps} threads={torch.get_num_threads()} "
-          f"precision={cfg.trainer.precision} channels_last={cfg.channels_last}; "
+          f"precision={cfg.trainer.precision} channels_last={cfg.module.channels_last}; "
           f"best of {args.repeats}")  # fmt: skip
     for name, i in (("plain PyTorch loop ", 0), ("cnnstress framework", 1)):
         print(f"{name}: {best[i]:7.1f} images/s, step median {best[2 + i]:.2f} ms, "

@@ -277,22 +277,16 @@ def check_checkpoint(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path: {err}") from None
 
 
-def prepare_run(cfg: DictConfig) -> dict[str, Any] | None:
-    """Resolve every ``auto`` and derived value of ``cfg`` in place, once, before anything is
-    built or any data decoded, so the run record says what the run used; then decide what to
-    do with the run directory (:func:`prepare_run_dir`).
-
-    Resolved: the augmentation ops a recipe set but the list does not have (dropped), the
-    dataset root (:func:`resolve_data_root`), ``trainer.precision`` and
-    ``module.channels_last`` (:func:`cnnstress.precision.resolve_auto`).
-
-    Returns:
-        The metrics of a finished run of this very config (the job is done), else ``None``.
+def resolve_config(cfg: DictConfig) -> None:
+    """Check ``cfg`` and resolve every ``auto`` and derived value in place, once, before
+    anything is built or any data decoded, so the run record says what the run used: the
+    augmentation ops a recipe set but the list does not have (dropped), the dataset root
+    (:func:`resolve_data_root`), ``trainer.precision`` and ``module.channels_last``
+    (:func:`cnnstress.precision.resolve_auto`); and check ``ckpt_path``.
 
     Raises:
-        ConfigError: a value that cannot work (one line), or a finished run of another config.
+        ConfigError: a value that cannot work (one line).
     """
-    quiet_library_noise()
     validate(cfg)
     for name in drop_unlisted_ops(cfg):
         log.info("augmentation.%s is set, but %s is not in the augmentation list: not applied",
@@ -300,6 +294,20 @@ def prepare_run(cfg: DictConfig) -> dict[str, Any] | None:
     resolve_data_root(cfg)
     resolve_auto(cfg)
     check_checkpoint(cfg)
+
+
+def prepare_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Resolve ``cfg`` (:func:`resolve_config`), then decide what to do with the run directory
+    (:func:`prepare_run_dir`).
+
+    Returns:
+        The metrics of a finished run of this very config (the job is done), else ``None``.
+
+    Raises:
+        ConfigError: a value that cannot work, or a finished run of another config there.
+    """
+    quiet_library_noise()
+    resolve_config(cfg)
     cheap_cuda_checks(cfg)
     return prepare_run_dir(cfg, RunDir(cfg.paths.output_dir))
 
