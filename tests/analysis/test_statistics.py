@@ -122,6 +122,8 @@ def test_reference_distribution_by_quadrature():
         for t in (0.3, 2.0, 9.0):
             assert reference_sf(t, 1.0, 0.0, k) == pytest.approx(2 * stats.t.sf(t, k), rel=1e-7)
     assert reference_sf(1.96, 0.0, 1.0, 2) == pytest.approx(2 * stats.norm.sf(1.96))
+    # a far tail lives at small W: a hair of image part leaves the Cauchy tail (1 df) in place
+    assert reference_sf(1000, 1 - 1e-9, 1e-9, 1) == pytest.approx(2 * stats.t.sf(1000, 1), rel=0.01)
     # a mixture, against the integral written over W itself
     a, b, k, t = 0.3, 0.7, 2, 2.5
 

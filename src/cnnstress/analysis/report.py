@@ -720,10 +720,11 @@ METHOD_NOTES = [
     "and b split the variance between the seed part and the image part, the seed part taken at "
     f"its one-sided {SEED_VARIANCE_BOUND:.0%} upper confidence limit (never below MS_resid); "
     "with no image part this is exactly the paired t-test. Checked by simulation on planted "
-    "data (bench/verdict_calibration.py): false-positive rate 3.7-6.2% at 3 seeds, closer to 5% "
-    "with more. With one shared seed, or per-seed differences that are all identical, there is "
-    "no interval (no test possible). 'df' in summary.csv is the Student t with the same 97.5% "
-    "quantile, for reading.",
+    "data (bench/verdict_calibration.py, four regimes with and without seed and test-image "
+    "effects): false-positive rate 3.7-6.5% from 3 seeds on, 2.4-8.8% with 2. With one shared "
+    "seed, or per-seed differences that are all identical, there is no interval (no test "
+    "possible). 'df' in summary.csv is the Student t with the same 97.5% quantile, for "
+    "reading.",
     "Paired t-test p: scipy.stats.ttest_rel on the per-seed accuracies paired by seed (tests "
     "the mean of the per-seed differences against zero; seeds are the unit, the test images are "
     "fixed: it speaks about this test set only). 'No test possible (identical differences)' when "
