@@ -166,11 +166,16 @@ def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
         b_sum, c_sum = b_sum + expected[0], c_sum + expected[1]
     pooled = comparison.pooled
     assert (pooled.corrected, pooled.worsened) == (b_sum, c_sum)
-    assert pooled.mcnemar is None  # the pooled test is the bootstrap over images and seeds
-    boot = comparison.bootstrap
-    assert (boot.seeds, boot.images) == (2, 80)
-    assert boot.delta == pytest.approx((b_sum - c_sum) / (2 * 80))
-    assert boot.ci_low <= boot.delta <= boot.ci_high
+    assert pooled.mcnemar is None  # the pooled test is the crossed one over images and seeds
+    crossed = comparison.crossed
+    assert (crossed.seeds, crossed.images) == (2, 80)
+    assert crossed.delta == pytest.approx((b_sum - c_sum) / (2 * 80))
+    per_seed = [comparison.transitions[s].corrected - comparison.transitions[s].worsened
+                for s in SEEDS]  # fmt: skip
+    if len(set(per_seed)) > 1:
+        assert crossed.tested and crossed.ci_low <= crossed.delta <= crossed.ci_high
+    else:  # the tiny runs can move the same number of images on both seeds
+        assert crossed.identical and not crossed.tested
     for seed in SEEDS:  # per seed: McNemar, exact below 25 discordant pairs
         table = comparison.transitions[seed]
         n, k = table.corrected + table.worsened, min(table.corrected, table.worsened)
@@ -214,7 +219,8 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
     assert html.count("<table>") == html.count('<div class="table-wrap"><table>')
     verdict = re.search(r'id="verdict">Verdict</h2>\s*<ul><li>([^<]+)</li>', html).group(1)
     assert verdict.startswith("label_smoothing vs baseline (cifar10/simple_cnn): accuracy ")
-    assert "Confident failures (≥ 0.8)" in verdict
+    # the runs' failures callback is off here: no threshold recorded, the closest to 0.8 counted
+    assert "Confident failures (≥ 0.8; the runs recorded no threshold)" in verdict
     images = re.findall(r'<img [^>]*src="([^"]*)"', html)
     assert len(images) == 6 and all(s.startswith("data:image/png;base64,") for s in images)
     md = (out / "report.md").read_text()
@@ -255,7 +261,8 @@ def test_one_seed_reports_no_spread(sweep, tmp_path):
     for row in rows.values():
         assert row["n_seeds"] == "1"
         assert row["acc_std"] == row["acc_ci_low"] == row["acc_ci_high"] == ""
-    assert rows["label_smoothing"]["paired_p"] == ""
+    assert rows["label_smoothing"]["paired_p_unadjusted"] == ""
+    assert rows["label_smoothing"]["verdict"] == "untested"
     assert "n/a" in (out / "summary.md").read_text()
 
 

@@ -13,19 +13,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cnnstress.analysis.compare import (
-    Analysis,
-    analyse,
-    bootstrap_difference,
-    estimate,
-    holm,
-    mcnemar,
-    paired_test,
-    pool_transitions,
-    seed_power,
-    share_better,
-    transitions,
-)
+from cnnstress.analysis.compare import Analysis, analyse, pool_transitions, transitions
 from cnnstress.analysis.report import (
     Heading,
     Image,
@@ -37,11 +25,25 @@ from cnnstress.analysis.report import (
     verdict,
 )
 from cnnstress.analysis.runs import Run, RunCollection
+from cnnstress.analysis.statistics import (
+    crossed_test,
+    estimate,
+    holm,
+    mcnemar,
+    paired_test,
+    share_better,
+)
 from cnnstress.cam import run_cam_settings
 from cnnstress.data.label_errors import load_label_errors
 from cnnstress.errors import ConfigError
 from cnnstress.identity import run_identity
-from cnnstress.metrics import expected_calibration_error, high_conf_errors, per_class_accuracy
+from cnnstress.metrics import (
+    binned_calibration_error,
+    expected_calibration_error,
+    high_conf_errors,
+    per_class_accuracy,
+    reliability_bins,
+)
 from cnnstress.plots.comparison import per_class_selection
 from tests.conftest import TINY_RUN, compose_train_config
 
@@ -120,6 +122,23 @@ def test_ece_is_torchmetrics_ece():
     )
 
 
+def test_reliability_bins_put_a_confidence_on_an_edge_where_torchmetrics_does():
+    """torchmetrics bins on float32 edges: the edge 8/15 is 0.53333330 there, below the float64
+    8/15 (0.53333333), so a float32 confidence on it belongs to bin 8, not bin 7."""
+    edge = float(torch.linspace(0, 1, 16, dtype=torch.float32)[8])
+    assert edge < 8 / 15
+    conf = np.array([edge] * 3 + [0.52] * 3, np.float32)
+    correct = np.array([True] * 3 + [False] * 3)
+    bins = reliability_bins(conf, correct)
+    assert bins["count"][7] == 3 and bins["count"][8] == 3
+    assert bins["edges"].dtype == np.float32 and bins["edges"][8] == np.float32(edge)
+    probs = np.stack([conf, 1 - conf], axis=1)  # top-1 is class 0
+    target = np.where(correct, 0, 1)
+    assert binned_calibration_error(bins) == pytest.approx(
+        expected_calibration_error(probs, target), abs=1e-6
+    )
+
+
 def test_per_class_selection_keeps_100_classes_readable():
     delta = np.zeros(100)
     delta[[3, 50, 70]] = [-0.2, 0.1, 0.3]
@@ -154,57 +173,36 @@ def test_report_renders_markdown_and_self_contained_html(tmp_path):
     assert src == "data:image/png;base64,iVBORw0KGgpmYWtl"
 
 
-def test_bootstrap_keeps_an_image_one_unit_across_seeds():
+def test_crossed_test_keeps_an_image_one_unit_across_seeds():
     rng = np.random.default_rng(0)
-    ref = rng.random(2000) < 0.7
+    ref = rng.random((3, 2000)) < 0.7
     other = ref.copy()
-    flip = rng.choice(2000, 120, replace=False)
-    other[flip] = ~other[flip]  # some images corrected, some worsened
-    one = bootstrap_difference(ref[None], other[None], resamples=4000)
+    for seed in range(3):  # each seed corrects and worsens its own images
+        flip = rng.choice(2000, 120, replace=False)
+        other[seed, flip] = ~other[seed, flip]
+    test = crossed_test(ref, other)
     diff = other.astype(float) - ref
-    assert one.delta == pytest.approx(diff.mean())
-    # One seed: the image bootstrap's interval is the usual normal one, within resampling noise.
-    half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size)
-    assert (one.ci_high - one.ci_low) / 2 == pytest.approx(half, rel=0.1)
-    # Three seeds that agree image for image carry no more evidence than one: summing their
-    # McNemar tables would triple the counts, the bootstrap interval stays as wide.
-    three = bootstrap_difference(np.stack([ref] * 3), np.stack([other] * 3), resamples=4000)
-    assert three.delta == pytest.approx(one.delta)
-    assert three.ci_high - three.ci_low == pytest.approx(one.ci_high - one.ci_low, rel=0.1)
-    tripled = mcnemar(3 * int((~ref & other).sum()), 3 * int((ref & ~other).sum()))
-    assert tripled.pvalue < three.pvalue
+    assert test.delta == pytest.approx(diff.mean())
+    # Summing the three McNemar tables counts every image three times as if independent; the
+    # crossed test does not.
+    pooled = mcnemar(int((~ref & other).sum()), int((ref & ~other).sum()))
+    assert test.pvalue > pooled.pvalue or test.pvalue > 0.05
+    # Three seeds that agree image for image carry no spread to test: no interval, not a zero.
+    same = crossed_test(np.stack([ref[0]] * 3), np.stack([other[0]] * 3))
+    assert same.pvalue is None and same.identical
 
 
-def test_bootstrap_of_identical_and_of_clearly_better_models():
+def test_crossed_test_of_identical_and_of_one_seed():
     ref = np.zeros((2, 50), bool)
-    same = bootstrap_difference(ref, ref, resamples=500)
-    assert (same.delta, same.ci_low, same.ci_high, same.pvalue) == (0, 0, 0, 1)
-    better = bootstrap_difference(ref, np.ones((2, 50), bool), resamples=500)
-    assert better.ci_low == better.ci_high == better.delta == 1
-    assert better.pvalue == pytest.approx(2 / 501)  # add-one: never exactly 0
+    same = crossed_test(ref, ref)
+    assert (same.delta, same.pvalue, same.ci_low) == (0, None, None) and same.identical
+    one = crossed_test(ref[:1], np.ones((1, 50), bool))
+    assert one.delta == 1 and one.pvalue is None and "one seed" in one.reason
 
 
 def test_share_better_counts_ties_half():
     assert share_better([0.01, -0.02, 0.0, 0.03]) == pytest.approx(2.5 / 4)
     assert share_better([]) is None
-
-
-def test_seed_power_matches_the_noncentral_t_by_hand():
-    diffs = [0.004, 0.010, 0.001]
-    power = seed_power(diffs)
-    sd = np.std(diffs, ddof=1)
-    assert power.spread == pytest.approx(sd)
-
-    def t_power(effect: float, n: int) -> float:  # two-sided one-sample t-test, alpha 0.05
-        df, crit = n - 1, stats.t.ppf(0.975, n - 1)
-        nc = effect * np.sqrt(n)
-        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
-
-    assert t_power(power.detectable / sd, 3) == pytest.approx(0.8, abs=1e-4)
-    effect = np.mean(diffs) / sd
-    assert t_power(effect, power.needed) >= 0.8 > t_power(effect, power.needed - 1)
-    assert seed_power([0.01]).detectable is None  # one seed: no spread
-    assert seed_power([0.01, 0.01]).needed is None  # no spread either
 
 
 def test_holm_by_hand():
@@ -248,18 +246,23 @@ def planted_analysis(gains: list[float], n: int = 2000) -> Analysis:
 
 
 def test_verdict_of_a_clear_gain_and_of_too_few_seeds():
-    (clear,) = planted_analysis([0.05, 0.06, 0.055]).comparisons
-    text = verdict(clear, 1, 0.8)
-    assert text.startswith("smooth vs baseline (cifar10/net): accuracy +5.50 pp")
-    assert ": a clear gain." in text and "suffice for this one" in text
-    (unsure,) = planted_analysis([0.004, -0.002, 0.003]).comparisons
-    text = verdict(unsure, 1, 0.8)
-    assert "no clear difference" in text
-    assert f"needs about {unsure.power.needed} seeds" in text and unsure.power.needed > 3
+    analysis = planted_analysis([0.05, 0.06, 0.055])
+    (clear,) = analysis.comparisons
+    text = verdict(clear, analysis)
+    assert text.startswith("smooth vs baseline (cifar10/net): accuracy +5.50 pp (95% CI ")
+    assert ": a clear gain." in text and "The 3 seeds suffice (power " in text
+    assert clear.plan.power >= 0.8
+    analysis = planted_analysis([0.004, -0.002, 0.003])
+    (unsure,) = analysis.comparisons
+    text = verdict(unsure, analysis)
+    assert ": no clear difference." in text
+    assert f"about {unsure.plan.needed} seeds on this test set would give 80%" in text
+    assert unsure.plan.needed > 3 and unsure.plan.power < 0.8
     # Every wrong prediction is confident (0.91): the counts are the wrong images per run.
     ref = np.mean([(~r.correct).sum() for r in unsure.reference.runs])
     other = np.mean([(~r.correct).sum() for r in unsure.other.runs])
-    assert f"Confident failures (≥ 0.8): {ref:.1f} -> {other:.1f} per run" in text
+    expected = f"(≥ 0.8; the runs recorded no threshold): {ref:.1f} -> {other:.1f} per run"
+    assert f"Confident failures {expected}" in text
 
 
 def test_label_errors_in_the_analysis_of_planted_runs():
@@ -291,9 +294,9 @@ def test_label_errors_in_the_analysis_of_planted_runs():
     assert other.high_conf_label_errors[:, 1].tolist() == [0, 0, 0]
     (c,) = analysis.comparisons
     assert all(t.corrected_label_errors == 40 == t.corrected for t in c.transitions.values())
-    assert c.bootstrap.delta == pytest.approx(40 / 2000)
-    assert c.bootstrap_clean.delta == 0 and c.bootstrap_clean.images == 1960
-    text = verdict(c, 1, 0.8)
+    assert c.crossed.delta == pytest.approx(40 / 2000)
+    assert c.crossed_clean.delta == 0 and c.crossed_clean.images == 1960
+    text = verdict(c, analysis)
     assert "Without the 40 known label errors: +0.00 pp" in text
     blocks = label_error_blocks(analysis)
     rendered = to_markdown(blocks)

@@ -81,14 +81,19 @@ def reliability_bins(
     lands in the upper bin), plus one more for a confidence of exactly 1.0, which torchmetrics
     keeps apart (it is common for saturated models).
 
+    The edges are torchmetrics' own, ``torch.linspace`` in float32, and the confidences are
+    compared in float32 as :func:`expected_calibration_error` passes them: float64 edges would
+    put a confidence lying exactly on an edge into the neighbouring bin.
+
     Returns ``edges`` ``(n_bins + 1,)`` and per bin ``count``, ``accuracy`` and ``confidence``
     ``(n_bins + 1,)``: the last entry is the confidence-1.0 bin; empty bins hold 0. The
     count-weighted mean of ``|accuracy - confidence|`` is :func:`expected_calibration_error`.
     """
-    confidences = np.asarray(confidences, dtype=np.float64)
+    confidences = np.asarray(confidences, dtype=np.float32)
     correct = np.asarray(correct, dtype=np.float64)
-    edges = np.linspace(0, 1, n_bins + 1)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32).numpy()
     which = np.clip(np.searchsorted(edges, confidences, side="right") - 1, 0, n_bins)
+    confidences = confidences.astype(np.float64)
     count = np.bincount(which, minlength=n_bins + 1).astype(np.float64)
     safe = np.maximum(count, 1)
     accuracy = np.bincount(which, weights=correct, minlength=n_bins + 1) / safe

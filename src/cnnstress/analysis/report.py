@@ -19,21 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnstress.analysis.compare import (
-    BOOTSTRAP_RESAMPLES,
+from cnnstress.analysis.compare import Analysis, Comparison, GroupResult, Transitions
+from cnnstress.analysis.statistics import (
     MCNEMAR_EXACT_BELOW,
-    Analysis,
-    BootstrapTest,
-    Comparison,
+    SEED_VARIANCE_BOUND,
+    CrossedTest,
     Estimate,
-    GroupResult,
-    Transitions,
+    PairedTest,
 )
 from cnnstress.analysis.stress import StressGroup, StressSummary
+from cnnstress.analysis.stress import family as stress_family
+from cnnstress.analysis.verdict import CleanOutcome, Judgement, Outcome, SeedsOutcome, Verdict
 from cnnstress.data import class_names
 from cnnstress.identity import describe
 
 NA = "n/a"
+# Said wherever a test is impossible because the per-seed differences are all the same.
+IDENTICAL = "no test possible (identical differences)"
 
 
 # -- blocks -----------------------------------------------------------------------------------
@@ -241,37 +243,62 @@ def summary_table(analysis: Analysis) -> Table:
 
 COMPARISON_HEADERS = [
     "group vs reference", "Δ acc (pp): mean ± std over seeds [95% t-CI]",
-    "bootstrap 95% CI (pp, images x seeds)", "paired t-test p (Holm)", "bootstrap p (Holm)",
-    "P(better on a seed)", "seeds: detectable Δ (pp) / needed", "differs from ref in",
+    "95% CI (pp), seeds x test images", "p seeds x images, unadjusted (Holm)",
+    "paired t-test p, unadjusted (Holm)",
+    "P(better on a seed)", "seeds: power / detectable Δ (pp) / needed", "verdict",
+    "differs from ref in",
 ]  # fmt: skip
 
 
+def _interval(test: CrossedTest | None) -> str:
+    """``+1.20 [+0.40, +2.00]`` in pp, or why there is none."""
+    if test is None:
+        return NA
+    if not test.tested:
+        return f"{test.delta * 100:+.2f} (no interval: {test.reason})"
+    return f"{test.delta * 100:+.2f} [{test.ci_low * 100:+.2f}, {test.ci_high * 100:+.2f}]"
+
+
+def _p_holm(p: float | None, holm: float | None) -> str:
+    """``0.012 (0.036)``: unadjusted, Holm-adjusted in brackets."""
+    return NA if p is None else f"{_p(p)} ({_p(holm)})"
+
+
+def _paired_p(paired: PairedTest, holm: float | None) -> str:
+    if paired.identical:
+        return IDENTICAL
+    if paired.pvalue is None:
+        return f"{NA} ({paired.delta.n} shared seed(s))"
+    return _p_holm(paired.pvalue, holm)
+
+
 def _seeds_cell(c: Comparison) -> str:
-    power = c.power
-    if power is None or power.detectable is None:
-        return f"n/a ({c.paired.delta.n} seed(s), no spread)"
-    needed = "n/a (Δ = 0)" if power.needed is None else str(power.needed)
-    return f"{power.seeds} seeds detect ±{power.detectable * 100:.2f}; Δ needs {needed}"
+    plan, verdict = c.plan, c.verdict
+    if plan is None or plan.power is None or verdict is None:
+        return NA if verdict is None else verdict.seeds.value
+    detectable = NA if plan.detectable is None else f"±{plan.detectable * 100:.2f}"
+    outcome = {
+        SeedsOutcome.SUFFICE: "suffice",
+        SeedsOutcome.NEED_MORE: f"need ~{plan.needed}",
+        SeedsOutcome.NO_NUMBER: f"no number suffices (limit {plan.limit_power:.2f})",
+    }.get(verdict.seeds, verdict.seeds.value)
+    return f"{plan.seeds} seeds: power {plan.power:.2f}, detect {detectable}; {outcome}"
 
 
 def comparison_row(c: Comparison) -> list[str]:
     """The comparison table's row of ``c`` (see :data:`COMPARISON_HEADERS`)."""
-    paired, boot = c.paired, c.bootstrap
+    paired = c.paired
     if paired.delta.n >= 2:
         delta = f"{_mean_std(paired.delta, 100)} {_ci(paired.delta, 100)}"
-        t_test = f"{_p(paired.pvalue)} ({_p(c.paired_p_holm)})"
     else:
         delta = f"{_num(c.delta_mean, 100)} (difference of means)"
-        t_test = f"{NA} ({paired.delta.n} shared seed(s))"
-    if boot is None:
-        boot_ci = boot_p = NA
-    else:
-        boot_ci = f"{boot.delta * 100:+.2f} [{boot.ci_low * 100:+.2f}, {boot.ci_high * 100:+.2f}]"
-        boot_p = f"{_p(boot.pvalue)} ({_p(c.bootstrap_p_holm)})"
+    crossed = c.crossed
+    crossed_p = NA if crossed is None else _p_holm(crossed.pvalue, c.crossed_p_holm)
     better = NA if c.share_better is None else f"{c.share_better:.2f} (of {paired.delta.n})"
+    outcome = NA if c.verdict is None else c.verdict.overall.outcome.value
     return [
-        f"{c.other.key.label} vs {c.reference.key.name}", delta, boot_ci, t_test, boot_p,
-        better, _seeds_cell(c), differs_in(c),
+        f"{c.other.key.label} vs {c.reference.key.name}", delta, _interval(crossed), crossed_p,
+        _paired_p(paired, c.paired_p_holm), better, _seeds_cell(c), outcome, differs_in(c),
     ]  # fmt: skip
 
 
@@ -295,16 +322,7 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
     for t in analysis.thresholds:
         header += [f"hce_mean@{_threshold(t)}", f"hce_std@{_threshold(t)}",
                    f"hce_label_errors_mean@{_threshold(t)}"]  # fmt: skip
-    comparison_columns = [
-        "reference", "delta_acc_of_means", "paired_n", "paired_delta_mean", "paired_delta_std",
-        "paired_delta_ci_low", "paired_delta_ci_high", "paired_t", "paired_p", "paired_p_holm",
-        "bootstrap_delta", "bootstrap_ci_low", "bootstrap_ci_high", "bootstrap_p",
-        "bootstrap_p_holm", "p_better", "seed_spread", "detectable_delta", "seeds_needed",
-        "pooled_corrected", "pooled_worsened", "pooled_both_wrong", "pooled_both_right",
-        "constrained", "differs_in", "clean_delta", "clean_ci_low", "clean_ci_high",
-        "clean_bootstrap_p", "clean_paired_p",
-    ]  # fmt: skip
-    header += comparison_columns
+    header += COMPARISON_CSV_COLUMNS
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -325,51 +343,93 @@ def write_summary_csv(analysis: Analysis, path: Path) -> Path:
                 h = g.high_conf_estimate(i)
                 errors = g.high_conf_label_errors
                 row += [h.mean, _opt(h.std), "" if errors is None else errors[:, i].mean()]
-            c = analysis.comparison_for(g.key)
-            if c is None:
-                row += [""] * len(comparison_columns)
-            else:
-                d, boot, power, pooled = c.paired.delta, c.bootstrap, c.power, c.pooled
-                row += [
-                    c.reference.key.label, c.delta_mean, d.n, _opt(d.mean), _opt(d.std),
-                    _opt(d.ci_low), _opt(d.ci_high), _opt(c.paired.t), _opt(c.paired.pvalue),
-                    _opt(c.paired_p_holm),
-                ]  # fmt: skip
-                row += (
-                    ["", "", "", "", ""]
-                    if boot is None
-                    else [boot.delta, boot.ci_low, boot.ci_high, boot.pvalue,
-                          _opt(c.bootstrap_p_holm)]
-                )  # fmt: skip
-                row.append(_opt(c.share_better))
-                row += (
-                    ["", "", ""]
-                    if power is None
-                    else [_opt(power.spread), _opt(power.detectable), _opt(power.needed)]
-                )
-                row += (
-                    ["", "", "", ""]
-                    if pooled is None
-                    else [pooled.corrected, pooled.worsened, pooled.both_wrong, pooled.both_right]
-                )
-                row += [int(c.constrained), describe(c.differences, limit=50)]
-                clean = c.bootstrap_clean
-                row += (
-                    ["", "", "", ""]
-                    if clean is None
-                    else [clean.delta, clean.ci_low, clean.ci_high, clean.pvalue]
-                )
-                row.append("" if c.paired_clean is None else _opt(c.paired_clean.pvalue))
+            columns = _comparison_columns(analysis.comparison_for(g.key))
+            row += [columns.get(name, "") for name in COMPARISON_CSV_COLUMNS]
             writer.writerow(row)
     return path
+
+
+# summary.csv's comparison columns, in order (see _comparison_columns).
+COMPARISON_CSV_COLUMNS = [
+    "reference", "delta_acc_of_means", "paired_n", "paired_delta_mean", "paired_delta_std",
+    "paired_delta_ci_low", "paired_delta_ci_high", "paired_t", "paired_p_unadjusted",
+    "paired_p_holm", "crossed_delta", "crossed_se", "crossed_df", "crossed_ci_low",
+    "crossed_ci_high", "crossed_p_unadjusted", "crossed_p_holm", "holm_family_size",
+    "crossed_note", "var_seed", "var_image", "var_interaction", "p_better", "power_at_delta",
+    "detectable_delta", "seeds_needed", "seeds_limit_power", "seeds_verdict", "verdict",
+    "failure_threshold", "failure_threshold_recorded", "pooled_corrected", "pooled_worsened",
+    "pooled_both_wrong", "pooled_both_right", "constrained", "differs_in", "clean_delta",
+    "clean_ci_low", "clean_ci_high", "clean_p_unadjusted", "clean_p_holm",
+    "clean_paired_p_unadjusted", "clean_paired_p_holm", "clean_holm_family_size", "verdict_clean",
+]  # fmt: skip
+
+
+def _crossed_columns(prefix: str, test: CrossedTest | None, holm: float | None) -> dict:
+    t = test if test is not None and test.tested else None
+    return {
+        f"{prefix}_delta": "" if test is None else test.delta,
+        f"{prefix}_ci_low": "" if t is None else t.ci_low,
+        f"{prefix}_ci_high": "" if t is None else t.ci_high,
+        f"{prefix}_p_unadjusted": "" if t is None else t.pvalue,
+        f"{prefix}_p_holm": _opt(holm),
+    }
+
+
+def _comparison_columns(c: Comparison | None) -> dict[str, object]:
+    """``summary.csv``'s comparison columns of ``c`` by name (:data:`COMPARISON_CSV_COLUMNS`;
+    nothing for ``None``). Holm families: the comparisons with one reference (whole test set),
+    the same on the clean test set."""
+    if c is None:
+        return {}
+    d, crossed, plan, pooled, v = c.paired.delta, c.crossed, c.plan, c.pooled, c.verdict
+    tested = crossed is not None and crossed.tested
+    parts = None if crossed is None else crossed.components
+    return {
+        "reference": c.reference.key.label, "delta_acc_of_means": c.delta_mean,
+        "paired_n": d.n, "paired_delta_mean": _opt(d.mean), "paired_delta_std": _opt(d.std),
+        "paired_delta_ci_low": _opt(d.ci_low), "paired_delta_ci_high": _opt(d.ci_high),
+        "paired_t": _opt(c.paired.t), "paired_p_unadjusted": _opt(c.paired.pvalue),
+        "paired_p_holm": _opt(c.paired_p_holm),
+        **_crossed_columns("crossed", crossed, c.crossed_p_holm),
+        "crossed_se": crossed.se if tested else "",
+        "crossed_df": crossed.df if tested else "",
+        "crossed_note": "" if crossed is None else crossed.reason,
+        "holm_family_size": c.family,
+        "var_seed": "" if parts is None else _opt(parts.seed),
+        "var_image": "" if parts is None else _opt(parts.image),
+        "var_interaction": "" if parts is None else _opt(parts.interaction),
+        "p_better": _opt(c.share_better),
+        "power_at_delta": "" if plan is None else _opt(plan.power),
+        "detectable_delta": "" if plan is None else _opt(plan.detectable),
+        "seeds_needed": "" if plan is None else _opt(plan.needed),
+        "seeds_limit_power": "" if plan is None else _opt(plan.limit_power),
+        "seeds_verdict": "" if v is None else v.seeds.value,
+        "verdict": "" if v is None else v.overall.outcome.value,
+        "failure_threshold": c.failure_threshold,
+        "failure_threshold_recorded": int(c.failure_threshold_recorded),
+        "pooled_corrected": "" if pooled is None else pooled.corrected,
+        "pooled_worsened": "" if pooled is None else pooled.worsened,
+        "pooled_both_wrong": "" if pooled is None else pooled.both_wrong,
+        "pooled_both_right": "" if pooled is None else pooled.both_right,
+        "constrained": int(c.constrained), "differs_in": describe(c.differences, limit=50),
+        **_crossed_columns("clean", c.crossed_clean, c.clean_p_holm),
+        "clean_paired_p_unadjusted": "" if c.paired_clean is None else _opt(c.paired_clean.pvalue),
+        "clean_paired_p_holm": _opt(c.paired_clean_p_holm),
+        "clean_holm_family_size": "" if c.crossed_clean is None else c.clean_family,
+        "verdict_clean": "" if v is None or v.clean_outcome is None else v.clean_outcome.value,
+    }  # fmt: skip
 
 
 STRESS_NOTES = [
     "Each run's checkpoint is evaluated by cnnstress.stress.run_stress (results in the run's "
     "stress.json, recomputed on every analysis); numbers are fractions (accuracy 0.91 = 91%), "
     "mean ± std (ddof=1) over seeds, n/a for one seed.",
-    "Δ vs ref: difference of the group means (other - reference); paired p: paired t-test over "
-    "the seeds both groups have (n/a with fewer than two or no spread).",
+    "Δ vs ref: difference of the group means (other - reference); p: paired t-test over the "
+    "seeds both groups have (n/a with fewer than two or no spread), unadjusted, then "
+    "Holm-adjusted within its family: the headline numbers of one stress (corruptions, shift, "
+    "adversarial, calibration, faithfulness, background) of every group against one reference. "
+    "stress.csv has both (paired_p_unadjusted, paired_p_holm, holm_family); its detail rows "
+    "are unadjusted only.",
     "mCE / relative mCE (Hendrycks & Dietterich 2019): corruption error summed over severities, "
     "divided by the reference group's (its errors averaged over its seeds), averaged over the "
     "benchmark corruption types; 1.0 = as the reference, below 1 = more robust. The paper's "
@@ -392,7 +452,7 @@ def stress_tables(stress: StressSummary) -> list[Block]:
         for g in groups:
             ref = " (reference)" if g.key in stress.reference_keys else ""
             headers.append(f"{g.key.name}{ref} (n={len(g.seeds)})")
-        headers += [f"Δ {g.key.name} vs ref (paired p)" for g in others]
+        headers += [f"Δ {g.key.name} vs ref (p unadjusted, Holm)" for g in others]
         rows = []
         for metric in stress.headline:
             if not any(metric in g.values for g in groups):
@@ -403,7 +463,9 @@ def stress_tables(stress: StressSummary) -> list[Block]:
             for g in others:
                 delta = g.delta_of_means(metric)
                 test = g.paired(metric)
-                p = NA if test is None else _p(test.pvalue)
+                p = NA if test is None or test.pvalue is None else _p(test.pvalue)
+                holm = stress.p_holm.get((g.key, metric))
+                p += "" if holm is None else f", Holm {_p(holm)}"
                 row.append(NA if delta is None else f"{delta:+.4f} (p={p})")
             rows.append(row)
         blocks += [Heading(3, "/".join(setting)), Table(headers, rows)]
@@ -418,7 +480,7 @@ def write_stress_csv(stress: StressSummary, path: Path) -> Path:
             "dataset", "model", "name", "label", "is_reference", "metric", "headline",
             "n_seeds", "seeds", "mean", "std", "ci_low", "ci_high", "reference",
             "delta_of_means", "paired_n", "paired_delta_mean", "paired_delta_std", "paired_t",
-            "paired_p",
+            "paired_p_unadjusted", "paired_p_holm", "holm_family",
         ])  # fmt: skip
         for g in stress.groups:
             for metric in stress.metrics:
@@ -434,11 +496,18 @@ def write_stress_csv(stress: StressSummary, path: Path) -> Path:
                 ]  # fmt: skip
                 test = g.paired(metric)
                 if test is None:
-                    row += [""] * 7
+                    row += [""] * 9
                 else:
-                    d = test.delta
+                    d, key = test.delta, (g.key, metric)
+                    family = (
+                        f"{stress_family(metric)} headline vs {g.reference.key.label} "
+                        f"({stress.family_size[key]} tests)"
+                        if key in stress.family_size
+                        else "unadjusted (detail metric)"
+                    )
                     row += [g.reference.key.label, g.delta_of_means(metric), d.n, _opt(d.mean),
-                            _opt(d.std), _opt(test.t), _opt(test.pvalue)]  # fmt: skip
+                            _opt(d.std), _opt(test.t), _opt(test.pvalue),
+                            _opt(stress.p_holm.get(key)), family]  # fmt: skip
                 writer.writerow(row)
     return path
 
@@ -482,14 +551,24 @@ BACKGROUND_NUMBERS = {
 }
 
 
-def background_sentence(group: StressGroup, metric: str, what: str) -> str | None:
-    """``cutout lowers the surround share from 0.41 to 0.33 (paired t-test p = 0.02; 3 seeds)``."""
+def background_sentence(
+    group: StressGroup, metric: str, what: str, stress: StressSummary | None = None
+) -> str | None:
+    """``cutout lowers the surround share from 0.41 to 0.33 (paired t-test p = 0.02 unadjusted,
+    Holm 0.08 over 8 background tests; 3 shared seeds)``."""
     test = group.paired(metric)
     if test is None or group.reference is None or metric not in group.values:
         return None
     before, after = group.reference.estimate(metric).mean, group.estimate(metric).mean
     verb = "lowers" if after < before else "raises" if after > before else "leaves"
-    p = "n/a" if test.pvalue is None else _p(test.pvalue)
+    if test.pvalue is None:
+        p = "no test possible (identical differences)" if test.identical else "n/a"
+    else:
+        p = f"{_p(test.pvalue)} unadjusted"
+        key = (group.key, metric)
+        if stress is not None and stress.p_holm.get(key) is not None:
+            size = stress.family_size[key]
+            p += f", Holm {_p(stress.p_holm[key])} over {size} background tests"
     return (
         f"{group.key.name} {verb} {what} from {before:.3f} to {after:.3f} "
         f"(paired t-test p = {p}; {test.delta.n} shared seed(s))"
@@ -517,7 +596,7 @@ def background_blocks(stress: StressSummary | None, figures: dict[str, list[str]
         sentence
         for g in groups
         for metric, what in BACKGROUND_NUMBERS.items()
-        if (sentence := background_sentence(g, metric, what))
+        if (sentence := background_sentence(g, metric, what, stress))
     ]
     if sentences:
         blocks.append(Bullets(sentences))
@@ -561,7 +640,7 @@ def _with_errors(count: int, errors: int | None) -> str:
     return str(count) if errors is None else f"{count} ({errors} label errors)"
 
 
-def _transition_row(name: str, t: Transitions, boot: BootstrapTest | None = None) -> list[str]:
+def _transition_row(name: str, t: Transitions, crossed: CrossedTest | None = None) -> list[str]:
     counts = [name, _with_errors(t.corrected, t.corrected_label_errors),
               _with_errors(t.worsened, t.worsened_label_errors), str(t.both_wrong),
               str(t.both_right), str(t.total)]  # fmt: skip
@@ -569,14 +648,15 @@ def _transition_row(name: str, t: Transitions, boot: BootstrapTest | None = None
     if m is not None:
         statistic = f"{m.statistic:.0f}" if m.method == "exact" else f"{m.statistic:.3f}"
         return [*counts, f"McNemar {m.method}", statistic, _p(m.pvalue)]
-    if boot is None:
+    if crossed is None:
         return [*counts, NA, NA, NA]
-    return [*counts, "bootstrap (images x seeds)", f"Δ {boot.delta * 100:+.2f} pp", _p(boot.pvalue)]
+    return [*counts, "seeds x images (crossed)", f"Δ {crossed.delta * 100:+.2f} pp",
+            _p(crossed.pvalue)]  # fmt: skip
 
 
 TRANSITION_HEADERS = [
     "seed", "corrected", "worsened", "both wrong", "both right", "images",
-    "test", "statistic", "p",
+    "test", "statistic", "p (unadjusted)",
 ]  # fmt: skip
 
 
@@ -584,18 +664,19 @@ def write_transitions_csv(analysis: Analysis, path: Path) -> Path:
     """``transitions.csv``: one row per comparison and seed, plus a ``pooled`` row each."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["reference", "group", *(h.replace(" ", "_") for h in TRANSITION_HEADERS),
+        writer.writerow(["reference", "group", "seed", "corrected", "worsened", "both_wrong",
+                         "both_right", "images", "test", "statistic", "p_unadjusted",
                          "corrected_label_errors", "worsened_label_errors"])  # fmt: skip
         for c in analysis.comparisons:
             tables = [*((str(s), t) for s, t in c.transitions.items())]
             if c.pooled is not None:
                 tables.append(("pooled", c.pooled))
             for name, table in tables:
-                m, boot = table.mcnemar, c.bootstrap
+                m, crossed = table.mcnemar, c.crossed
                 if m is not None:
                     test = [f"mcnemar-{m.method}", m.statistic, m.pvalue]
-                elif boot is not None:
-                    test = ["bootstrap-images-x-seeds", boot.delta, boot.pvalue]
+                elif crossed is not None:
+                    test = ["crossed-seeds-x-images", crossed.delta, _opt(crossed.pvalue)]
                 else:
                     test = ["", "", ""]
                 errors = [_opt(table.corrected_label_errors), _opt(table.worsened_label_errors)]
@@ -628,29 +709,53 @@ METHOD_NOTES = [
     "Δ acc: the mean over the seeds both groups have of the per-seed accuracy difference (group "
     "minus reference), ± its std, with the 95% t-interval; with fewer than two shared seeds "
     "only the difference of the group means is given, and no test.",
+    "95% CI and p, seeds x test images (the verdict's test): seed s of both groups on the same "
+    "N test images give per-image differences D[s, i] in {-1, 0, 1}, modelled as seed effect + "
+    "test-image effect + their interaction (a two-way random-effects layout; Owen 2007, 'The "
+    "pigeonhole bootstrap'). The interval generalises over new training runs and new test sets "
+    "from the same distribution: SE² = (MS_seed + max(0, MS_image - MS_resid)) / (S·N) from the "
+    "ANOVA mean squares counts each of the three variance components once (the image component "
+    "truncated at 0, its REML estimate). mean(D)/SE is referred to its exact distribution under "
+    "normality, Z/√(a·W + b) with W ~ χ²(S-1)/(S-1) (Welch's approach, by quadrature), where a "
+    "and b split the variance between the seed part and the image part, the seed part taken at "
+    f"its one-sided {SEED_VARIANCE_BOUND:.0%} upper confidence limit (never below MS_resid); "
+    "with no image part this is exactly the paired t-test. Checked by simulation on planted "
+    "data (bench/verdict_calibration.py, four regimes with and without seed and test-image "
+    "effects): false-positive rate 3.7-6.5% from 3 seeds on, 2.4-8.8% with 2. With one shared "
+    "seed, or per-seed differences that are all identical, there is no interval (no test "
+    "possible). 'df' in summary.csv is the Student t with the same 97.5% quantile, for "
+    "reading.",
     "Paired t-test p: scipy.stats.ttest_rel on the per-seed accuracies paired by seed (tests "
-    "the mean of the per-seed differences against zero; seeds are the unit, images are not).",
-    f"Bootstrap 95% CI and p: {BOOTSTRAP_RESAMPLES} resamples that draw the seeds and the test "
-    "images with replacement, the same images for every seed, so an image's correlation across "
-    "seeds is kept; CI = 2.5th-97.5th percentile of the resampled mean difference, p = 2 · the "
-    "smaller share of resamples on either side of zero. With few seeds the seed part of the "
-    "interval is itself uncertain.",
-    "Holm: the p-values in brackets are Holm-adjusted over all the comparisons against the same "
-    "reference (several improvements against one baseline are several tests).",
+    "the mean of the per-seed differences against zero; seeds are the unit, the test images are "
+    "fixed: it speaks about this test set only). 'No test possible (identical differences)' when "
+    "the per-seed differences have no spread.",
+    "Holm: in brackets, p-values Holm-adjusted within one family: the accuracy comparisons with "
+    "the same reference (the crossed tests one family, the paired t-tests another), the "
+    "clean-test-set comparisons with it (likewise), and for stresses and background the headline "
+    "numbers of one stress against one reference. Every other p-value is marked unadjusted.",
+    "Verdict: a clear gain (loss) when the crossed test's Holm-adjusted p is below 0.05 and the "
+    "difference is positive (negative); otherwise unclear, or untested when no crossed test "
+    "could run. The clean test set is judged on its own by the same rule and its own family: "
+    "the call holds there, reverses, is not confirmed, or is clear only there.",
     "P(better on a seed): the share of shared seeds on which the group's accuracy is higher "
     "than the reference's (a tie counts half): the chance it wins on a random seed.",
-    "Seeds: from the seed-to-seed spread (std) of the paired differences, the smallest accuracy "
-    "difference the current seeds detect with 80% power at two-sided alpha 0.05 (paired "
-    "t-test, statsmodels TTestPower), and the seeds needed to detect the observed difference "
-    "that way; both rest on the spread estimated from these few seeds.",
+    "Seeds: the crossed test's power at the observed difference with the current seeds "
+    "(two-sided 5%, unadjusted, the estimated variance components taken as true), the smallest "
+    "difference they detect with 80% power, and the seeds that would give 80% power at the "
+    "observed difference on this test set (found by an upward search). More seeds never shrink "
+    "the test-image part of the variance: when it alone keeps the power below 80%, no number "
+    "of seeds suffices (a larger test set would). 'Suffice' only at 80% power or more.",
     "Transitions on the same test images: corrected = the reference wrong and the group right, "
     "worsened = the reference right and the group wrong.",
-    f"McNemar's test on one seed's (corrected, worsened): exact two-sided binomial test when "
-    f"corrected + worsened < {MCNEMAR_EXACT_BELOW} (statistic = min of the two), else "
-    "chi-square with continuity correction, 1 dof (statistic = (|b-c|-1)^2/(b+c)). The 'all "
-    "seeds' row adds the tables up for reading only: its test is the bootstrap above, never "
-    "McNemar on the sum, whose image x seed pairs are not independent.",
-    "HCE≥t: wrong predictions with top-1 confidence ≥ t, counted per run, mean over seeds.",
+    f"McNemar's test on one seed's (corrected, worsened) (statsmodels, unadjusted): exact "
+    f"two-sided binomial test when corrected + worsened < {MCNEMAR_EXACT_BELOW} (statistic = "
+    "min of the two), else chi-square with continuity correction, 1 dof (statistic = "
+    "(|b-c|-1)^2/(b+c)). The 'all seeds' row adds the tables up for reading only: its test is "
+    "the crossed test above, never McNemar on the sum, whose image x seed pairs are not "
+    "independent.",
+    "HCE≥t: wrong predictions with top-1 confidence ≥ t, counted per run, mean over seeds. The "
+    "thresholds include every one a run's failures callback recorded; the verdict's confident "
+    "failures use the reference runs' recorded threshold.",
     "ECE: top-1 expected calibration error, 15 equal-width bins, L1 (torchmetrics).",
     "A group is the set of runs whose recorded configs (run.json) differ only in the seed; it "
     "is named after its improvement when its augmentation and loss are exactly that "
@@ -663,17 +768,120 @@ METHOD_NOTES = [
 ]
 
 
-VERDICT_THRESHOLD = 0.8  # the failures callback's default confidence
+def _pp(value: float) -> str:
+    return f"{value * 100:+.2f}"
 
 
-def _hce_column(analysis: Analysis) -> int:
-    """The threshold column closest to :data:`VERDICT_THRESHOLD`."""
-    return int(np.argmin([abs(t - VERDICT_THRESHOLD) for t in analysis.thresholds]))
+def _test_clause(judgement: Judgement, family: str) -> str:
+    """``(95% CI +0.40 to +2.00 over seeds and test images; p = 0.004, Holm 0.008 over 2
+    comparisons with this reference)``; ``family`` names one member of the Holm family."""
+    test = judgement.test
+    if test is None or not test.tested:
+        return ""
+    if judgement.family > 1:
+        plural = family.replace("comparison", "comparisons", 1)
+        holm = f"unadjusted, Holm {_p(judgement.p_holm)} over {judgement.family} {plural}"
+    else:
+        holm = f"unadjusted: the only {family}"
+    return (
+        f" (95% CI {_pp(test.ci_low)} to {_pp(test.ci_high)} over seeds and test images; "
+        f"p = {_p(test.pvalue)}, {holm})"
+    )
 
 
-def verdict(c: Comparison, hce: int, threshold: float) -> str:
-    """One plain sentence on a comparison: the accuracy difference with its interval and test,
-    the change in confident failures, and whether the seeds suffice."""
+def _reason(reason: str) -> str:
+    return IDENTICAL if reason.startswith("identical") else reason
+
+
+def _call(judgement: Judgement) -> str:
+    """``a clear gain`` / ``no clear difference (why)`` / ``untested (why)`` / ``no test
+    possible (identical differences)``."""
+    outcome = judgement.outcome
+    if outcome.clear:
+        return f"a {outcome.value}"
+    if outcome is Outcome.UNTESTED:
+        reason = _reason(judgement.reason)
+        return reason if reason == IDENTICAL else f"untested ({reason})"
+    return "no clear difference" + (f" ({judgement.reason})" if judgement.reason else "")
+
+
+def _paired_clause(v: Verdict) -> str:
+    paired = v.paired
+    if paired.identical and v.overall.test is not None and v.overall.test.identical:
+        return ""  # the call itself says it
+    if paired.identical:
+        return f"paired t-test over seeds: {IDENTICAL}"
+    if paired.pvalue is None:
+        return ""
+    return (
+        f"paired t-test over seeds (this test set only): p = {_p(paired.pvalue)} unadjusted, "
+        f"Holm {_p(v.paired_p_holm)}"
+    )
+
+
+CLEAN_SENTENCES = {
+    CleanOutcome.HOLDS: "so the {call} holds on the clean test set",
+    CleanOutcome.REVERSES: "so it reverses on the clean test set: a {clean} there",
+    CleanOutcome.NOT_CONFIRMED: "the clean test set does not confirm the {call} (no clear "
+    "difference there)",
+    CleanOutcome.CLEAN_ONLY: "clear only on the clean test set: a {clean} there",
+    CleanOutcome.NEITHER: "no clear difference there either",
+    CleanOutcome.UNTESTED: "untested there ({reason})",
+}
+
+
+def _clean_sentence(v: Verdict, errors: int) -> str:
+    clean = v.clean
+    if clean is None or clean.test is None:
+        return ""
+    test = clean.test
+    text = f" Without the {errors} known label errors: {_pp(test.delta)} pp"
+    text += _test_clause(clean, "clean-set comparison with this reference") + ", "
+    reason = _reason(clean.reason or test.reason)
+    return (
+        text
+        + CLEAN_SENTENCES[v.clean_outcome].format(
+            call=v.overall.outcome.value, clean=clean.outcome.value, reason=reason
+        )
+        + "."
+    )
+
+
+def _seeds_sentence(v: Verdict) -> str:
+    plan, n = v.plan, v.shared_seeds
+    if v.seeds is SeedsOutcome.ONE_SEED:
+        return " 1 shared seed: no test across training runs; run 3 or more for one."
+    if v.seeds is SeedsOutcome.IDENTICAL:
+        return (
+            f" Seeds: {IDENTICAL}: the {n} seeds' differences are all the same, so their spread "
+            "and the seeds needed are unknown."
+        )
+    if plan is None or plan.power is None:
+        return ""
+    power = f"power {plan.power:.2f} at this difference"
+    if v.seeds is SeedsOutcome.SUFFICE:
+        return f" The {n} seeds suffice ({power}, two-sided 5%)."
+    if v.seeds is SeedsOutcome.NO_DIFFERENCE:
+        return " The observed difference is 0: no number of seeds makes it significant."
+    if v.seeds is SeedsOutcome.NO_NUMBER:
+        return (
+            f" The {n} seeds have {power}, and no number of seeds suffices on this test set: "
+            f"its test-image variance alone caps the power at {plan.limit_power:.2f}."
+        )
+    if v.seeds is SeedsOutcome.NEED_MORE:
+        return (
+            f" The {n} seeds have {power}; about {plan.needed} seeds on this test set would give "
+            f"{plan.target:.0%}."
+        )
+    return ""
+
+
+def verdict(c: Comparison, analysis: Analysis) -> str:
+    """One plain sentence on a comparison of ``analysis``, rendered from its :class:`Verdict`:
+    the accuracy difference with its interval and test, the change in confident failures (at
+    ``c.failure_threshold``, always one of the analysis thresholds), the clean test set, and
+    whether the seeds suffice."""
+    v = c.verdict
     name = f"{c.other.key.name} vs {c.reference.key.name} ({'/'.join(c.other.key.setting)})"
     if not c.constrained:
         name += (
@@ -681,53 +889,31 @@ def verdict(c: Comparison, hce: int, threshold: float) -> str:
             + ", ".join(c.unconstrained_keys[:3])
             + ")"
         )
-    boot, paired, n = c.bootstrap, c.paired, c.paired.delta.n
-    delta = (boot.delta if boot is not None else c.delta_mean) * 100
-    text = f"{name}: accuracy {delta:+.2f} pp"
-    if boot is not None:
-        text += f" (bootstrap 95% CI {boot.ci_low * 100:+.2f} to {boot.ci_high * 100:+.2f}"
-        if paired.pvalue is not None:
-            text += f"; paired t-test p = {_p(paired.pvalue)}, Holm {_p(c.paired_p_holm)}"
-        text += ")"
-    sure = boot is not None and (boot.ci_low > 0 or boot.ci_high < 0)
-    significant = c.paired_p_holm is not None and c.paired_p_holm < 0.05
-    if sure and significant:
-        text += ": a clear " + ("gain" if delta > 0 else "loss")
-    elif sure:
-        text += ": the interval excludes 0 but the seeds' test does not confirm it"
-    else:
-        text += ": no clear difference"
-    ref_hce = c.reference.high_conf[:, hce].mean()
-    other_hce = c.other.high_conf[:, hce].mean()
+    test = None if v is None else v.overall.test
+    delta = test.delta if test is not None else c.delta_mean
+    text = f"{name}: accuracy {_pp(delta)} pp"
+    if v is None:
+        return text + ": untested."
+    clause = _test_clause(v.overall, "comparison with this reference")
+    paired = _paired_clause(v)
+    if clause and paired:
+        clause = clause[:-1] + f"; {paired})"
+    elif paired:
+        clause = f" ({paired})"
+    text += clause + ": " + _call(v.overall)
+    column = analysis.thresholds.index(c.failure_threshold)
+    ref_hce = c.reference.high_conf[:, column].mean()
+    other_hce = c.other.high_conf[:, column].mean()
     change = f" ({(other_hce - ref_hce) / ref_hce * 100:+.0f}%)" if ref_hce > 0 else ""
+    source = "" if c.failure_threshold_recorded else "; the runs recorded no threshold"
     text += (
-        f". Confident failures (≥ {threshold:g}): {ref_hce:.1f} -> {other_hce:.1f} per run{change}."
+        f". Confident failures (≥ {c.failure_threshold:g}{source}): {ref_hce:.1f} -> "
+        f"{other_hce:.1f} per run{change}."
     )
-    clean = c.bootstrap_clean
-    if clean is not None:
-        holds = (clean.ci_low > 0) if delta > 0 else (clean.ci_high < 0)
-        errors = int(c.reference.runs[0].is_label_error.sum())
-        text += (
-            f" Without the {errors} known label errors: {clean.delta * 100:+.2f} pp "
-            f"(CI {clean.ci_low * 100:+.2f} to {clean.ci_high * 100:+.2f}), "
-            + ("so the difference holds on the clean test set." if sure and holds
-               else "the clean test set does not confirm a difference." if sure
-               else "no clear difference there either.")
-        )  # fmt: skip
-    power = c.power
-    if n < 2 or power is None or power.detectable is None:
-        text += f" {n} shared seed(s): no seed-to-seed spread, so no test; run 3 or more."
-    elif power.needed is None or power.needed <= n:
-        text += (
-            f" The {n} seeds detect differences of ±{power.detectable * 100:.2f} pp and suffice "
-            "for this one."
-        )
-    else:
-        text += (
-            f" The {n} seeds detect only ±{power.detectable * 100:.2f} pp; this difference needs "
-            f"about {power.needed} seeds for a conclusive answer."
-        )
-    return text
+    errors = c.reference.runs[0].is_label_error
+    if errors is not None:
+        text += _clean_sentence(v, int(errors.sum()))
+    return text + _seeds_sentence(v)
 
 
 def label_error_blocks(analysis: Analysis) -> list[Block]:
@@ -736,8 +922,8 @@ def label_error_blocks(analysis: Analysis) -> list[Block]:
     groups = [g for g in analysis.groups if g.has_label_errors]
     if not groups:
         return []
-    column = _hce_column(analysis)
-    threshold = analysis.thresholds[column]
+    threshold, recorded = analysis.failure_threshold
+    column = analysis.thresholds.index(threshold)
     rows = []
     for g in groups:
         total = g.high_conf[:, column].astype(float)
@@ -748,6 +934,7 @@ def label_error_blocks(analysis: Analysis) -> list[Block]:
             _mean_std(g.corrected_accuracy, 100),
             f"{total.mean():.1f}", f"{(total - errors).mean():.1f}", f"{errors.mean():.1f}",
         ])  # fmt: skip
+    source = "the runs' recorded threshold" if recorded else "no threshold recorded"
     blocks: list[Block] = [
         Heading(2, "Known label errors"),
         Paragraph(
@@ -764,32 +951,36 @@ def label_error_blocks(analysis: Analysis) -> list[Block]:
                 "test acc %",
                 "clean acc %",
                 "corrected acc %",
-                f"confident failures ≥{threshold:g}",
+                f"confident failures ≥{threshold:g} ({source})",
                 "of which model errors",
                 "of which label errors",
             ],
             rows,
         ),
     ]
-    compared = [c for c in analysis.comparisons if c.bootstrap_clean is not None]
+    compared = [c for c in analysis.comparisons if c.crossed_clean is not None]
     if compared:
-        rows = []
-        for c in compared:
-            all_, clean = c.bootstrap, c.bootstrap_clean
-            p = NA if c.paired_clean is None else _p(c.paired_clean.pvalue)
-            rows.append([
+        rows = [
+            [
                 f"{c.other.key.label} vs {c.reference.key.name}",
-                f"{all_.delta * 100:+.2f} [{all_.ci_low * 100:+.2f}, {all_.ci_high * 100:+.2f}]",
-                f"{clean.delta * 100:+.2f} [{clean.ci_low * 100:+.2f}, {clean.ci_high * 100:+.2f}]",
-                p,
-            ])  # fmt: skip
+                _interval(c.crossed),
+                _interval(c.crossed_clean),
+                _p_holm(c.crossed_clean.pvalue, c.clean_p_holm),
+                NA if c.paired_clean is None else _paired_p(c.paired_clean, c.paired_clean_p_holm),
+                NA if c.verdict is None or c.verdict.clean_outcome is None
+                else c.verdict.clean_outcome.value,
+            ]
+            for c in compared
+        ]  # fmt: skip
         blocks.append(
             Table(
                 [
                     "group vs reference",
-                    "Δ acc (pp), all test images [bootstrap 95% CI]",
-                    "Δ acc (pp), clean test set [bootstrap 95% CI]",
-                    "paired t-test p (clean)",
+                    "Δ acc (pp), all test images [95% CI, seeds x images]",
+                    "Δ acc (pp), clean test set [95% CI, seeds x images]",
+                    "p clean, unadjusted (Holm over the clean-set comparisons)",
+                    "paired t-test p clean, unadjusted (Holm)",
+                    "verdict on the clean set",
                 ],
                 rows,
             )
@@ -801,15 +992,16 @@ def verdict_blocks(analysis: Analysis) -> list[Block]:
     """The report's first section: one sentence per comparison."""
     if not analysis.comparisons:
         return [Heading(2, "Verdict"), Paragraph("No group to compare with a reference.")]
-    column = _hce_column(analysis)
-    sentences = [verdict(c, column, analysis.thresholds[column]) for c in analysis.comparisons]
+    sentences = [verdict(c, analysis) for c in analysis.comparisons]
     return [
         Heading(2, "Verdict"),
         Bullets(sentences),
         Paragraph(
-            "A gain or loss is called clear when the bootstrap interval (images and seeds "
-            "resampled) excludes 0 and the Holm-adjusted paired t-test gives p < 0.05; see "
-            "'How the numbers are computed' at the end."
+            "A gain or loss is called clear when the 95% interval over seeds and test images "
+            "excludes 0 after Holm adjustment over the comparisons with the same reference "
+            "(its p < 0.05). The interval generalises over new training runs and new test sets "
+            "from the same distribution; the paired t-test beside it speaks about this test "
+            "set only. See 'How the numbers are computed' at the end."
         ),
     ]
 
@@ -852,7 +1044,7 @@ def build_blocks(
         blocks.append(Paragraph(f"Differs from the reference in: {differs_in(c)}."))
         rows = [_transition_row(str(s), t) for s, t in c.transitions.items()]
         if c.pooled is not None:
-            rows.append(_transition_row("all seeds", c.pooled, c.bootstrap))
+            rows.append(_transition_row("all seeds", c.pooled, c.crossed))
         blocks.append(Table(TRANSITION_HEADERS, rows) if rows else Paragraph("No shared seed."))
         blocks.append(Bullets(_per_class_lines(c)))
     blocks += [Image(f, "Transitions per seed and pooled") for f in figures.get("transitions", [])]

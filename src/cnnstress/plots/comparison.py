@@ -47,16 +47,17 @@ def transitions_figure(analysis: Analysis) -> Figure | None:
             ax.bar_label(bars, fontsize=7)
         # short tick labels (the suptitle says which test): long ones overlap on narrow panels
         labels = [f"seed {s}\np={t.mcnemar.pvalue:.2g}" for s, t in tables[:-1]]
-        boot = comparison.bootstrap
-        labels.append("all seeds" + ("" if boot is None else f"\np={boot.pvalue:.2g}"))
+        crossed = comparison.crossed
+        tested = crossed is not None and crossed.tested
+        labels.append("all seeds" + (f"\np={crossed.pvalue:.2g}" if tested else ""))
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel("test images")
         ax.set_title(_title(comparison), fontsize=9)
         ax.margins(y=0.15)
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(
-        "Test images moved against the reference\n(per seed: McNemar p; all seeds: bootstrap "
-        "over images and seeds)",
+        "Test images moved against the reference\n(unadjusted p; per seed: McNemar; all seeds: "
+        "the test over seeds x images)",
         fontsize=10,
     )
     return fig
