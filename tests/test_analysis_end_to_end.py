@@ -197,7 +197,9 @@ def test_threshold_curve_matches_predictions(sweep):
         for row, seed in enumerate(group.seeds):
             p = _predictions(sweep / f"{group.key.name}_{seed}")
             conf, wrong = p["probs"].max(1), p["probs"].argmax(1) != p["target"]
-            expected = [int((wrong & (conf >= t)).sum()) for t in THRESHOLDS]
+            # the analysis' thresholds and the runs' own confidence_threshold (0.8)
+            assert analysis.thresholds == (*THRESHOLDS, 0.8)
+            expected = [int((wrong & (conf >= t)).sum()) for t in analysis.thresholds]
             assert group.high_conf[row].tolist() == expected
             assert expected[0] == wrong.sum()  # threshold 0 counts every error
 
@@ -220,7 +222,7 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
     verdict = re.search(r'id="verdict">Verdict</h2>\s*<ul><li>([^<]+)</li>', html).group(1)
     assert verdict.startswith("label_smoothing vs baseline (cifar10/simple_cnn): accuracy ")
     # the runs' failures callback is off here: no threshold recorded, the closest to 0.8 counted
-    assert "Confident failures (≥ 0.8; the runs recorded no threshold)" in verdict
+    assert "Confident failures (≥ 0.8): " in verdict
     images = re.findall(r'<img [^>]*src="([^"]*)"', html)
     assert len(images) == 6 and all(s.startswith("data:image/png;base64,") for s in images)
     md = (out / "report.md").read_text()
@@ -434,30 +436,32 @@ def test_cli_on_sweep_and_on_empty_folder(sweep, tmp_path):
 def test_latest_multirun_is_analysed_when_nothing_is_named(sweep, tmp_path):
     logs = tmp_path / "outputs"
     for when in ("2026-11-22/23-59-59", "2026-11-23/09-00-00", "2026-11-23/09-00-00-1"):
-        (logs / "multiruns" / when).mkdir(parents=True)
+        shutil.copytree(sweep / "baseline_1", logs / "multiruns" / when / "0")
+    (logs / "multiruns" / "2026-11-24" / "00-00-00").mkdir(parents=True)  # holds no run
     assert latest_multirun(logs).name == "09-00-00-1"
     assert latest_multirun(logs, 3).name == "23-59-59"
     with pytest.raises(ConfigError, match="only 3 multirun"):
         latest_multirun(logs, 4)
     newest = logs / "multiruns" / "2026-11-23" / "09-00-00-1"
+    shutil.rmtree(newest / "0")
     for name in ("baseline_1", "label_smoothing_1"):
         shutil.copytree(sweep / name, newest / name)
     out = analyze(_analysis_config(tmp_path / "report", f"paths.log_dir={logs}", "gradcam.top_n=0"))
     assert f"sweep={newest}" in (out / "report.md").read_text()
-    with pytest.raises(ConfigError, match="no multirun under"):
+    with pytest.raises(ConfigError, match="no multirun with runs under"):
         analyze(_analysis_config(tmp_path / "r2", f"paths.log_dir={tmp_path / 'none'}"))
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("thresholds=[0.5,1.5]", r"^thresholds must be a non-empty list, each item a number in "
-                                 r"\[0, 1\], got \[0.5, 1.5\]$"),
+        ("thresholds=[0.5,1.5]", r"^thresholds must be a non-empty list, each item a probability "
+                                 r"in \[0, 1\], got \[0.5, 1.5\]$"),
         ("thresholds=[]", r"^thresholds must be a non-empty list"),
         ("gradcam.top_n=-1", r"^gradcam.top_n must be an integer >= 0, got -1$"),
         ("gradcam.method=nope", r"^gradcam.method must be one of gradcam, gradcam\+\+"),
         ("device=cuda:3", r"^device must be a torch device available here"),
-        ("+colour=red", r"^unknown key colour; valid keys of the config: runs, sweep"),
+        ("+colour=red", r"^unknown key colour; the top-level keys are runs, sweep"),
     ],
 )  # fmt: skip
 def test_bad_analysis_settings_are_one_line_before_any_work(sweep, tmp_path, override, message):

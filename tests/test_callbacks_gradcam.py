@@ -16,6 +16,7 @@ from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.errors import ConfigError
 from cnnstress.run_dir import read_metrics
 from cnnstress.training import build_datamodule, build_module, build_trainer, run_training
+from tests.conftest import prepared
 
 
 class LeftHalf(nn.Module):
@@ -162,8 +163,9 @@ def test_callback_leaves_the_trained_module_as_found(make_config, tiny_cifar10_z
         "callbacks.gradcam.every_n_epochs=0",
         "trainer.limit_train_batches=2",
     )
+    prepared(cfg)
     datamodule, module = build_datamodule(cfg), build_module(cfg)
-    trainer = build_trainer(cfg, has_val=True)
+    trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule)
     callback = next(c for c in trainer.callbacks if isinstance(c, GradCAMGrids))
     assert [p.split("/")[-1] for p in callback.written] == ["epoch_000.png"]

@@ -339,11 +339,19 @@ def test_recipe_is_deterministic_and_resumes_exactly_with_lookahead(tiny_cifar10
     )
 
 
-def test_weight_average_rejects_bad_settings():
-    with pytest.raises(ConfigError, match=r"callbacks\.weight_averaging\.decay must be"):
-        WeightAverage(decay=1.5)
-    with pytest.raises(ConfigError, match="every_n_steps must be an integer >= 1"):
-        WeightAverage(every_n_steps=0)
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("callbacks.weight_averaging.decay=1.5", r"callbacks\.weight_averaging\.decay must be"),
+        (
+            "callbacks.weight_averaging.every_n_steps=0",
+            r"callbacks\.weight_averaging\.every_n_steps must be an integer >= 1",
+        ),
+    ],
+)
+def test_weight_average_rejects_bad_settings(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_train_config(tmp_path, ["experiment=fast_cifar10", override])
 
 
 # -- it learns -------------------------------------------------------------------------------------

@@ -158,13 +158,13 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_cifar10_zip, tmp_path):
     rc, _, err = finish(run_cli(roots, *crash, f"hydra.sweep.dir={sweep}", multirun=True))
     assert rc == 1
     finished = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").is_file())
-    assert finished == ["2"]  # epoch 5 is never reached in a 1-epoch run; no data for 1 and 3
+    assert finished == ["1"]  # epoch 5 is never reached in a 1-epoch run; no data for 2 and 3
     failed = [line for line in err.splitlines() if line.startswith("cnnstress: failed: ")]
     assert failed[0] == (
         f"cnnstress: failed: {sweep / '0'}: RuntimeError: simulated crash at the start of "
         "epoch 0 (traceback in the job's log)"
     )
-    assert [line.split(": ")[2] for line in failed[1:]] == [str(sweep / "1"), str(sweep / "3")]
+    assert [line.split(": ")[2] for line in failed[1:]] == [str(sweep / "2"), str(sweep / "3")]
     assert all("pass a local copy of cifar10" in line for line in failed[1:])
     assert "Traceback" in (sweep / "0" / "train.log").read_text()
 

@@ -101,8 +101,8 @@ def test_multirun_sweep_runs_every_job_and_resumes(tiny_cifar10_zip, tmp_path):
     assert (runs[2] / "metrics.json").is_file()
     assert {run: (run / "metrics.json").stat().st_mtime_ns for run in before} == before
     assert (
-        result.stderr.count("skipping this completed run")
-        + result.stdout.count("skipping this completed run")
+        result.stderr.count("already holds this finished run: skipping it")
+        + result.stdout.count("already holds this finished run: skipping it")
         == 3
     )
 

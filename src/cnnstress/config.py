@@ -110,6 +110,22 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(one_line(err)) from None
 
 
+def check_group_sections(cfg: DictConfig, group: str) -> None:
+    """Every section of ``cfg.<group>`` (e.g. ``stress``) comes from a ``conf/<group>/`` file,
+    so carries that file's schema; an untyped one was added with ``+<group>.<name>...``.
+
+    Raises:
+        ConfigError: naming the section and the valid ones.
+    """
+    node = cfg.get(group)
+    if not isinstance(node, DictConfig):
+        return
+    for name in node:
+        if not dataclasses.is_dataclass(OmegaConf.get_type(node._get_node(name))):
+            options = sorted(p.stem for p in (project_root() / "conf" / group).glob("*.yaml"))
+            raise ConfigError(f"unknown {group} {name!r}; valid: {', '.join(options)}")
+
+
 def build(node: Any, **kwargs: Any) -> Any:
     """The object a config node describes: a schema-typed node becomes its dataclass (the
     object itself, or its settings), a node with ``_target_`` is instantiated by Hydra (with

@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, read_image
 from cnnstress.augment import IMAGE_OPS, MIX_OPS, build_augmentation, drop_unlisted_ops
 from cnnstress.callbacks import TrainSpeed
 from cnnstress.checkpoints import load_state_dict, load_weights
-from cnnstress.config import build, one_line, validate
+from cnnstress.config import build, check_group_sections, one_line, validate
 from cnnstress.console import quiet_library_noise
 from cnnstress.data import CIFARDataModule
 from cnnstress.data.sources import resolve_root
@@ -138,7 +138,9 @@ class TrainConfig:
     @staticmethod
     def validate_root(cfg: DictConfig) -> None:
         """The augmentation list: known ops, at most one batch-mixing op (a plain node is a
-        recipe's setting for an op that is not in the list, dropped by :func:`prepare_run`)."""
+        recipe's setting for an op that is not in the list, dropped by :func:`prepare_run`);
+        known stresses."""
+        check_group_sections(cfg, "stress")
         known = {**IMAGE_OPS, **MIX_OPS}
         for name in cfg.augmentation:
             if name not in known:

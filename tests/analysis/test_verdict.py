@@ -233,8 +233,8 @@ def test_confident_failures_at_the_threshold_the_runs_recorded():
 
 def _renamed(run: Run, name: str, smoothing: float) -> Run:
     """``run`` as the improvement ``name`` with label smoothing ``smoothing`` (its own group)."""
-    config = OmegaConf.merge(run.config, {"loss": {"label_smoothing": smoothing}})
-    identity = {**run.identity, "loss.label_smoothing": smoothing}
+    config = OmegaConf.merge(run.config, {"module": {"loss": {"label_smoothing": smoothing}}})
+    identity = {**run.identity, "module.loss.label_smoothing": smoothing}
     return dataclasses.replace(run, config=config, identity=identity, improvement=name)
 
 

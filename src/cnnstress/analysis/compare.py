@@ -36,17 +36,16 @@ from cnnstress.analysis.statistics import (
     share_better,
 )
 from cnnstress.analysis.verdict import Verdict, decide, judge
-from cnnstress.errors import ConfigError
+from cnnstress.errors import ConfigError, DataError
 from cnnstress.identity import describe, differences
 from cnnstress.metrics import (
     expected_calibration_error,
     high_conf_errors,
     per_class_accuracy,
 )
+from cnnstress.run_dir import run_threshold
 
-# The confident-failure threshold a run recorded (its failures callback's), and the callback's
-# default, used when no run of a comparison recorded one.
-FAILURE_THRESHOLD_KEY = "callbacks.high_conf_failures.threshold"
+# The confident-failure threshold used when no run of a comparison recorded one.
 DEFAULT_FAILURE_THRESHOLD = 0.8
 
 
@@ -115,14 +114,12 @@ def pool_transitions(tables: Sequence[Transitions]) -> Transitions:
 
 
 def recorded_threshold(run: Run) -> float | None:
-    """The confident-failure threshold ``run`` recorded (``None``: no failures callback, or a
-    value that is no number in [0, 1]: run directories are untrusted input)."""
-    value = OmegaConf.select(run.config, FAILURE_THRESHOLD_KEY, default=None)
+    """The confident-failure threshold ``run`` recorded (its ``confidence_threshold``;
+    :func:`cnnstress.run_dir.run_threshold`), ``None`` when it is no number in [0, 1]."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        return run_threshold(OmegaConf.to_container(run.config))
+    except DataError:
         return None
-    return number if 0.0 <= number <= 1.0 else None
 
 
 def most_recorded_threshold(runs: Sequence[Run]) -> float | None:

@@ -16,7 +16,7 @@ from cnnstress.analysis.report import write_report
 from cnnstress.analysis.runs import collect_runs, latest_multirun
 from cnnstress.analysis.stress import StressSummary, run_stresses, summarise_stress
 from cnnstress.cam import METHODS
-from cnnstress.config import build
+from cnnstress.config import build, check_group_sections
 from cnnstress.console import quiet_library_noise
 from cnnstress.errors import UserError
 from cnnstress.overrides import check_report_free
@@ -84,6 +84,11 @@ class AnalyzeConfig:
     recompute_stress: bool = False
     paths: Any = None
     stress: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def validate_root(cfg: DictConfig) -> None:
+        """Known stresses only."""
+        check_group_sections(cfg, "stress")
 
 
 def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:

@@ -143,7 +143,9 @@ def evaluate(ctx: StressContext, settings: AdversarialSettings | None = None) ->
     images, labels = ctx.test.images[subset], ctx.test.labels[subset]
     model = ctx.model.eval()
     generator = torch.Generator(device=ctx.device).manual_seed(s.seed)
-    correct = {(attack, eps): 0 for attack in s.attacks for eps in s.eps}
+    radii = [parse_eps(eps) for eps in s.eps]  # "8/255" -> 0.0314
+    step_size = None if s.pgd_step_size is None else parse_eps(s.pgd_step_size)
+    correct = {(attack, eps): 0 for attack in s.attacks for eps in radii}
     for start in range(0, len(labels), s.batch_size):
         x = to_unit(images[start : start + s.batch_size].to(ctx.device))
         y = labels[start : start + s.batch_size].to(ctx.device)
@@ -151,7 +153,7 @@ def evaluate(ctx: StressContext, settings: AdversarialSettings | None = None) ->
             if attack == "fgsm":
                 adv = fgsm(model, x, y, eps)
             else:
-                adv = pgd(model, x, y, eps, s.pgd_steps, s.pgd_step_size, s.random_start, generator)
+                adv = pgd(model, x, y, eps, s.pgd_steps, step_size, s.random_start, generator)
             with torch.no_grad():
                 correct[attack, eps] += (model(adv).argmax(1) == y).sum().item()
     out: dict[str, Any] = {
