@@ -1,4 +1,5 @@
-"""The OmegaConf resolvers of ``conf/``: unique run directories and the terminal check.
+"""The OmegaConf resolvers of ``conf/``: unique run directories, the terminal check, and the
+GPUs per node a SLURM job asks for (:func:`cnnstress.slurm.slurm_gpus`).
 
 The entry points and :func:`cnnstress.config.compose_config` call :func:`register_resolvers`
 before Hydra composes anything.
@@ -12,6 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from cnnstress.errors import UserError
+from cnnstress.slurm import slurm_gpus
 
 
 def claim_unique_dir(path: str) -> str:
@@ -50,12 +52,17 @@ def stdout_isatty() -> bool:
     return sys.stdout.isatty()
 
 
-RESOLVERS = {"run_dir": run_dir, "unique_dir": claim_unique_dir, "stdout_isatty": stdout_isatty}
+RESOLVERS = {
+    "run_dir": run_dir,
+    "unique_dir": claim_unique_dir,
+    "stdout_isatty": stdout_isatty,
+    "slurm_gpus": slurm_gpus,
+}
 
 
 def register_resolvers() -> None:
     """Register the resolvers ``conf/`` uses (``${run_dir:...}``, ``${unique_dir:...}``,
-    ``${stdout_isatty:}``) with OmegaConf; calling it again is a no-op.
+    ``${stdout_isatty:}``, ``${slurm_gpus:...}``) with OmegaConf; calling it again is a no-op.
 
     Cached like Hydra's own ``${now:...}``: a value is resolved once and Hydra copies the cache
     into every job's config, so a job never claims a second directory.

@@ -43,6 +43,7 @@ from cnnstress.run_files import (
     write_run_record,
 )
 from cnnstress.settings import Flag, check
+from cnnstress.slurm import requeued_checkpoint
 from cnnstress.stress import STRESS_FILE, run_stress
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     prepare_hydra_relaunch(str(run_dir))  # before fit starts the other DDP processes
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        # A requeued SLURM job resumes from its last finished epoch (cnnstress.slurm).
+        resume = cfg.get("ckpt_path") or requeued_checkpoint(run_dir)
+        trainer.fit(module, datamodule, ckpt_path=resume, weights_only=True)
         # best.ckpt's callback (the one with a monitor), named: with last.ckpt's callback beside
         # it, Lightning's ckpt_path="best" warns and takes whichever comes first.
         selector = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)

@@ -74,7 +74,8 @@ def run_stress(
             calibration, faithfulness, background).
         stress_cfg: ``{name: {knob: value}}``, e.g. the composed ``cfg.stress``; missing
             stresses or knobs take the defaults of ``conf/stress/<name>.yaml``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; any other device (e.g. the
+            ``mps`` a run trained on) means the CPU (:func:`.context.resolve_device`).
         net, cfg: an already built backbone and the run's config (e.g. at the end of
             training); by default rebuilt from the run's checkpoint by
             :func:`cnnstress.checkpoints.load_backbone`.
@@ -84,7 +85,8 @@ def run_stress(
     Returns:
         Everything now in ``stress.json``: earlier results of other stresses are kept, those of
         the stresses run now are replaced. Values are numbers (NaN written as null), except a
-        few descriptive strings (``*/source``, ``*/version``, ``calibration/fit_split``,
+        few descriptive strings (``<stress>/device``: ``cpu`` or ``cuda``, where it ran;
+        ``*/source``, ``*/version``, ``calibration/fit_split``,
         ``faithfulness/method``, ``faithfulness/target_layer``, ``background/fill``,
         ``background/cam/method``, ``background/cam/target_layer``).
 
@@ -106,6 +108,7 @@ def run_stress(
     for name in STRESSES:
         if name in names:
             results.update(STRESSES[name](ctx, stress_cfg.get(name)))
+            results[f"{name}/device"] = ctx.device.type  # where it ran: cpu or cuda
     return write_stress(run_dir, results, replace=names)
 
 
