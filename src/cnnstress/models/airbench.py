@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnstress.devices import supports_float64
+from cnnstress import devices
 from cnnstress.errors import ConfigError
 
 # airbench's BatchNorm keeps ``0.6`` of the running statistics per step (its momentum 0.6);
@@ -86,8 +86,8 @@ def whitening_filters(images: torch.Tensor, size: int = 2, eps: float = WHITEN_E
     (Apple's MPS: the same filters as a CPU run); returned float32 on that device.
     """
     dim = images.shape[1] * size * size
-    exact = supports_float64(images.device)
-    device = images.device if exact else torch.device("cpu")
+    exact = devices.supports_float64(images.device)
+    device = images.device if exact else "cpu"
     covariance = torch.zeros(dim, dim, dtype=torch.float64, device=device)
     count = 0
     for chunk in images.detach().split(500):  # bounded memory: 500 x 961 patches at a time

@@ -224,7 +224,7 @@ def jpeg_compression(x: torch.Tensor, severity: int, g: Generator) -> torch.Tens
     images = torch.floor(x * 255 + 1e-3).to(torch.uint8)  # the reference passes 8-bit images
     encoded = encode_jpeg(list(images.to("cpu")), quality=quality)
     decoded = decode_jpeg(encoded, device="cpu")
-    return (torch.stack(decoded).to(x.dtype) / 255).to(x.device)
+    return torch.stack(decoded).to(x) / 255  # back to x's dtype and device
 
 
 def pixelate(x: torch.Tensor, severity: int, g: Generator) -> torch.Tensor:

@@ -47,6 +47,21 @@ def failure_line(job: JobReturn, error: BaseException) -> str:
     return f"{where}: {' '.join(reason.split())}"
 
 
+def _user_error(error: BaseException) -> BaseException | None:
+    """The :class:`~cnnstress.errors.UserError` that caused ``error`` (through Hydra's and
+    OmegaConf's wrapping exceptions), or None."""
+    from cnnstress.errors import UserError
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class KeepGoingSweeper(BasicSweeper):
     """:class:`BasicSweeper` that never stops at a failed job (see the module docstring)."""
 
@@ -57,7 +72,14 @@ class KeepGoingSweeper(BasicSweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        try:  # instantiates the launcher: its settings resolve here (e.g. the SLURM GPUs)
+            super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        except Exception as err:
+            user_error = _user_error(err)
+            if user_error is None:
+                raise
+            print(f"cnnstress: error: {user_error}", file=sys.stderr)
+            raise SystemExit(2) from None
         launch = self.launcher.launch
         if is_submitit_launcher(self.launcher):  # SLURM: a job lost to the scheduler, too
             launch = functools.partial(launch_keep_going, self.launcher)

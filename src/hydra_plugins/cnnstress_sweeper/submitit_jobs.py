@@ -70,11 +70,11 @@ class _Settled:
         try:
             return self.job.results()
         except (UncompletedJobError, FailedJobError) as err:
-            first = next((line for line in str(err).splitlines() if line.strip()), "")
-            state = getattr(self.job, "state", "?")
+            log.debug("job %s: %s", self.job.job_id, err)
             error = JobEndedWithoutResult(
                 f"the {self.launcher._EXECUTOR} job {self.job.job_id} ended without a result "
-                f"(state {state}): {first.strip()}; its log: {self.job.paths.stderr}"
+                f"(state {self.job.state}: stopped by the scheduler or a signal, e.g. at its "
+                f"time limit or out of memory); its error log: {self.job.paths.stderr}"
             )
             log.error("%s", error)
             result = JobReturn(
@@ -104,5 +104,6 @@ def launch_keep_going(
         triples = zip(jobs, overrides, numbers, strict=True)
         return [_Settled(job, launcher, o, n) for job, o, n in triples]
 
+    # the class's launch: the sweeper replaces the instance's with its own recording wrapper
     with mock.patch.object(submitit.AutoExecutor, "map_array", settled_map_array):
-        return launcher.launch(job_overrides, initial_job_idx)
+        return type(launcher).launch(launcher, job_overrides, initial_job_idx)
