@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
 import subprocess
 import sys
@@ -62,18 +61,19 @@ STRESSES = ("corruptions", "adversarial", "calibration", "faithfulness", "backgr
 
 def synthetic_zip(path: Path, train_per_class: int, test_per_class: int) -> Path:
     """A CIFAR-10-layout zip (``<split>/<class>/<n>.png``) of class-coloured stripes + noise."""
-    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         for split, count in (("train", train_per_class), ("test", test_per_class)):
             for label, name in enumerate(CLASSES):
                 base = torch.tensor([(label * 37) % 256, (label * 91) % 256, (label * 151) % 256])
                 stripes = (torch.arange(32) // (2 + label % 4)) % 2 * 60.0
-                for i in range(count):
-                    gen = torch.Generator().manual_seed(rng.randrange(2**31))
-                    image = base.view(3, 1, 1).float().expand(3, 32, 32).clone()
-                    image += stripes.view(1, 1, 32) if label % 2 else stripes.view(1, 32, 1)
-                    image += torch.randn(3, 32, 32, generator=gen) * 25
-                    png = encode_png(image.clamp(0, 255).to(torch.uint8)).numpy().tobytes()
+                pattern = base.view(3, 1, 1) + (
+                    stripes.view(1, 1, 32) if label % 2 else stripes.view(1, 32, 1)
+                )
+                noise = torch.randn(count, 3, 32, 32, generator=gen) * 25
+                images = (pattern + noise).clamp(0, 255).to(torch.uint8)
+                for i, image in enumerate(images):
+                    png = encode_png(image).numpy().tobytes()
                     archive.writestr(f"{split}/{name}/{i:04d}.png", png)
     return path
 
@@ -291,13 +291,11 @@ class Check:
         lines = [line for line in out.splitlines() if line.startswith("syncs per step")]
         return status == 0, "\n".join(lines) or out[-3000:]
 
-    def speed(self, *overrides: str) -> Callable[[], tuple[bool, str]]:
+    def speed(self, cuda_steps: list[str], *overrides: str) -> Callable[[], tuple[bool, str]]:
+        """bench/train_speed.py, ``cuda_steps`` (``--steps N --repeats R``) on CUDA."""
+
         def run() -> tuple[bool, str]:
-            steps = (
-                ["--steps", "100", "--repeats", "2"]
-                if self.cuda
-                else ["--steps", "4", "--repeats", "1"]
-            )
+            steps = cuda_steps if self.cuda else ["--steps", "4", "--repeats", "1"]
             args = [
                 sys.executable,
                 str(ROOT / "bench" / "train_speed.py"),
@@ -359,7 +357,7 @@ def main() -> None:
         raise SystemExit("gpu_check: no CUDA device here; run with --device cpu for the CPU steps")
     data = Path(args.data) if args.data else out / "synthetic-cifar10.zip"
     if not args.data and not data.is_file():
-        sizes = (500, 100) if args.device == "cuda" else (16, 8)
+        sizes = (2000, 200) if args.device == "cuda" else (16, 8)
         synthetic_zip(data, *sizes)
     check = Check(args.device, out, data.resolve())
     cpu = next((line.split(":", 1)[1].strip() for line in _lscpu() if "Model name" in line), "?")
@@ -374,8 +372,15 @@ def main() -> None:
                 f"GPU {i}: {props.name}, compute capability {props.major}.{props.minor}, "
                 f"{props.total_memory / 2**30:.0f} GiB"
             )
-    speed_fast = check.speed("experiment=fast_cifar10", *check.tiny("fast_net"))
-    speed_resnet = check.speed("model=resnet18", *([] if check.cuda else ["dataset.batch_size=16"]))
+    # The synthetic training split holds 19 batches of 1024: one epoch of warm-up + 12 steps.
+    speed_fast = check.speed(
+        ["--steps", "12", "--repeats", "1"], "experiment=fast_cifar10", *check.tiny("fast_net")
+    )
+    speed_resnet = check.speed(
+        ["--steps", "100", "--repeats", "2"],
+        "model=resnet18",
+        *([] if check.cuda else ["dataset.batch_size=16"]),
+    )
     for title, fn in (
         ("1. what auto picks", check.auto),
         ("2. smoke run with every callback", check.smoke),

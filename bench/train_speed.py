@@ -145,6 +145,13 @@ class StepTimes(L.Callback):
         return steps[WARMUP:]
 
 
+def build_datamodule_split(cfg) -> torch.Tensor:
+    """The training split's rows (to count the steps one framework epoch holds)."""
+    dm = build_datamodule(cfg)
+    dm.setup()
+    return dm.train_set.indices
+
+
 def plain_loop(cfg, steps: int, device: torch.device) -> tuple[float, list[float]]:
     """Images/s of the plain loop over ``steps`` timed steps, and the duration of each."""
     loop = PlainLoop(cfg, device)
@@ -159,8 +166,16 @@ def framework(cfg, steps: int, paired: PlainLoop | None = None) -> tuple[float, 
     """Images/s measured by cnnstress's TrainSpeed callback (the whole epoch, validation and
     test excluded), and the duration of each step after the first ``WARMUP``. With ``paired``,
     a plain step runs after each framework step (then the images/s are not meaningful)."""
+    train_images = len(build_datamodule_split(cfg))
+    needed = steps + (WARMUP if paired else 0)
+    if needed > train_images // cfg.dataset.batch_size:
+        raise SystemExit(
+            f"train_speed: {needed} framework steps need {needed * cfg.dataset.batch_size} "
+            f"training images in one epoch, the data has {train_images}: use fewer --steps or "
+            "--repeats, or a smaller dataset.batch_size"
+        )
     with open_dict(cfg):
-        cfg.trainer.limit_train_batches = steps + (WARMUP if paired else 0)
+        cfg.trainer.limit_train_batches = needed
         cfg.trainer.limit_test_batches = 1
         cfg.trainer.max_epochs = 1
         cfg.trainer.enable_progress_bar = False
