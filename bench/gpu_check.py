@@ -16,7 +16,8 @@ Steps, each a separate process, each reported ok/FAILED with its wall time:
 5. host-device synchronisations per training step (``bench/sync_check.py``:
    ``torch.cuda.set_sync_debug_mode`` on CUDA, the TorchFunctionMode audit on the CPU);
 6. ``bench/train_speed.py`` for fast_net (the fast recipe) and ResNet-18: framework vs plain loop;
-7. two ``trainer.deterministic=true`` runs of the fast recipe, compared value by value.
+7. two ``trainer.deterministic=true`` runs of the fast recipe (the simple CNN on the CPU),
+   compared value by value.
 
 Data: ``--data PATH`` (any ``dataset.root``), else a synthetic CIFAR-10-layout zip made here
 (coloured stripe patterns per class: a device check needs no real images, and the device
@@ -295,7 +296,7 @@ class Check:
         """bench/train_speed.py, ``cuda_steps`` (``--steps N --repeats R``) on CUDA."""
 
         def run() -> tuple[bool, str]:
-            steps = cuda_steps if self.cuda else ["--steps", "4", "--repeats", "1"]
+            steps = cuda_steps if self.cuda else ["--steps", "8", "--repeats", "1"]
             args = [
                 sys.executable,
                 str(ROOT / "bench" / "train_speed.py"),
@@ -315,13 +316,16 @@ class Check:
         return run
 
     def deterministic(self) -> tuple[bool, str]:
+        # the fast recipe on a GPU; the simple CNN on the CPU (the tiny recipe's rate of 1.5
+        # is for batches of 1024, not 16)
+        recipe = ["experiment=fast_cifar10"] if self.cuda else ["model=simple_cnn"]
         runs = []
         for name in ("deterministic_a", "deterministic_b"):
             status, out, run = self.train(
                 name,
-                "experiment=fast_cifar10",
+                *recipe,
                 *self.trainer(),
-                *self.tiny("fast_net"),
+                *self.tiny("fast_net" if self.cuda else "simple_cnn"),
                 self.val_size(),
                 "trainer.max_epochs=1",
                 "trainer.deterministic=true",
@@ -357,7 +361,8 @@ def main() -> None:
         raise SystemExit("gpu_check: no CUDA device here; run with --device cpu for the CPU steps")
     data = Path(args.data) if args.data else out / "synthetic-cifar10.zip"
     if not args.data and not data.is_file():
-        sizes = (2000, 200) if args.device == "cuda" else (16, 8)
+        # CUDA: 19 batches of 1024 for the fast recipe's speed step; CPU: 20 batches of 16
+        sizes = (2000, 200) if args.device == "cuda" else (32, 8)
         synthetic_zip(data, *sizes)
     check = Check(args.device, out, data.resolve())
     cpu = next((line.split(":", 1)[1].strip() for line in _lscpu() if "Model name" in line), "?")

@@ -194,6 +194,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     args, overrides = parser.parse_known_args()
+    if args.steps <= WARMUP:
+        parser.error(f"--steps must be more than the {WARMUP} warm-up steps")
     device = torch.device(args.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     # simple_cnn unless the overrides pick a model (or a recipe, which picks one)
