@@ -95,7 +95,11 @@ def test_whitening_bias_trains_only_in_its_first_epochs():
     net = fast_net(whiten_bias_epochs=3)
     for epoch, trains in [(0, True), (2, True), (3, False), (9, False)]:
         net.on_train_epoch_start(epoch)
-        assert net.whiten.bias.requires_grad is trains
+        # frozen through the optimizer (tests/test_ddp_fast_recipe.py): it keeps its gradient
+        assert net.whiten.bias.requires_grad
+        assert any(p is net.whiten.bias for p in net.frozen_parameters()) is not trains
+    assert fast_net(whiten_bias_epochs=0).frozen_parameters() == []
+    assert not fast_net(whiten_bias_epochs=0).whiten.bias.requires_grad
 
 
 @pytest.mark.skipif(not REAL_CIFAR10_ZIP.is_file(), reason=NO_REAL_DATA)

@@ -70,16 +70,6 @@ def test_auto_and_gpu_accelerators_follow_availability(monkeypatch, cuda, expect
     assert precision.resolve_accelerator("cpu") == "cpu"
 
 
-@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
-def test_auto_on_cuda_follows_bf16_support_and_uses_channels_last(
-    make_config, monkeypatch, bf16, expected
-):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    cfg = make_config("trainer.accelerator=cuda")
-    assert resolve_auto(cfg) == (expected, True)
-
-
 def test_native_bf16_detection_reads_the_cpu_capabilities(monkeypatch):
     caps = {"avx512_bf16": False, "amx_bf16": False, "avx2": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)

@@ -4,7 +4,8 @@ A run's *results* are its trained weights and its test predictions. Its *identit
 resolved config without the keys that cannot change them: where it writes (``paths``, Hydra,
 loggers, callback folders), how it reports (progress bar, logging interval, the stress-test
 callbacks and their confidence threshold, the ``improvement`` label), how data is moved
-(workers, pinned memory), post-hoc stresses, and the skip/resume switches. The
+(workers, pinned memory, splits kept on the device, downloads per node), post-hoc stresses, and
+the skip/resume switches. The
 ``fingerprint`` is a hash of the identity.
 
 Two uses: a finished run directory is only reused (``skip_completed``) by a run of the same
@@ -30,6 +31,8 @@ NOT_IDENTITY = (
     "dataset.num_workers",
     "dataset.pin_memory",
     "dataset.download",
+    "dataset.on_device",
+    "dataset.prepare_data_per_node",
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",

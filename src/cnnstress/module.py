@@ -90,6 +90,23 @@ class ModuleConfig:
     tta_val: bool = True
 
 
+class ImageWeightedMean(MeanMetric):
+    """The mean of per-batch values weighted by a host-side count (the images of each batch):
+    ``sum(value x n) / sum(n)``, synced and reset like any torchmetrics metric.
+
+    :class:`~torchmetrics.MeanMetric` turns a Python weight into a tensor on the device and looks
+    for NaNs on the host at every update (two host-device synchronisations per training step
+    on a GPU); its ``nan_strategy="disable"``, which skips the check, also drops the weights.
+    Here the update is two in-place device ops with a Python number, and a NaN loss makes the
+    epoch's mean NaN instead of being left out.
+    """
+
+    def update(self, value: torch.Tensor, weight: float) -> None:  # type: ignore[override]
+        """Add ``value`` (a 0-d tensor on the metric's device) with weight ``weight``."""
+        self.mean_value += value * weight
+        self.weight += weight
+
+
 class ClassifierModule(L.LightningModule):
     """Train and evaluate an image classifier.
 
@@ -142,7 +159,7 @@ class ClassifierModule(L.LightningModule):
         self.tta_val = config.tta_val
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         # image-weighted mean loss: Lightning's own epoch reduction, sum(loss x n) / sum(n)
-        self.train_loss = MeanMetric()
+        self.train_loss = ImageWeightedMean()
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self._gathered: dict[str, Predictions] = {}
 
@@ -165,7 +182,7 @@ class ClassifierModule(L.LightningModule):
         # Per-step self.log calls and torchmetrics' forward (which also computes and validates a
         # batch value) cost ~1.4 ms a step, 4% of a bf16 simple_cnn step on 2 CPU cores
         # (bench/RESULTS.md): only update the metrics here and log them once per epoch.
-        self.train_loss.update(loss.detach().float(), weight=batch["target"].numel())
+        self.train_loss.update(loss.detach().float(), weight=batch["target"].shape[0])
         self.train_acc.update(logits.detach(), batch["target"])
         return loss
 
@@ -173,6 +190,20 @@ class ClassifierModule(L.LightningModule):
         hook = getattr(self.net, "on_train_epoch_start", None)
         if hook is not None:
             hook(self.current_epoch)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Leave the backbone's currently frozen parameters (``frozen_parameters()``, e.g.
+        FastNet's whitening bias after its epochs) out of this optimizer step.
+
+        They keep ``requires_grad`` and get their gradient (DDP needs every parameter it
+        registered to take part in every backward); dropping the gradient here, after DDP's
+        all-reduce and before clipping, makes the optimizer skip them as it skips any parameter
+        without a gradient: no update, no weight decay, no momentum, exactly as a parameter
+        with ``requires_grad=False``.
+        """
+        frozen = getattr(self.net, "frozen_parameters", None)
+        for param in frozen() if frozen is not None else ():
+            param.grad = None
 
     def on_train_epoch_end(self) -> None:
         """Log ``train/loss`` (mean over every process's images) and ``train/acc``; Lightning

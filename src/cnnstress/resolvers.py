@@ -1,4 +1,5 @@
-"""Output directories of runs, sweeps and analyses, and the one resolver ``conf/`` uses.
+"""Output directories of runs, sweeps and analyses, and the resolvers ``conf/`` uses (the
+terminal check, and the GPUs per node a SLURM job asks for: :func:`cnnstress.slurm.slurm_gpus`).
 
 Hydra resolves ``hydra.run.dir`` and ``hydra.sweep.dir`` while it composes the config, more than
 once and also for commands that run nothing (``--cfg job``, an analysis composing the training
@@ -20,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from cnnstress.errors import UserError
+from cnnstress.slurm import slurm_gpus
 
 
 def claim_unique_dir(path: str | Path) -> str:
@@ -92,8 +94,12 @@ def stdout_isatty() -> bool:
     return sys.stdout.isatty()
 
 
+RESOLVERS = {"stdout_isatty": stdout_isatty, "slurm_gpus": slurm_gpus}
+
+
 def register_resolvers() -> None:
-    """Register ``${stdout_isatty:}`` with OmegaConf (no side effects; calling it again is a
-    no-op)."""
-    if not OmegaConf.has_resolver("stdout_isatty"):
-        OmegaConf.register_new_resolver("stdout_isatty", stdout_isatty, use_cache=True)
+    """Register ``${stdout_isatty:}`` and ``${slurm_gpus:...}`` with OmegaConf (no side effects;
+    calling it again is a no-op)."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=True)

@@ -38,7 +38,7 @@ from cnnstress.errors import ConfigError, DataError
 from cnnstress.identity import IMPROVEMENT_KEYS, describe, differences, run_identity
 from cnnstress.module import ClassifierModule, ModuleConfig
 from cnnstress.overrides import improvement_changes
-from cnnstress.precision import PRECISION_RULE, resolve_accelerator, resolve_auto
+from cnnstress.precision import BENCHMARK_RULE, PRECISION_RULE, resolve_accelerator, resolve_auto
 from cnnstress.rules import Either, Integer, Number, OneOf, Probability, Rule, Text
 from cnnstress.run_dir import (
     RunDir,
@@ -48,6 +48,7 @@ from cnnstress.run_dir import (
     write_predictions,
     write_record,
 )
+from cnnstress.slurm import requeued_checkpoint
 from cnnstress.stress import run_stress
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,15 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: Annotated[int, Integer(1)] = 1
     strategy: Annotated[str, Text()] = "auto"
-    # auto: bf16-mixed on a CPU with native bf16 (AVX-512 BF16 / AMX) or a bf16-capable CUDA
-    # GPU, else 32-true (cnnstress.precision); or any of Lightning's precisions
+    # auto: bf16-mixed on a CPU with native bf16 (AVX-512 BF16 / AMX) or a GPU of compute
+    # capability >= 8.0, 16-mixed on a 7.x GPU (T4, V100), else 32-true (cnnstress.precision);
+    # or any of Lightning's precisions
     precision: Annotated[Any, PRECISION_RULE] = "auto"
     max_epochs: Annotated[int, Integer(1)] = 30
     max_steps: Annotated[int, Either((OneOf((-1,)), Integer(1)))] = -1
     deterministic: Annotated[Any, Either((OneOf((True, False)), OneOf(("warn",))))] = False
-    benchmark: bool | None = False
+    # cuDNN autotuning: true, false, or auto (on for CUDA unless deterministic)
+    benchmark: Annotated[Any, BENCHMARK_RULE] = "auto"
     log_every_n_steps: Annotated[int, Integer(1)] = 50
     check_val_every_n_epoch: Annotated[int, Integer(1)] = 1
     num_sanity_val_steps: Annotated[int, Integer(-1)] = 0
@@ -309,6 +312,11 @@ def prepare_run(cfg: DictConfig) -> dict[str, Any] | None:
         ConfigError: a value that cannot work, or a finished run of another config there.
     """
     quiet_library_noise()
+    if cfg.train and not cfg.ckpt_path:  # a requeued SLURM job resumes from its last epoch
+        resume = requeued_checkpoint(cfg.paths.output_dir)
+        if resume is not None:
+            with open_dict(cfg):
+                cfg.ckpt_path = resume
     resolve_config(cfg)
     cheap_cuda_checks(cfg)
     return prepare_run_dir(cfg, RunDir(cfg.paths.output_dir))

@@ -194,13 +194,21 @@ class ColorJitter:
     saturation: Annotated[float, Number(0.0)] = 0.2
     p: Annotated[float, Probability()] = 1.0
 
+    def ranges(self) -> list[tuple[float, float]]:
+        """``(low, width)`` of the brightness, contrast and saturation factors, as float32
+        values (the arithmetic of a float32 tensor, so the draws match it bit for bit)."""
+        strengths = torch.tensor([self.brightness, self.contrast, self.saturation])
+        low = (1 - strengths).clamp(min=0)
+        return list(zip(low.tolist(), (1 + strengths - low).tolist(), strict=True))
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n = images.shape[0]
-        strengths = torch.tensor(
-            [self.brightness, self.contrast, self.saturation], device=images.device
+        u = uniform((n, 3), 0.0, 1.0, generator)
+        # Python numbers, not a tensor built on the device per call (a host-to-device copy,
+        # which makes a GPU step wait): one column per factor.
+        factors = torch.stack(
+            [low + width * u[:, k] for k, (low, width) in enumerate(self.ranges())], dim=1
         )
-        low = (1 - strengths).clamp(min=0)
-        factors = low + (1 + strengths - low) * uniform((n, 3), 0.0, 1.0, generator)
         factors = torch.where(draw_mask(n, self.p, generator)[:, None], factors, 1.0)
         return jitter_colors(images, factors)
 

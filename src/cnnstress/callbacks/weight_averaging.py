@@ -37,6 +37,9 @@ class WeightAverage(WeightAveraging):
       epoch (Grad-CAM of the failures) see the weights that were evaluated, whatever their order.
     * The averaged model is a copy made at ``setup``, before the backbone's data-dependent
       initialisation (``on_fit_start``): it is synchronised at ``on_train_start`` of a new fit.
+    * The update itself: ``AveragedModel.update_parameters`` asks the device twice per update
+      whether its count is 0 (``bool(n_averaged == 0)``, ``if n_averaged > 0``), which makes a
+      GPU step wait; here the same arithmetic runs with the count mirrored on the host.
 
     Args:
         every_n_steps: optimizer steps between updates.
@@ -54,6 +57,8 @@ class WeightAverage(WeightAveraging):
         super().__init__(use_buffers=True, avg_fn=self._average)
         self._current_decay = 0.0
         self._total_steps = 1.0
+        # host copy of the averaged model's n_averaged (read once at on_train_start)
+        self._updates = 0
 
     def _average(
         self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor
@@ -67,8 +72,10 @@ class WeightAverage(WeightAveraging):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._total_steps = max(float(trainer.estimated_stepping_batches), 1.0)
-        if self._average_model is not None and int(self._average_model.n_averaged) == 0:
-            self._copy_current_to_average(pl_module)
+        if self._average_model is not None:
+            self._updates = int(self._average_model.n_averaged)  # resumed: from the checkpoint
+            if self._updates == 0:
+                self._copy_current_to_average(pl_module)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -76,9 +83,30 @@ class WeightAverage(WeightAveraging):
     ) -> None:  # fmt: skip
         progress = min(trainer.global_step / self._total_steps, 1.0)
         self._current_decay = self.decay * progress**self.decay_power
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.lookahead and self._latest_update_step == trainer.global_step:
-            self._copy_average_to_current(pl_module)
+        # Lightning's WeightAveraging.on_train_batch_end, with update_parameters replaced
+        step_idx = trainer.global_step - 1
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            self._update_average(pl_module)
+            self._latest_update_step = trainer.global_step
+            if self.lookahead:
+                self._copy_average_to_current(pl_module)
+
+    @torch.no_grad()
+    def _update_average(self, pl_module: L.LightningModule) -> None:
+        """``AveragedModel.update_parameters`` (with ``use_buffers``) without asking the device:
+        the first update copies, later ones apply :meth:`_average`."""
+        assert self._average_model is not None
+        module = self._average_model.module
+        average = [*module.parameters(), *module.buffers()]
+        current = [*pl_module.parameters(), *pl_module.buffers()]
+        for avg, cur in zip(average, current, strict=False):
+            cur = cur.detach().to(avg.device)
+            if self._updates == 0:
+                avg.copy_(cur)
+            else:
+                avg.copy_(self._average(avg, cur, self._average_model.n_averaged))
+        self._average_model.n_averaged += 1
+        self._updates += 1
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pass  # the swap back waits for on_validation_end

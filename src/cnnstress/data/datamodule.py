@@ -10,13 +10,15 @@ import lightning as L
 import numpy as np
 import torch
 from omegaconf import MISSING
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from cnnstress.augment import BatchAugmentation
 from cnnstress.data.classes import DATASETS, class_names
+from cnnstress.data.device_batches import DeviceBatches, DeviceSplit
 from cnnstress.data.label_errors import LabelErrors, load_label_errors
 from cnnstress.data.normalize import Normalize
-from cnnstress.data.sources import LabeledImages, load_split
+from cnnstress.data.sources import LabeledImages, download_dataset, load_split
+from cnnstress.devices import ON_DEVICE_RULE, on_device_for
 from cnnstress.errors import ConfigError
 from cnnstress.rules import Integer, ListOf, Number, OneOf, Text
 
@@ -106,6 +108,13 @@ class DatasetConfig:
     val_seed: Annotated[int, Integer(0)] = 0
     num_workers: Annotated[int, Integer(0)] = 0
     pin_memory: bool = True
+    # Keep the uint8 splits on the training device and gather every batch there (no loader,
+    # pinning or host-to-device copy per step; CIFAR-10's train split is 150 MB): true, false,
+    # or auto (on for CUDA GPUs). The same images per epoch as the host loader.
+    on_device: Annotated[Any, ON_DEVICE_RULE] = "auto"
+    # Download (dataset.download) once per node (true), or once in all (false: a filesystem
+    # shared by the nodes, as on most SLURM clusters); the other processes wait for it.
+    prepare_data_per_node: bool = True
 
     def validate(self, key: str) -> None:
         classes = len(class_names(self.name))
@@ -129,6 +138,12 @@ class CIFARDataModule(L.LightningDataModule):
     Randomness: the shuffle order and the augmentation draw from ``(seed, epoch, rank)`` only,
     so a run resumed at an epoch boundary continues exactly as an uninterrupted one.
 
+    ``on_device`` (``auto``: on for a CUDA device) keeps the uint8 splits on the training device
+    and gathers every batch there (:class:`~cnnstress.data.device_batches.DeviceBatches`): the
+    same images in the same batches as the host loaders, without a loader or a copy per step.
+    ``download`` happens in :meth:`prepare_data`, which Lightning runs in one process per node
+    (``prepare_data_per_node``, else in one process in all) while the others wait.
+
     Args:
         config: the dataset's settings; ``root`` must name the data (see
             :func:`cnnstress.data.sources.resolve_root`).
@@ -151,6 +166,9 @@ class CIFARDataModule(L.LightningDataModule):
         self.val_size, self.val_seed, self.seed = config.val_size, config.val_seed, int(seed)
         self.augment = augmentation or BatchAugmentation([], None, config.num_classes)
         self.normalizer = Normalize(config.mean, config.std)
+        self.on_device = config.on_device
+        self.prepare_data_per_node = config.prepare_data_per_node
+        self._device_splits: dict[tuple[int, str], DeviceSplit] = {}
         self.train_set: IndexedImages | None = None
         self.val_set: IndexedImages | None = None
         self.test_set: IndexedImages | None = None
@@ -177,11 +195,22 @@ class CIFARDataModule(L.LightningDataModule):
             return None
         return load_label_errors(self.name)
 
+    def prepare_data(self) -> None:
+        """Download the dataset when it is missing and downloading is allowed (Lightning calls
+        this in one process per node, or in one in all, before any process runs :meth:`setup`)."""
+        if self.download:
+            download_dataset(self.root, self.name)
+
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits (decoded once per process) and carve the validation split."""
+        """Load the splits (decoded once per process) and carve the validation split.
+
+        Under a Trainer the data is there already (:meth:`prepare_data`); standalone, setup
+        downloads it itself when allowed.
+        """
         if self.test_set is not None:
             return
-        train = load_split(self.root, self.name, "train", self.download)
+        download = self.download and self.trainer is None
+        train = load_split(self.root, self.name, "train", download)
         if self.val_size >= len(train):
             raise ConfigError(
                 f"dataset.val_size={self.val_size} leaves no training images "
@@ -203,7 +232,7 @@ class CIFARDataModule(L.LightningDataModule):
         )
         self.train_set = IndexedImages(train, train_idx)
         self.val_set = IndexedImages(train, val_idx) if self.has_val else None
-        self.test_set = IndexedImages(load_split(self.root, self.name, "test", self.download))
+        self.test_set = IndexedImages(load_split(self.root, self.name, "test", download))
 
     def _loader(self, dataset: IndexedImages, batch_size: int, **kwargs: Any) -> DataLoader:
         return DataLoader(
@@ -216,22 +245,63 @@ class CIFARDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _world(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached Trainer (1, 0 without one)."""
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
+    def data_device(self) -> torch.device | None:
+        """The device the splits live on with ``on_device`` (the Trainer's), else None."""
+        if self.trainer is None:
+            return None
+        device = self.trainer.strategy.root_device
+        return device if on_device_for(self.on_device, device.type) else None
+
+    def _device_batches(
+        self,
+        split: IndexedImages,
+        device: torch.device,
+        sampler: Any,
+        batch_size: int,
+        drop_last: bool,
+    ) -> DeviceBatches:
+        key = (id(split.data), str(device))  # the train and validation splits share their data
+        if key not in self._device_splits:
+            self._device_splits[key] = DeviceSplit(split.data, device)
+        split_on_device = self._device_splits[key]
+        return DeviceBatches(split_on_device, split.indices, sampler, batch_size, drop_last)
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         # A DistributedSampler also for one process: its permutation depends only on
         # (seed, epoch), and Lightning calls set_epoch on it every epoch.
-        world, rank = (
-            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        )
+        world, rank = self._world()
         sampler = DistributedSampler(
             self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
+        if (device := self.data_device()) is not None:
+            return self._device_batches(self.train_set, device, sampler, self.batch_size, True)
         return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size) if self.has_val else []
+    def _eval_batches(self, split: IndexedImages) -> DataLoader | DeviceBatches:
+        device = self.data_device()
+        if device is None:  # Lightning adds a distributed sampler under DDP
+            return self._loader(split, self.eval_batch_size)
+        # What Lightning gives a DataLoader under DDP (padded: the module drops duplicates)
+        world, rank = self._world()
+        sampler = (
+            DistributedSampler(split, num_replicas=world, rank=rank, shuffle=False)
+            if world > 1
+            else SequentialSampler(split)
+        )
+        return self._device_batches(split, device, sampler, self.eval_batch_size, False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._eval_batches(self.val_set) if self.has_val else []
+
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._eval_batches(self.test_set)
+
+    def teardown(self, stage: str) -> None:
+        self._device_splits.clear()  # free the device memory once the Trainer is done
 
     def augmentation_generator(self, device: torch.device) -> torch.Generator:
         """The generator for this epoch's augmentation, seeded from (seed, epoch, rank)."""

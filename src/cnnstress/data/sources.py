@@ -30,6 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -331,7 +332,24 @@ def _load_folder(root: Path, dataset: str, split: str) -> LabeledImages:
     return _stack(items, split_dir, dataset, split, None if ids is None else ids[order], why)
 
 
-def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> LabeledImages:
+def download_dataset(root: str | Path, dataset: str) -> bool:
+    """Download ``dataset`` into ``root`` with torchvision unless a copy is there already (or
+    ``root`` is a zip or an image folder). Returns whether it downloaded.
+
+    The data module's ``prepare_data`` calls it once (per node, or once in all) before the
+    other processes read the data, so DDP ranks never download into one folder at once.
+
+    Raises:
+        DataError: the download failed (offline, a disk error), with what to pass instead.
+    """
+    root = Path(root).expanduser().resolve()
+    if detect_root_kind(root) != "torchvision" or (root / _TORCHVISION_FOLDERS[dataset]).is_dir():
+        return False
+    _torchvision_dataset(root, dataset, "train", download=True)  # one archive holds both splits
+    return True
+
+
+def _torchvision_dataset(root: Path, dataset: str, split: str, download: bool) -> Any:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     dataset_cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[dataset]
@@ -346,11 +364,15 @@ def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> L
     ):
         raise DataError(f"no {dataset} data at {root} and dataset.download=false; {hint}")
     try:
-        data = dataset_cls(str(root), train=split == "train", download=download)
+        return dataset_cls(str(root), train=split == "train", download=download)
     except Exception as err:  # torchvision raises URLError, RuntimeError, OSError, ...
         reason = " ".join(str(err).split()) or type(err).__name__
         what = "download" if download else "load"
         raise DataError(f"could not {what} {dataset} into {root} ({reason}); {hint}") from None
+
+
+def _load_torchvision(root: Path, dataset: str, split: str, download: bool) -> LabeledImages:
+    data = _torchvision_dataset(root, dataset, split, download)
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(data.targets, dtype=torch.int64)
     # torchvision keeps the official order: the test index is the position.

@@ -19,6 +19,7 @@ from typing import Annotated
 import torch
 from torch import nn
 
+from cnnstress import devices
 from cnnstress.errors import ConfigError
 from cnnstress.rules import Integer, ListOf
 
@@ -83,13 +84,16 @@ def whitening_filters(images: torch.Tensor, size: int = 2, eps: float = WHITEN_E
     The eigenvectors ``v`` of the (uncentred, as airbench; the inputs are normalised) patch
     covariance, scaled by ``1 / sqrt(eigenvalue + eps)``, largest eigenvalue first, followed
     by their negatives (so the GELU after the layer keeps both signs of every component).
-    Computed in float64.
+    Computed in float64 on the images' device, or on the CPU for a device without float64
+    (Apple's MPS: the same filters as a CPU run); returned float32 on that device.
     """
     dim = images.shape[1] * size * size
-    covariance = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+    exact = devices.supports_float64(images.device)
+    device = images.device if exact else "cpu"
+    covariance = torch.zeros(dim, dim, dtype=torch.float64, device=device)
     count = 0
     for chunk in images.detach().split(500):  # bounded memory: 500 x 961 patches at a time
-        rows = patches(chunk.double(), size)
+        rows = patches(chunk.double() if exact else chunk.to("cpu", torch.float64), size)
         covariance += rows.T @ rows
         count += rows.shape[0]
     covariance /= count
@@ -106,8 +110,10 @@ class FastNet(nn.Module):
     ``whiten`` is a frozen 2x2 convolution (only its bias is trained, for the first
     ``whiten_bias_epochs`` epochs: :meth:`on_train_epoch_start`); its weights are set from
     training images by :meth:`init_from_data` before training, and travel in the checkpoint.
-    The BatchNorm scales are frozen at 1. Under DDP, a parameter that stops training mid-run
-    needs ``trainer.strategy=ddp_find_unused_parameters_true`` (or ``whiten_bias_epochs=0``).
+    The BatchNorm scales are frozen at 1. The bias stops training through the optimizer, not
+    ``requires_grad``: it keeps its gradient, which DDP needs from every parameter it registered
+    in every step, and :meth:`frozen_parameters` names it once its epochs are over, so the
+    training module drops its gradient before each optimizer step.
 
     Args:
         num_classes: outputs of the linear head.
@@ -133,6 +139,7 @@ class FastNet(nn.Module):
         self.whiten.weight.requires_grad_(False)
         nn.init.zeros_(self.whiten.bias)
         self.whiten.bias.requires_grad_(self.whiten_bias_epochs > 0)
+        self._bias_frozen = self.whiten_bias_epochs <= 0
         self.act = nn.GELU()
         self.group1 = ConvGroup(self.whiten.out_channels, w1)
         self.group2 = ConvGroup(w1, w2)
@@ -154,7 +161,12 @@ class FastNet(nn.Module):
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Train the whitening bias only during the first ``whiten_bias_epochs`` epochs."""
-        self.whiten.bias.requires_grad_(epoch < self.whiten_bias_epochs)
+        self._bias_frozen = epoch >= self.whiten_bias_epochs
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Parameters that still require gradients but must not change in this epoch's
+        optimizer steps: the whitening bias once its epochs are over."""
+        return [self.whiten.bias] if self._bias_frozen and self.whiten.bias.requires_grad else []
 
 
 def fast_net(

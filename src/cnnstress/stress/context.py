@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +23,7 @@ from cnnstress.data.sources import LabeledImages, load_split
 from cnnstress.errors import ConfigError
 
 S = TypeVar("S")
+log = logging.getLogger(__name__)
 
 
 class NormalizedModel(nn.Module):
@@ -177,10 +179,20 @@ def load_context(
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    """Where the stresses run: ``"auto"`` -> CUDA when available, else the CPU; a CUDA device
+    or the CPU as given; any other device (Apple's MPS, ...) -> the CPU.
+
+    The stresses run on the CPU or CUDA only: they need float64 and the JPEG codec, which MPS
+    lacks, and their numbers are compared across runs (``<stress>/device`` in ``stress.json``
+    says where each ran).
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"invalid device {device!r}: {err}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        log.info("the stresses run on the CPU, not on %s (CPU or CUDA only)", resolved)
+        return torch.device("cpu")
+    return resolved

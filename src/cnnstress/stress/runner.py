@@ -81,7 +81,8 @@ def run_stress(
             calibration, faithfulness, background).
         settings: ``{name: settings}`` (the objects of :data:`STRESS_SETTINGS`, e.g. built
             from the composed ``cfg.stress``); a stress missing here runs with its defaults.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; any other device (e.g. the
+            ``mps`` a run trained on) means the CPU (:func:`.context.resolve_device`).
         net, cfg: an already built backbone and the run's config; by default rebuilt from the
             run's checkpoint by :func:`cnnstress.checkpoints.load_backbone`.
         data_root: read the test (and validation) split from here instead of the run's
@@ -90,7 +91,8 @@ def run_stress(
     Returns:
         Everything now in ``stress.json``: earlier results of other stresses are kept, those of
         the stresses run now are replaced. Values are numbers (NaN written as null), except a
-        few descriptive strings (``*/source``, ``*/version``, ``calibration/fit_split``,
+        few descriptive strings (``<stress>/device``: ``cpu`` or ``cuda``, where it ran;
+        ``*/source``, ``*/version``, ``calibration/fit_split``,
         ``faithfulness/method``, ``faithfulness/target_layer``, ``background/fill``,
         ``background/cam/method``, ``background/cam/target_layer``).
 
@@ -110,6 +112,7 @@ def run_stress(
     for name in STRESSES:
         if name in names:
             results.update(STRESSES[name](ctx, settings.get(name)))
+            results[f"{name}/device"] = ctx.device.type  # where it ran: cpu or cuda
     return write_stress(run_dir, results, replace=names)
 
 
