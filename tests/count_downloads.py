@@ -16,7 +16,7 @@ import torchvision.datasets
 from omegaconf import DictConfig
 
 from cnnstress.errors import run_hydra_task
-from cnnstress.resolvers import register_resolvers
+from cnnstress.config_store import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,11 +53,12 @@ torchvision.datasets.CIFAR10 = CountingCIFAR10
 @hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float:
     """train.py's task, in this script (which Lightning then re-runs for the other ranks)."""
+    from cnnstress.training import run_training
 
-    return run_hydra_task(train, cfg).get("test/acc", float("nan"))
+    return run_hydra_task(run_training, cfg).get("test/acc", float("nan"))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("CNNSTRESS_ROOT", str(ROOT))
-    register_resolvers()
+    register_configs()
     main()

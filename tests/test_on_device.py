@@ -107,6 +107,6 @@ def test_auto_keeps_data_on_cuda_devices_only(value, device, expected):
     assert on_device_for(value, device) is expected
 
 
-def test_a_bad_on_device_value_is_one_line(tiny_cifar10_zip):
+def test_a_bad_on_device_value_is_one_line(make_config):
     with pytest.raises(ConfigError, match=r"^dataset\.on_device must be true or false or one of"):
-        datamodule(tiny_cifar10_zip, "sometimes")
+        make_config("dataset.on_device=sometimes")
