@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from cnnstress.run_files import read_metrics
+from cnnstress.run_dir import read_metrics
 
 from cnnstress.training import run_training
 from tests.conftest import ROOT, compose_train_config

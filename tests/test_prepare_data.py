@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from cnnstress.run_files import read_metrics
+from cnnstress.run_dir import read_metrics
 
 from tests.conftest import ROOT, TINY_RUN
 

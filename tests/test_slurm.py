@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from cnnstress.run_files import read_metrics
+from cnnstress.run_dir import read_metrics
 from omegaconf import OmegaConf
 
 from cnnstress.errors import ConfigError
