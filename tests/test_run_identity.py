@@ -177,7 +177,7 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job(tiny_cifar10_zip, tmp_pa
     assert (
         err.strip()
         .splitlines()[-1]
-        .startswith("cnnstress: error: module.optimizer.lr must be a number > 0, got -1 (job ")
+        .startswith("cnnstress: error: module.optimizer.lr must be a number > 0, got -1.0 (job ")
     )
 
 
