@@ -7,8 +7,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cnnstress.config_store import main_precheck, register_configs
-from cnnstress.errors import exit_on_user_error
+from cnnstress.app.configs import main_precheck, register_configs
+from cnnstress.core.errors import exit_on_user_error
 
 os.environ.setdefault("CNNSTRESS_ROOT", str(Path(__file__).resolve().parent))
 register_configs()
@@ -17,7 +17,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     """Read the runs, compare them, and print where the report is."""
-    from cnnstress.analysis import analyze
+    from cnnstress.app.analyze import analyze
 
     out = exit_on_user_error(analyze, cfg)
     print(f"cnnstress: report in {out / 'report.html'}")

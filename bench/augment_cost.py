@@ -29,9 +29,9 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from omegaconf import OmegaConf
 
-from cnnstress.augment import build_augmentation
-from cnnstress.config import build
-from cnnstress.config_store import compose_config
+from cnnstress.app.configs import compose_config
+from cnnstress.core.augment import build_augmentation
+from cnnstress.core.config import build
 
 IMPROVEMENTS = ["baseline", "cutout", "cutmix", "mixup", "augment", "label_smoothing"]
 

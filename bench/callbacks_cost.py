@@ -27,9 +27,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cnnstress.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
-from cnnstress.config_store import compose_config
-from cnnstress.training import run_training
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.train.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
 
 STRESS = (HighConfidenceFailures, GradCAMGrids, ConfusionCalibration)
 STRESS_KEYS = ("high_conf_failures", "gradcam", "evaluation")

@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
-from cnnstress.config import build
-from cnnstress.config_store import compose_config
-from cnnstress.param_groups import parameter_groups
-from cnnstress.training import build_datamodule, resolve_config, run_training
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.core.config import build
+from cnnstress.train.param_groups import parameter_groups
+from cnnstress.train.training import build_datamodule, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["experiment=fast_cifar10"]

@@ -166,8 +166,8 @@ class Check:
     def auto(self) -> tuple[bool, str]:
         code = (
             "import sys, tempfile, torch; from pathlib import Path; "
-            "from cnnstress.config_store import compose_config; "
-            "from cnnstress.precision import device_info, resolve_auto; "
+            "from cnnstress.app.configs import compose_config; "
+            "from cnnstress.train.precision import device_info, resolve_auto; "
             "cfg = compose_config(Path(tempfile.mkdtemp()), sys.argv[1:]); "
             "info = device_info(cfg.trainer.accelerator, cfg.trainer.devices); "
             "p, cl = resolve_auto(cfg); "

@@ -1,12 +1,13 @@
 """Host-device synchronisations per training step, counted on real training runs.
 
     python bench/sync_check.py --device cuda dataset.root=DATA   # torch.cuda.set_sync_debug_mode
-    python bench/sync_check.py --device cpu dataset.root=DATA    # cnnstress.sync_audit
+    python bench/sync_check.py --device cpu dataset.root=DATA    # cnnstress.train.sync_audit
 
 On CUDA, PyTorch itself reports every synchronising call while ``set_sync_debug_mode("warn")``
 is on (blocking copies, ``.item()``, ``nonzero``, stream synchronisations); this script turns it
 on for the training steps only (every step but the first of each epoch, as
-:class:`cnnstress.sync_audit.SyncAuditCallback` counts them) and counts the warnings. On the CPU,
+:class:`~cnnstress.train.sync_audit.SyncAuditCallback` counts them) and counts the warnings.
+On the CPU,
 where PyTorch has no such mode, the TorchFunctionMode audit of cnnstress counts the same
 operations. Two configurations: the baseline (simple CNN, crop + flip) and the fast recipe with
 CutMix and colour jitter (lookahead included). Extra arguments are Hydra overrides of both.
@@ -25,9 +26,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from cnnstress.config_store import compose_config
-from cnnstress.sync_audit import SyncAuditCallback
-from cnnstress.training import run_training
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.train.sync_audit import SyncAuditCallback
 
 CONFIGS = {
     "baseline": ["model=simple_cnn", "trainer.max_epochs=2"],
@@ -96,7 +97,9 @@ class CudaSyncCount(L.Callback):
 def count(device: str, overrides: list[str], out: Path) -> tuple[float, int, dict[str, int]]:
     """``(syncs per step, steps, syncs per place)`` of one training run."""
     callback = (
-        "cnnstress.sync_audit.SyncAuditCallback" if device == "cpu" else f"{__name__}.CudaSyncCount"
+        "cnnstress.train.sync_audit.SyncAuditCallback"
+        if device == "cpu"
+        else f"{__name__}.CudaSyncCount"
     )
     accelerator = "cpu" if device == "cpu" else "gpu"
     cfg = compose_config(

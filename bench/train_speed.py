@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
-from cnnstress.config import build
-from cnnstress.config_store import compose_config
-from cnnstress.training import build_datamodule, resolve_config, run_training
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.core.config import build
+from cnnstress.train.training import build_datamodule, resolve_config
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 # The precisions the plain loop reproduces, and their autocast dtype (None: no autocast).
@@ -83,7 +84,7 @@ class PlainLoop:
     def step(self) -> float:
         """One training step; returns its duration in seconds."""
         # As in a script that never imported Lightning (which sets this variable at import and
-        # so makes torch.optim's per-step CUDA check an NVML probe); cnnstress.training resets it
+        # so makes torch.optim's per-step CUDA check an NVML probe); cnnstress' training resets it
         # for CPU runs without a GPU.
         saved = os.environ.pop(NVML_CHECK, None)
         try:

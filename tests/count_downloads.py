@@ -15,8 +15,8 @@ import numpy as np
 import torchvision.datasets
 from omegaconf import DictConfig
 
-from cnnstress.errors import run_hydra_task
-from cnnstress.config_store import register_configs
+from cnnstress.app.configs import register_configs
+from cnnstress.core.errors import run_hydra_task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,7 +53,7 @@ torchvision.datasets.CIFAR10 = CountingCIFAR10
 @hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float:
     """train.py's task, in this script (which Lightning then re-runs for the other ranks)."""
-    from cnnstress.training import run_training
+    from cnnstress.app.train import run_training
 
     return run_hydra_task(run_training, cfg).get("test/acc", float("nan"))
 

@@ -27,14 +27,15 @@ from omegaconf import OmegaConf, open_dict
 from scipy import stats
 from torchvision.io import encode_png
 
-from cnnstress.analysis import analyse, analyze, collect_runs
+from cnnstress.analysis import collect_runs, compare_groups
 from cnnstress.analysis.gradcam import side_by_side
-from cnnstress.analysis.report import differs_in
 from cnnstress.analysis.runs import latest_multirun
-from cnnstress.checkpoints import load_backbone
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.training import run_training
+from cnnstress.app.analyze import analyze
+from cnnstress.app.train import run_training
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.report.view import differs_in
 from tests.conftest import CONF_DIR, ROOT, TINY_RUN, class_pattern_image, compose_train_config
 
 SEEDS = (1, 2)
@@ -127,7 +128,7 @@ def test_runs_are_grouped_and_incomplete_run_is_skipped(sweep):
 
 
 def test_accuracies_and_intervals_match_predictions(sweep):
-    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     assert [g.key.label for g in analysis.groups] == [
         "cifar10/simple_cnn/baseline", "cifar10/simple_cnn/label_smoothing"
     ]  # fmt: skip
@@ -144,7 +145,7 @@ def test_accuracies_and_intervals_match_predictions(sweep):
 
 
 def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
-    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     (comparison,) = analysis.comparisons
     assert comparison.reference.key.name == "baseline"
     assert comparison.constrained and comparison.changed_keys == ["module.loss.label_smoothing"]
@@ -192,7 +193,7 @@ def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
 
 
 def test_threshold_curve_matches_predictions(sweep):
-    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     for group in analysis.groups:
         for row, seed in enumerate(group.seeds):
             p = _predictions(sweep / f"{group.key.name}_{seed}")
@@ -218,8 +219,9 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
     assert [text for _, text in headings[:2]] == ["Contents", "Verdict"]
     links = re.findall(r'<a href="#([^"]+)">', html)
     assert set(links) == {anchor for anchor, _ in headings[1:]}
-    assert html.count("<table>") == html.count('<div class="table-wrap"><table>')
-    verdict = re.search(r'id="verdict">Verdict</h2>\s*<ul><li>([^<]+)</li>', html).group(1)
+    assert html.count("<table>") >= 4 and "table{border-collapse:collapse;" in html
+    assert "overflow-x:auto" in re.search(r"table\{[^}]*\}", html).group(0)
+    verdict = re.search(r'id="verdict">Verdict</h2>\s*<ul>\s*<li>([^<]+)</li>', html).group(1)
     assert verdict.startswith("label_smoothing vs baseline (cifar10/simple_cnn): accuracy ")
     # the runs' failures callback is off here: no threshold recorded, the closest to 0.8 counted
     assert "Confident failures (≥ 0.8): " in verdict
@@ -239,7 +241,7 @@ def test_analyze_writes_every_file_and_embeds_images(sweep, tmp_path):
 
 
 def test_gradcam_shows_the_reference_top_failures(sweep):
-    analysis = analyse(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     side = side_by_side(analysis.comparisons, top_n=3)
     p = _predictions(sweep / "baseline_1")  # seed 1: the smallest seed both groups have
     conf, wrong = p["probs"].max(1), p["probs"].argmax(1) != p["target"]
@@ -282,7 +284,7 @@ def edit_run(source: Path, target: Path, **changes: object) -> Path:
 
 def test_other_model_is_never_pooled(sweep, tmp_path):
     other = edit_run(sweep / "baseline_2", tmp_path / "other_model", model__name="other_cnn")
-    analysis = analyse(collect_runs([other], sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs([other], sweep=sweep), "baseline", THRESHOLDS)
     labels = {g.key.label: len(g.runs) for g in analysis.groups}
     assert labels == {
         "cifar10/simple_cnn/baseline": 2,
@@ -298,7 +300,7 @@ def test_groups_differing_in_epochs_are_apart_and_unconstrained(sweep, tmp_path)
         for s in SEEDS
     ]
     base30 = edit_run(sweep / "baseline_1", tmp_path / "b30", trainer__max_epochs=30)
-    analysis = analyse(collect_runs([*longer, base30], sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs([*longer, base30], sweep=sweep), "baseline", THRESHOLDS)
     names = {g.key.name: [r.seed for r in g.runs] for g in analysis.groups}
     assert names == {
         "baseline [trainer.max_epochs=2]": [1, 2],
@@ -315,7 +317,7 @@ def test_groups_differing_in_epochs_are_apart_and_unconstrained(sweep, tmp_path)
     assert all(c.constrained for c in analysis.comparisons)
 
     # With only the 2-epoch baseline as reference, the 30-epoch runs are unconstrained.
-    analysis = analyse(collect_runs(longer, sweep=sweep), "baseline", THRESHOLDS)
+    analysis = compare_groups(collect_runs(longer, sweep=sweep), "baseline", THRESHOLDS)
     (unconstrained,) = [c for c in analysis.comparisons if not c.constrained]
     assert unconstrained.other.key.name == "label_smoothing [trainer.max_epochs=30]"
     assert unconstrained.unconstrained_keys == ["trainer.max_epochs"]
@@ -337,16 +339,16 @@ def test_reference_picks_one_of_same_named_groups_by_its_items(sweep, tmp_path):
         for s in SEEDS
     ]
     runs = collect_runs([*longer, *(sweep / f"baseline_{s}" for s in SEEDS)])
-    analysis = analyse(runs, "baseline [trainer.max_epochs=30]", THRESHOLDS)
+    analysis = compare_groups(runs, "baseline [trainer.max_epochs=30]", THRESHOLDS)
     (comparison,) = analysis.comparisons
     assert comparison.reference.key.name == "baseline [trainer.max_epochs=30]"
     assert comparison.other.key.name == "baseline [trainer.max_epochs=2]"
     assert not comparison.constrained and comparison.unconstrained_keys == ["trainer.max_epochs"]
     assert differs_in(comparison) == "UNCONSTRAINED: trainer.max_epochs: 30 -> 2"
     # the bare name matches both: neither is compared
-    assert analyse(runs, "baseline", THRESHOLDS).comparisons == []
+    assert compare_groups(runs, "baseline", THRESHOLDS).comparisons == []
     with pytest.raises(ConfigError, match="matches no group"):
-        analyse(runs, "baseline [trainer.max_epochs=3]", THRESHOLDS)
+        compare_groups(runs, "baseline [trainer.max_epochs=3]", THRESHOLDS)
 
 
 def test_second_run_of_a_seed_is_skipped_with_reason(sweep, tmp_path):
@@ -406,7 +408,7 @@ def test_foreign_target_in_a_run_config_is_refused(sweep, tmp_path):
 
 def test_bad_reference_and_no_runs_are_one_line_errors(sweep, tmp_path):
     with pytest.raises(ConfigError, match="reference=cutmixx matches no group; give a group name"):
-        analyse(collect_runs(sweep=sweep), "cutmixx", THRESHOLDS)
+        compare_groups(collect_runs(sweep=sweep), "cutmixx", THRESHOLDS)
     with pytest.raises(DataError, match="no run directories"):
         collect_runs(sweep=tmp_path)
     with pytest.raises(ConfigError, match="runs=\\[DIR"):

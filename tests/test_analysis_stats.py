@@ -13,17 +13,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cnnstress.analysis.compare import Analysis, analyse, pool_transitions, transitions
-from cnnstress.analysis.report import (
-    Heading,
-    Image,
-    Paragraph,
-    Table,
-    label_error_blocks,
-    to_html,
-    to_markdown,
-    verdict,
-)
+from cnnstress.analysis.compare import Analysis, compare_groups, pool_transitions, transitions
 from cnnstress.analysis.runs import Run, RunCollection
 from cnnstress.analysis.statistics import (
     crossed_test,
@@ -33,18 +23,21 @@ from cnnstress.analysis.statistics import (
     paired_test,
     share_better,
 )
-from cnnstress.cam import run_cam_settings
-from cnnstress.data.label_errors import load_label_errors
-from cnnstress.errors import ConfigError
-from cnnstress.identity import run_identity
-from cnnstress.metrics import (
+from cnnstress.core.cam import run_cam_settings
+from cnnstress.core.data.label_errors import load_label_errors
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.identity import run_identity
+from cnnstress.core.metrics import (
     binned_calibration_error,
     expected_calibration_error,
     high_conf_errors,
     per_class_accuracy,
     reliability_bins,
 )
-from cnnstress.plots.comparison import per_class_selection
+from cnnstress.report.figures.comparison import per_class_selection
+from cnnstress.report.sentences import verdict
+from cnnstress.report.view import build_view
+from cnnstress.report.write import render
 from tests.conftest import TINY_RUN, compose_train_config
 
 
@@ -161,15 +154,17 @@ def test_cam_settings_follow_the_run_config(tmp_path):
 
 
 def test_report_renders_markdown_and_self_contained_html(tmp_path):
-    png = tmp_path / "a.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    blocks = [Heading(1, "T <x>"), Paragraph("a & b"), Table(["g", "v|w"], [["1", "2"]]),
-              Image("a.png", "cap")]  # fmt: skip
-    md = to_markdown(blocks)
-    assert "# T <x>" in md and "| g | v\\|w |" in md and "![cap](a.png)" in md
-    html = to_html(blocks, tmp_path, "t")
-    assert "T &lt;x&gt;" in html and "a &amp; b" in html
-    (src,) = re.findall(r'src="([^"]+)"', html)
+    """Text from run directories is untrusted: Markdown keeps it (table pipes escaped), the page
+    escapes it, and figures are embedded so the page stands alone."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    view = build_view(planted_analysis([0.05, 0.06, 0.055]), {"confidence": ["a.png"]},
+                      ["runs <b>x</b> | y & z"])  # fmt: skip
+    summary, md, html = render(view, tmp_path)
+    assert "runs <b>x</b> \\| y & z" in md and "runs <b>x</b>" in summary
+    assert "](a.png)" in md and "| group |" in md
+    assert "runs &lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+    assert "&amp; z" in html and "<table>" in html
+    (src,) = re.findall(r'<img[^>]* src="([^"]+)"', html)
     assert src == "data:image/png;base64,iVBORw0KGgpmYWtl"
 
 
@@ -243,7 +238,7 @@ def planted_analysis(gains: list[float], n: int = 2000) -> Analysis:
         pool = np.flatnonzero(~base if gain > 0 else base)
         better[rng.choice(pool, round(abs(gain) * n), replace=False)] = gain > 0
         runs += [planted_run("baseline", seed, base), planted_run("smooth", seed, better)]
-    return analyse(RunCollection(runs=runs), "baseline", (0.5, 0.8))
+    return compare_groups(RunCollection(runs=runs), "baseline", (0.5, 0.8))
 
 
 def test_verdict_of_a_clear_gain_and_of_too_few_seeds():
@@ -283,7 +278,7 @@ def test_label_errors_in_the_analysis_of_planted_runs():
         better = base | is_error  # the same, plus every label error's given label
         runs += [planted_run("baseline", seed, base, index, target),
                  planted_run("smooth", seed, better, index, target)]  # fmt: skip
-    analysis = analyse(RunCollection(runs=runs), "baseline", (0.5, 0.8))
+    analysis = compare_groups(RunCollection(runs=runs), "baseline", (0.5, 0.8))
     ref, other = analysis.groups
     assert ref.has_label_errors and other.has_label_errors
     for group in (ref, other):
@@ -299,6 +294,5 @@ def test_label_errors_in_the_analysis_of_planted_runs():
     assert c.crossed_clean.delta == 0 and c.crossed_clean.images == 1960
     text = verdict(c, analysis)
     assert "Without the 40 known label errors: +0.00 pp" in text
-    blocks = label_error_blocks(analysis)
-    rendered = to_markdown(blocks)
-    assert "Known label errors" in rendered and "| 40 |" in rendered
+    _, rendered, _ = render(build_view(analysis, {}, ["planted"]), Path("."))
+    assert "## Known label errors" in rendered and "| 40 |" in rendered

@@ -17,11 +17,11 @@ import pytest
 import torch
 from scipy import stats
 
-from cnnstress.analysis import analyze
 from cnnstress.analysis.runs import GroupKey
 from cnnstress.analysis.statistics import holm
 from cnnstress.analysis.stress import StressGroup, holm_families
-from cnnstress.errors import ConfigError
+from cnnstress.app.analyze import analyze
+from cnnstress.core.errors import ConfigError
 from tests.conftest import ROOT, compose_train_config
 from tests.test_analysis_end_to_end import _train_run, noisy_zip
 

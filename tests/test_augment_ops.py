@@ -10,10 +10,10 @@ import torchvision.transforms.v2.functional as TF
 from scipy import stats
 from torchvision.transforms import InterpolationMode
 
-from cnnstress.augment import IMAGE_OPS, MIX_OPS, build_augmentation, sample_beta
-from cnnstress.augment.ops import jitter_colors, rotate
-from cnnstress.config import build
-from cnnstress.errors import ConfigError
+from cnnstress.core.augment import IMAGE_OPS, MIX_OPS, build_augmentation, sample_beta
+from cnnstress.core.augment.ops import jitter_colors, rotate
+from cnnstress.core.config import build
+from cnnstress.core.errors import ConfigError
 
 # Every op with parameters that make it act on every image (flip keeps its 0.5).
 ALWAYS = {

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cnnstress.analysis import collect_runs
-from cnnstress.config_store import precheck
-from cnnstress.data.sources import load_split
-from cnnstress.errors import UserError
-from cnnstress.training import run_training
+from cnnstress.app.configs import precheck
+from cnnstress.app.train import run_training
+from cnnstress.core.data.sources import load_split
+from cnnstress.core.errors import UserError
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 # (overrides, the one line's message): refused by the entry point before Hydra creates anything.

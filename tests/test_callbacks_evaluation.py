@@ -11,10 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import multiclass_calibration_error
 from torchvision.io import read_image
 
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.metrics import binned_calibration_error, reliability_bins
-from cnnstress.training import build_datamodule, build_module, build_trainer
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.metrics import binned_calibration_error, reliability_bins
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import prepared
 from tests.test_callbacks_failures import ConstantLogits
 

@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torchvision.io import read_image
 
-from cnnstress.config import build
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.metrics import find_failures
-from cnnstress.training import build_datamodule, build_module, build_trainer
+from cnnstress.core.config import build
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.metrics import find_failures
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import prepared
 
 

@@ -9,13 +9,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cnnstress.callbacks import GradCAMGrids
-from cnnstress.cam import METHODS, compute_heatmaps, hook_snapshot, predict_probs
-from cnnstress.config import build
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.run_dir import read_metrics
-from cnnstress.training import build_datamodule, build_module, build_trainer, run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.cam import METHODS, compute_heatmaps, hook_snapshot, predict_probs
+from cnnstress.core.config import build
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import read_metrics
+from cnnstress.train.callbacks import GradCAMGrids
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import prepared
 
 

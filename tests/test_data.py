@@ -15,14 +15,14 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 
-from cnnstress.augment import RandomCrop, RandomHorizontalFlip, build_augmentation
-from cnnstress.data import CIFARDataModule, load_split
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.data.datamodule import DatasetConfig
-from cnnstress.data.sources import detect_root_kind, resolve_root
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_dir import read_record
-from cnnstress.training import run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import RandomCrop, RandomHorizontalFlip, build_augmentation
+from cnnstress.core.data import CIFARDataModule, load_split
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.data.datamodule import DatasetConfig
+from cnnstress.core.data.sources import detect_root_kind, resolve_root
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.run_dir import read_record
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP
 
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from cnnstress.run_dir import read_metrics
 
-from cnnstress.training import run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.run_dir import read_metrics
 from tests.conftest import ROOT, compose_train_config
 from tests.test_fast_recipe import FAST_TINY
 from tests.test_training import model_metrics

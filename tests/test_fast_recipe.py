@@ -11,19 +11,26 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 
-from cnnstress.augment import RandomCrop, drop_unlisted_ops
-from cnnstress.callbacks import WeightAverage
-from cnnstress.checkpoints import load_backbone
-from cnnstress.config import build
-from cnnstress.data.sources import load_split
-from cnnstress.errors import ConfigError
-from cnnstress.identity import run_identity
-from cnnstress.models import FastNet, fast_net
-from cnnstress.models.airbench import BN_EPS, BN_MOMENTUM, WHITEN_EPS, patches, whitening_filters
-from cnnstress.run_dir import read_metrics, read_predictions
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import RandomCrop, drop_unlisted_ops
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.config import build
+from cnnstress.core.data.sources import load_split
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.identity import run_identity
+from cnnstress.core.models import FastNet, fast_net
+from cnnstress.core.models.airbench import (
+    BN_EPS,
+    BN_MOMENTUM,
+    WHITEN_EPS,
+    patches,
+    whitening_filters,
+)
+from cnnstress.core.run_dir import read_metrics, read_predictions
 from cnnstress.stress.faithfulness import cascade_units
-from cnnstress.training import build_datamodule, build_module, run_training
-from cnnstress.tta import tta_logits
+from cnnstress.train.callbacks import WeightAverage
+from cnnstress.train.training import build_datamodule, build_module
+from cnnstress.train.tta import tta_logits
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, compose_train_config
 from tests.test_training import model_metrics
 

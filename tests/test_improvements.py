@@ -12,12 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnstress.augment import Cutout, RandomCrop, RandomHorizontalFlip
-from cnnstress.config import build
-from cnnstress.errors import ConfigError
-from cnnstress.module import ClassifierModule, LossConfig, ModuleConfig
-from cnnstress.run_dir import read_metrics
-from cnnstress.training import build_datamodule, run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import Cutout, RandomCrop, RandomHorizontalFlip
+from cnnstress.core.config import build
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import read_metrics
+from cnnstress.train.module import ClassifierModule, LossConfig, ModuleConfig
+from cnnstress.train.training import build_datamodule
 from tests.conftest import CONF_DIR, compose_train_config
 
 IMPROVEMENTS = ["baseline", "cutout", "cutmix", "mixup", "augment", "label_smoothing"]

@@ -16,14 +16,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torchvision.io import decode_image, encode_png, read_image
 
-from cnnstress.callbacks import GradCAMGrids, HighConfidenceFailures
-from cnnstress.data import CIFARDataModule
-from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CLASSES
-from cnnstress.data.datamodule import DatasetConfig, load_label_errors, load_split
-from cnnstress.errors import ConfigError
-from cnnstress.plots.images import FRAME_COLOR
-from cnnstress.run_dir import read_metrics, read_predictions, write_predictions
-from cnnstress.training import build_datamodule, build_module, build_trainer, run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.data import CIFARDataModule
+from cnnstress.core.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CLASSES
+from cnnstress.core.data.datamodule import DatasetConfig, load_label_errors, load_split
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.plots.images import FRAME_COLOR
+from cnnstress.core.run_dir import read_metrics, read_predictions, write_predictions
+from cnnstress.train.callbacks import GradCAMGrids, HighConfidenceFailures
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image, prepared
 from tests.test_callbacks_failures import ConstantLogits
 
@@ -215,7 +216,7 @@ def test_files_not_named_by_official_indices_are_positions(tmp_path, caplog, fil
         for label_name, stems in files.items():
             for stem in stems:
                 archive.writestr(f"test/{label_name}/{stem}.png", png)
-    with caplog.at_level(logging.WARNING, logger="cnnstress.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="cnnstress.core.data.sources"):
         test = load_split(path, "cifar10", "test")
         load_split(path, "cifar10", "test")  # cached: no second message
     assert test.ids is None
@@ -304,7 +305,7 @@ def test_planted_label_errors_in_failures_grids_and_clean_accuracy(
 ):
     root = make_official_zip(tmp_path / "planted10.zip", "cifar10", PLANTED10)
     cam_targets = []
-    import cnnstress.callbacks.gradcam as gradcam_module
+    import cnnstress.train.callbacks.gradcam as gradcam_module
 
     real = gradcam_module.compute_heatmaps
 

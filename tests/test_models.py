@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnstress.config import build
-from cnnstress.models import SimpleCNN, preact_resnet18, resnet18, wide_resnet
+from cnnstress.core.config import build
+from cnnstress.core.models import SimpleCNN, preact_resnet18, resnet18, wide_resnet
 from tests.conftest import compose_train_config
 
 

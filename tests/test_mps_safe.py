@@ -9,13 +9,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-import cnnstress.devices as devices
-from cnnstress.augment import CutMix, MixUp, sample_beta
-from cnnstress.models.airbench import whitening_filters
+import cnnstress.core.devices as devices
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import CutMix, MixUp, sample_beta
+from cnnstress.core.models.airbench import whitening_filters
 from cnnstress.stress import corruptions, read_stress, run_stress
 from cnnstress.stress.context import resolve_device
-from cnnstress.sync_audit import SyncAudit
-from cnnstress.training import run_training
+from cnnstress.train.sync_audit import SyncAudit
 
 
 class Float64Created(TorchFunctionMode):
@@ -34,7 +34,7 @@ class Float64Created(TorchFunctionMode):
 
 
 class Float64OnDevice(SyncAudit):
-    """Where tensors would live (cnnstress.sync_audit), recording float64 ones on the device."""
+    """Where tensors would live (train.sync_audit), recording float64 ones on the device."""
 
     def __init__(self) -> None:
         super().__init__("cpu")

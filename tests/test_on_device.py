@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cnnstress.data import CIFARDataModule
-from cnnstress.data.datamodule import DatasetConfig, keep_batch
-from cnnstress.data.device_batches import DeviceBatches
-from cnnstress.devices import on_device_for
-from cnnstress.errors import ConfigError
-from cnnstress.training import run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.data import CIFARDataModule
+from cnnstress.core.data.datamodule import DatasetConfig, keep_batch
+from cnnstress.core.data.device_batches import DeviceBatches
+from cnnstress.core.devices import on_device_for
+from cnnstress.core.errors import ConfigError
 from tests.test_training import model_metrics
 
 

@@ -12,13 +12,14 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from omegaconf import OmegaConf
 
-import cnnstress.precision as precision
-from cnnstress.checkpoints import load_backbone
-from cnnstress.errors import ConfigError
-from cnnstress.precision import resolve_auto
-from cnnstress.run_dir import read_metrics, read_predictions
+import cnnstress.train.precision as precision
+from cnnstress.app.train import run_training
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import read_metrics, read_predictions
 from cnnstress.stress import read_stress
-from cnnstress.training import build_trainer, cheap_cuda_checks, run_training
+from cnnstress.train.precision import resolve_auto
+from cnnstress.train.training import build_trainer, cheap_cuda_checks
 
 BF16 = ("trainer.precision=bf16-mixed", "module.channels_last=true")
 # Metrics that measure the machine, not the model.
@@ -198,7 +199,7 @@ def test_cuda_checks_are_cheap_again_only_on_cpu_runs_without_a_gpu(
 
 def test_train_loss_is_the_image_weighted_mean_over_the_epoch():
 
-    from cnnstress.module import ClassifierModule
+    from cnnstress.train.module import ClassifierModule
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     module = ClassifierModule(net, num_classes=3)

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 import torch
 
-import cnnstress.precision as precision
-from cnnstress.precision import GPU, DeviceInfo, choose, cuda_indices, resolve_auto
+import cnnstress.train.precision as precision
+from cnnstress.train.precision import GPU, DeviceInfo, choose, cuda_indices, resolve_auto
 
 T4, V100, P100 = GPU("Tesla T4", (7, 5)), GPU("Tesla V100", (7, 0)), GPU("Tesla P100", (6, 0))
 A100, H100 = GPU("NVIDIA A100", (8, 0)), GPU("NVIDIA H100", (9, 0))

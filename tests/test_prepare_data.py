@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from cnnstress.run_dir import read_metrics
 
+from cnnstress.core.run_dir import read_metrics
 from tests.conftest import ROOT, TINY_RUN
 
 

@@ -13,13 +13,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cnnstress.analysis import analyze
-from cnnstress.errors import ConfigError
-from cnnstress.identity import fingerprint, run_identity
-from cnnstress.overrides import check_group_choices
-from cnnstress.resolvers import claim_unique_dir
-from cnnstress.run_dir import read_metrics, read_record
-from cnnstress.training import build_datamodule, build_module, run_training
+from cnnstress.app.analyze import analyze
+from cnnstress.app.train import run_training
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.identity import fingerprint, run_identity
+from cnnstress.core.overrides import check_group_choices
+from cnnstress.core.resolvers import claim_unique_dir
+from cnnstress.core.run_dir import read_metrics, read_record
+from cnnstress.train.training import build_datamodule, build_module
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 

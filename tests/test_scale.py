@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cnnstress.analysis import analyze
-from cnnstress.run_dir import read_metrics, read_predictions
-from cnnstress.training import run_training
+from cnnstress.app.analyze import analyze
+from cnnstress.app.train import run_training
+from cnnstress.core.run_dir import read_metrics, read_predictions
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 

@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from cnnstress.run_dir import read_metrics
 from omegaconf import OmegaConf
 
-from cnnstress.errors import ConfigError
-from cnnstress.slurm import requeued_checkpoint, slurm_gpus
-from cnnstress.training import run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import read_metrics
+from cnnstress.core.slurm import requeued_checkpoint, slurm_gpus
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 from tests.test_training import model_metrics
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnstress.errors import ConfigError
+from cnnstress.core.errors import ConfigError
 from cnnstress.stress.adversarial import eps_key, fgsm, parse_eps, pgd
 from cnnstress.stress.calibration import (
     calibration_error,

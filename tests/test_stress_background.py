@@ -13,11 +13,12 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cnnstress.config import build
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.models import SimpleCNN
+from cnnstress.app.train import run_training
+from cnnstress.core.config import build
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.models import SimpleCNN
 from cnnstress.stress import read_stress, run_stress
 from cnnstress.stress.background import (
     CLASSES_FILE,
@@ -30,7 +31,6 @@ from cnnstress.stress.background import (
     outside_share,
 )
 from cnnstress.stress.context import StressContext, to_unit
-from cnnstress.training import run_training
 from tests.conftest import compose_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnstress.data.sources import LabeledImages
-from cnnstress.models import SimpleCNN, resnet18
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.models import SimpleCNN, resnet18
 from cnnstress.stress import adversarial, calibration, faithfulness
 from cnnstress.stress.context import StressContext, accuracy
 from cnnstress.stress.faithfulness import cascade, cascade_units, heatmaps, randomized_copy

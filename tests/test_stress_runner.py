@@ -10,11 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnstress.checkpoints import load_backbone
-from cnnstress.config import build
-from cnnstress.data.sources import load_split
-from cnnstress.errors import ConfigError
-from cnnstress.models import SimpleCNN
+from cnnstress.app.train import run_training
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.config import build
+from cnnstress.core.data.sources import load_split
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.models import SimpleCNN
 from cnnstress.stress import STRESS_SETTINGS, STRESSES, read_stress, run_stress
 from cnnstress.stress.adversarial import AdversarialSettings
 from cnnstress.stress.corruption_suite import CorruptionSettings, iter_corrupted
@@ -22,7 +23,6 @@ from cnnstress.stress.faithfulness import (
     randomized_copy,
     rank_correlations,
 )
-from cnnstress.training import run_training
 from tests.conftest import class_pattern_image
 
 TYPES = ["gaussian_noise", "fog", "jpeg_compression", "speckle_noise"]  # speckle: an extra type
@@ -169,8 +169,8 @@ def test_randomisation_touches_only_the_listed_layers_and_identity_correlates_fu
 def test_train_py_stress_option_writes_stress_json_at_the_end(
     make_config, tiny_cifar10_zip, tmp_path
 ):
+    from cnnstress.app.train import run_training
     from cnnstress.stress import read_stress
-    from cnnstress.training import run_training
 
     cfg = make_config(
         f"dataset.root={tiny_cifar10_zip}", "stress=[calibration,adversarial]",

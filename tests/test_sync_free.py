@@ -1,6 +1,6 @@
 """A sync-free training step (issue 24): no host-device synchronisation per training step in
 the baseline and in the fast recipe with CutMix and colour jitter, audited on real training
-iterations on the CPU (cnnstress.sync_audit), and an audit that does catch planted ones."""
+iterations on the CPU (cnnstress.train.sync_audit), and an audit that does catch planted ones."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from cnnstress.callbacks import WeightAverage
-from cnnstress.sync_audit import SyncAudit, SyncAuditCallback
-from cnnstress.training import run_training
+from cnnstress.app.train import run_training
+from cnnstress.train.callbacks import WeightAverage
+from cnnstress.train.sync_audit import SyncAudit, SyncAuditCallback
 from tests.conftest import TINY_RUN, compose_train_config
 
-AUDIT = "+callbacks.sync_audit._target_=cnnstress.sync_audit.SyncAuditCallback"
+AUDIT = "+callbacks.sync_audit._target_=cnnstress.train.sync_audit.SyncAuditCallback"
 # The fast recipe made tiny (tests/test_fast_recipe.py), lookahead every 2 steps.
 FAST = (
     "experiment=fast_cifar10", "model.net.widths=[8,16,16]", "model.net.init_images=64",

@@ -11,9 +11,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_dir import read_metrics, read_predictions, read_record
-from cnnstress.training import run_training
+from cnnstress.app.train import run_training
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.run_dir import read_metrics, read_predictions, read_record
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN, compose_train_config
 
 # Metrics that measure the machine, not the model.
@@ -203,7 +203,7 @@ def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout + result.stderr
     assert "\r" not in out and "it/s" not in out
-    epochs = [line for line in out.splitlines() if "cnnstress.callbacks.progress" in line]
+    epochs = [line for line in out.splitlines() if "cnnstress.train.callbacks.progress" in line]
     assert [line.split("] - ")[1].split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
     assert all("img/s" in line and "val loss" in line and "ETA" in line for line in epochs)
     for noise in ("litlogger", "LeafSpec", "does not have many workers", "Test metric"):
@@ -211,5 +211,5 @@ def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path)
     assert out.count("GPU available") == 1
     assert "test: acc " in out
     log = (tmp_path / "run" / "train.log").read_text()
-    assert log.count("cnnstress.callbacks.progress") == 2 and "\r" not in log
+    assert log.count("cnnstress.train.callbacks.progress") == 2 and "\r" not in log
     assert read_record(tmp_path / "run").config["trainer"]["enable_progress_bar"] is False

@@ -16,11 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cnnstress.analysis import analyze, collect_runs
-from cnnstress.checkpoints import load_backbone
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_dir import RunDir, read_predictions, read_record
-from cnnstress.training import run_training
+from cnnstress.analysis import collect_runs
+from cnnstress.app.analyze import analyze
+from cnnstress.app.train import run_training
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.run_dir import RunDir, read_predictions, read_record
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 
@@ -66,7 +67,7 @@ def test_a_locator_walk_to_torch_load_never_runs_the_payload(finished, tmp_path)
     torch.save(Payload(marker), payload)
     evil = copy_run(
         finished, tmp_path / "sweep" / "evil", "cutout",
-        model__net={"_target_": "cnnstress.models.simple_cnn.torch.load", "f": str(payload),
+        model__net={"_target_": "cnnstress.core.models.simple_cnn.torch.load", "f": str(payload),
                     "weights_only": False},
     )  # fmt: skip
     with pytest.raises(DataError, match=r"refusing to rebuild model\.net"):
@@ -282,7 +283,7 @@ def _copy_zip(source: Path, target: Path, edit) -> Path:
 
 
 def test_a_zip_made_on_macos_reads(tiny_cifar10_zip, tmp_path):
-    from cnnstress.data.sources import load_split
+    from cnnstress.core.data.sources import load_split
 
     def add_metadata(archive):
         archive.writestr("__MACOSX/test/cat/._0000.png", b"\x00\x05\x16\x07 resource fork")
@@ -295,7 +296,7 @@ def test_a_zip_made_on_macos_reads(tiny_cifar10_zip, tmp_path):
 def test_a_corrupt_deflate_stream_is_one_line(tiny_cifar10_zip, tmp_path):
     import zipfile
 
-    from cnnstress.data.sources import load_split
+    from cnnstress.core.data.sources import load_split
 
     path = tmp_path / "corrupt.zip"
     with zipfile.ZipFile(tiny_cifar10_zip) as src, zipfile.ZipFile(path, "w") as dst:
@@ -312,7 +313,7 @@ def test_a_corrupt_deflate_stream_is_one_line(tiny_cifar10_zip, tmp_path):
 def test_an_unreadable_folder_entry_is_one_line(tiny_cifar10_zip, tmp_path):
     import zipfile
 
-    from cnnstress.data.sources import load_split
+    from cnnstress.core.data.sources import load_split
 
     with zipfile.ZipFile(tiny_cifar10_zip) as archive:
         archive.extractall(tmp_path / "tree")

@@ -10,15 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import special
 
-from cnnstress.analysis.compare import Analysis, analyse
-from cnnstress.analysis.report import (
-    COMPARISON_CSV_COLUMNS,
-    label_error_blocks,
-    to_markdown,
-    verdict,
-    write_summary_csv,
-    write_transitions_csv,
-)
+from cnnstress.analysis.compare import Analysis, compare_groups
 from cnnstress.analysis.runs import Run, RunCollection
 from cnnstress.analysis.statistics import (
     CrossedTest,
@@ -37,7 +29,11 @@ from cnnstress.analysis.verdict import (
     judge,
     seeds_outcome,
 )
-from cnnstress.data.label_errors import load_label_errors
+from cnnstress.core.data.label_errors import load_label_errors
+from cnnstress.report.csv_files import write_summary, write_transitions
+from cnnstress.report.sentences import verdict
+from cnnstress.report.view import build_view
+from cnnstress.report.write import render
 from tests.test_analysis_stats import planted_run
 
 PARTS = VarianceComponents(0.1, 0.1, 0.1, 0.0, 0.0, 0.1)
@@ -111,7 +107,7 @@ BETA = (0.35, 0.04)  # per-image success probabilities, mean ~0.9: churn of a fe
 
 
 def _analysis(runs: list[Run], thresholds: tuple[float, ...] = (0.5, 0.8)) -> Analysis:
-    return analyse(RunCollection(runs=runs), "baseline", thresholds)
+    return compare_groups(RunCollection(runs=runs), "baseline", thresholds)
 
 
 def _clean_only() -> Analysis:
@@ -267,9 +263,16 @@ def test_holm_family_is_the_comparisons_with_one_reference():
 def test_the_files_say_which_p_values_are_adjusted(tmp_path):
     analysis = _clean_only()
     (c,) = analysis.comparisons
-    rows = list(csv.DictReader(write_summary_csv(analysis, tmp_path / "s.csv").open()))
+    rows = list(csv.DictReader(write_summary(analysis, tmp_path / "s.csv").open()))
     row = next(r for r in rows if r["name"] == "smooth")
-    assert set(COMPARISON_CSV_COLUMNS) <= set(row)
+    assert {
+        "crossed_delta",
+        "crossed_ci_low",
+        "crossed_ci_high",
+        "paired_p_unadjusted",
+        "paired_p_holm",
+        "seeds_needed",
+    } <= set(row)
     assert float(row["crossed_p_unadjusted"]) == pytest.approx(c.crossed.pvalue)
     assert float(row["crossed_p_holm"]) == pytest.approx(c.crossed_p_holm)
     assert float(row["crossed_ci_low"]) == pytest.approx(c.crossed.ci_low)
@@ -279,9 +282,9 @@ def test_the_files_say_which_p_values_are_adjusted(tmp_path):
     )  # fmt: skip
     assert row["holm_family_size"] == row["clean_holm_family_size"] == "1"
     assert not any(name.endswith("_p") or "bootstrap" in name for name in row)
-    lines = (write_transitions_csv(analysis, tmp_path / "t.csv")).read_text().splitlines()
+    lines = (write_transitions(analysis, tmp_path / "t.csv")).read_text().splitlines()
     assert "p_unadjusted" in lines[0].split(",")
     assert lines[-1].split(",")[2:3] == ["pooled"] and "crossed-seeds-x-images" in lines[-1]
-    rendered = to_markdown(label_error_blocks(analysis))
+    _, rendered, _ = render(build_view(analysis, {}, ["planted"]), tmp_path)
     assert "clear only on the clean test set" in rendered
     assert "p clean, unadjusted (Holm over the clean-set comparisons)" in rendered

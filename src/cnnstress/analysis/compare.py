@@ -36,14 +36,14 @@ from cnnstress.analysis.statistics import (
     share_better,
 )
 from cnnstress.analysis.verdict import Verdict, decide, judge
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.identity import describe, differences
-from cnnstress.metrics import (
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.identity import describe, differences
+from cnnstress.core.metrics import (
     expected_calibration_error,
     high_conf_errors,
     per_class_accuracy,
 )
-from cnnstress.run_dir import run_threshold
+from cnnstress.core.run_dir import run_threshold
 
 # The confident-failure threshold used when no run of a comparison recorded one.
 DEFAULT_FAILURE_THRESHOLD = 0.8
@@ -115,7 +115,7 @@ def pool_transitions(tables: Sequence[Transitions]) -> Transitions:
 
 def recorded_threshold(run: Run) -> float | None:
     """The confident-failure threshold ``run`` recorded (its ``confidence_threshold``;
-    :func:`cnnstress.run_dir.run_threshold`), ``None`` when it is no number in [0, 1]."""
+    :func:`cnnstress.core.run_dir.run_threshold`), ``None`` when it is no number in [0, 1]."""
     try:
         return run_threshold(OmegaConf.to_container(run.config))
     except DataError:
@@ -229,9 +229,9 @@ class Comparison:
             threshold closest to the callback's default 0.8 (``failure_threshold_recorded``
             False).
         *_p_holm, *_family: Holm-adjusted p-values and their family sizes (set by
-            :func:`analyse`): the accuracy comparisons with one reference are one family, the
+            :func:`compare_groups`): the accuracy comparisons with one reference are one family, the
             clean-set comparisons with it another.
-        verdict: what the comparison may claim (set by :func:`analyse`).
+        verdict: what the comparison may claim (set by :func:`compare_groups`).
     """
 
     reference: GroupResult
@@ -503,7 +503,7 @@ def _closest(group: GroupResult, candidates: Sequence[GroupResult]) -> GroupResu
     return min(candidates, key=distance)
 
 
-def analyse(
+def compare_groups(
     collection: RunCollection, reference: str = "baseline", thresholds: Sequence[float] = (0.5,)
 ) -> Analysis:
     """Group the runs by what they ran (:mod:`cnnstress.analysis.groups`) and compare each group

@@ -1,7 +1,7 @@
 """The reference's top test failures, explained by the reference and by each improvement.
 
-Models are rebuilt from their checkpoints (:func:`cnnstress.checkpoints.load_backbone`,
-``weights_only=True``); heatmaps come from :func:`cnnstress.cam.compute_heatmaps`, the same
+Models are rebuilt from their checkpoints (:func:`cnnstress.core.checkpoints.load_backbone`,
+``weights_only=True``); heatmaps come from :func:`cnnstress.core.cam.compute_heatmaps`, the same
 code and, unless overridden, the same method and target layer as the run's Grad-CAM callback.
 """
 
@@ -14,12 +14,12 @@ import torch
 
 from cnnstress.analysis.compare import Comparison, GroupResult
 from cnnstress.analysis.runs import Run
-from cnnstress.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.checkpoints import load_backbone
-from cnnstress.data import LabeledImages, class_names, load_split
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.metrics import find_failures
+from cnnstress.core.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.data import LabeledImages, class_names, load_split
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.metrics import find_failures
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A run directory holds ``.hydra/config.yaml``; a finished one also holds ``run.json`` (the
 config it ran with, which Hydra's ``.hydra/`` may no longer say), ``metrics.json`` and
-``predictions.npz`` (see :mod:`cnnstress.run_dir`). Nothing here imports training code.
+``predictions.npz`` (see :mod:`cnnstress.core.run_dir`). Nothing here imports training code.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cnnstress.data import class_names
-from cnnstress.data.label_errors import LabelErrors, load_label_errors
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.identity import SEED_KEYS, fingerprint, run_identity
-from cnnstress.run_dir import RunDir, RunRecord, read_metrics, read_predictions, read_record
+from cnnstress.core.data import class_names
+from cnnstress.core.data.label_errors import LabelErrors, load_label_errors
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.identity import SEED_KEYS, fingerprint, run_identity
+from cnnstress.core.run_dir import RunDir, RunRecord, read_metrics, read_predictions, read_record
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,13 @@ HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """A group: runs whose identities (:mod:`cnnstress.identity`) differ only in the seed.
+    """A group: runs whose identities (:mod:`cnnstress.core.identity`) differ only in the seed.
 
     Attributes:
         dataset, model: ``dataset.name`` and ``model.name``.
         name: the improvement the group's augmentation and loss are, or the overrides that
             made them differ from it (e.g. ``augmentation=[]``), plus ``[key=value]`` for what
-            tells it apart from another group of the same name (see ``analyse``).
+            tells it apart from another group of the same name (see ``compare_groups``).
         config_id: the fingerprint of the identity without the seed.
     """
 
@@ -63,7 +63,7 @@ class Run:
     Attributes:
         path: the run directory.
         config: the resolved config it ran with.
-        identity: its flat identity (:func:`cnnstress.identity.run_identity`).
+        identity: its flat identity (:func:`cnnstress.core.identity.run_identity`).
         seed: ``config.seed``.
         improvement: the ``improvement`` label it ran under.
         changed_by: the command-line overrides that changed that improvement's augmentation or
@@ -246,7 +246,7 @@ def load_run(path: str | Path) -> Run:
 
     Raises:
         DataError: not finished (no ``metrics.json``), no or a malformed ``run.json`` (see
-            :func:`cnnstress.run_dir.read_record`), not a CIFAR training run, or run files that
+            :func:`cnnstress.core.run_dir.read_record`), not a CIFAR training run, or run files that
             are missing, unreadable or inconsistent.
     """
     path = Path(path)
@@ -329,7 +329,7 @@ def collect_runs(
         DataError: no finished run was found.
     """
     if not runs and sweep is None:
-        raise ConfigError("nothing to analyse: give runs=[DIR,...] or sweep=DIR")
+        raise ConfigError("nothing to compare_groups: give runs=[DIR,...] or sweep=DIR")
     collection = RunCollection()
     seen: dict[tuple[tuple[str, str, str], int], Path] = {}
     for path in _resolve_dirs(runs, sweep, exclude):

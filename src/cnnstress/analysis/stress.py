@@ -26,8 +26,8 @@ from cnnstress.analysis.compare import Analysis, GroupResult
 from cnnstress.analysis.runs import GroupKey
 from cnnstress.analysis.statistics import Estimate, PairedTest, estimate, holm
 from cnnstress.analysis.statistics import paired_test as paired
-from cnnstress.console import Progress
-from cnnstress.errors import UserError
+from cnnstress.core.console import Progress
+from cnnstress.core.errors import UserError
 from cnnstress.stress import corruption_accuracies, corruption_errors, mce, run_stress
 from cnnstress.stress.corruptions import BENCHMARK_TYPES
 from cnnstress.stress.runner import STRESSES

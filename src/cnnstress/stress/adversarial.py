@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnstress.rules import Flag, Integer, ListOf, OneOf, Rule, check
+from cnnstress.core.rules import Flag, Integer, ListOf, OneOf, Rule, check
 from cnnstress.stress.context import (
     StressContext,
     accuracy,

@@ -69,15 +69,15 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.data.classes import class_names
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.plots.canvas import save_png, to_hwc
-from cnnstress.plots.images import image_grid
-from cnnstress.plots.stress import plot_classes
-from cnnstress.rules import Either, Integer, Number, OneOf, Probability, Text, check
-from cnnstress.run_dir import run_threshold
+from cnnstress.core.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.data.classes import class_names
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.plots.canvas import save_png, to_hwc
+from cnnstress.core.plots.images import image_grid
+from cnnstress.core.rules import Either, Integer, Number, OneOf, Probability, Text, check
+from cnnstress.core.run_dir import run_threshold
+from cnnstress.report.figures.stress import plot_classes
 from cnnstress.stress.context import StressContext, seeded_subset, to_unit
 
 EXAMPLES_FILE = "stress_background_examples.png"

@@ -12,7 +12,7 @@ Keys written: ``calibration/temperature``, ``calibration/ece_before``,
 ``calibration/acc`` (reported images), ``calibration/fit_images``,
 ``calibration/eval_images``, and the string ``calibration/fit_split``. ECE is torchmetrics'
 ``MulticlassCalibrationError`` (``n_bins`` equal-width bins, L1 norm); torchmetrics has no
-reliability diagram, so :func:`cnnstress.metrics.reliability_bins` computes its bars, with
+reliability diagram, so :func:`cnnstress.core.metrics.reliability_bins` computes its bars, with
 torchmetrics' bin edges.
 """
 
@@ -24,9 +24,9 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 
-from cnnstress.metrics import expected_calibration_error, reliability_bins
-from cnnstress.plots.calibration import plot_reliability
-from cnnstress.rules import Integer
+from cnnstress.core.metrics import expected_calibration_error, reliability_bins
+from cnnstress.core.plots.diagrams import plot_reliability
+from cnnstress.core.rules import Integer
 from cnnstress.stress.context import StressContext
 
 PLOT_FILE = "stress_calibration.png"
@@ -73,7 +73,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 def calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """Expected calibration error (:func:`cnnstress.metrics.expected_calibration_error`) of
+    """Expected calibration error (:func:`cnnstress.core.metrics.expected_calibration_error`) of
     ``softmax(logits)``."""
     return expected_calibration_error(logits.float().softmax(1), labels, n_bins)
 
@@ -84,7 +84,8 @@ def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def logit_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
-    """:func:`cnnstress.metrics.reliability_bins` of ``softmax(logits)``'s top-1 predictions."""
+    """The reliability bins (:func:`~cnnstress.core.metrics.reliability_bins`) of
+    ``softmax(logits)``'s top-1 predictions."""
     confidence, predicted = logits.float().softmax(1).max(1)
     return reliability_bins(confidence.numpy(), (predicted == labels).numpy(), n_bins)
 

@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnstress.data.normalize import Normalize
-from cnnstress.data.sources import LabeledImages, load_split
-from cnnstress.errors import ConfigError
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.data.sources import LabeledImages, load_split
+from cnnstress.core.errors import ConfigError
 
 S = TypeVar("S")
 log = logging.getLogger(__name__)
@@ -129,8 +129,8 @@ class StressContext:
         """
         if int(OmegaConf.select(self.cfg, "dataset.val_size", default=0) or 0) <= 0:
             return None
-        from cnnstress.data import CIFARDataModule
-        from cnnstress.data.datamodule import DatasetConfig
+        from cnnstress.core.data import CIFARDataModule
+        from cnnstress.core.data.datamodule import DatasetConfig
 
         ds = self.cfg.dataset
         config = DatasetConfig(
@@ -168,7 +168,7 @@ def load_context(
     and ``cfg`` are given, e.g. at the end of training) and its test split."""
     device = resolve_device(device)
     if net is None or cfg is None:
-        from cnnstress.checkpoints import load_backbone
+        from cnnstress.core.checkpoints import load_backbone
 
         net, loaded_cfg = load_backbone(run_dir, device)
         cfg = cfg if cfg is not None else loaded_cfg

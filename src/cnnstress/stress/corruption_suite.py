@@ -31,11 +31,11 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from cnnstress.console import Progress
-from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import DataError
-from cnnstress.plots.stress import plot_corruption_heatmap
-from cnnstress.rules import Either, Integer, ListOf, OneOf, Text
+from cnnstress.core.console import Progress
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.errors import DataError
+from cnnstress.core.rules import Either, Integer, ListOf, OneOf, Text
+from cnnstress.report.figures.stress import plot_corruption_heatmap
 from cnnstress.stress.context import (
     StressContext,
     accuracy,

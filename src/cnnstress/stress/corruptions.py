@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from cnnstress.devices import exact_float
-from cnnstress.errors import ConfigError
-from cnnstress.rules import OneOf, check
+from cnnstress.core.devices import exact_float
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.rules import OneOf, check
 from cnnstress.stress import image_ops as ops
 
 SEVERITIES = (1, 2, 3, 4, 5)

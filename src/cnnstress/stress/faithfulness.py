@@ -48,12 +48,12 @@ from pytorch_grad_cam.utils.model_targets import (
 from scipy.stats import spearmanr
 from torch import nn
 
-from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import ConfigError
-from cnnstress.metrics import find_failures
-from cnnstress.plots.stress import plot_cascade
-from cnnstress.rules import Integer, ListOf, Number, OneOf, Text
+from cnnstress.core.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.metrics import find_failures
+from cnnstress.core.rules import Integer, ListOf, Number, OneOf, Text
+from cnnstress.report.figures.stress import plot_cascade
 from cnnstress.stress.context import StressContext, seeded_subset
 
 PLOT_FILE = "stress_faithfulness.png"
@@ -145,7 +145,7 @@ def heatmaps(
     layer: str,
     batch_size: int,
 ) -> np.ndarray:
-    """``(N, H, W)`` float32 maps in [0, 1] from :func:`cnnstress.cam.compute_heatmaps`."""
+    """``(N, H, W)`` float32 maps in [0, 1] from :func:`cnnstress.core.cam.compute_heatmaps`."""
     maps = compute_heatmaps(model, images, classes, method, layer, batch_size=batch_size)
     return maps.numpy()
 

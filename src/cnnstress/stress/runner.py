@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnstress.errors import ConfigError
-from cnnstress.run_dir import RunDir, write_json
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import RunDir, write_json
 from cnnstress.stress import (
     adversarial,
     background,
@@ -84,7 +84,7 @@ def run_stress(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; any other device (e.g. the
             ``mps`` a run trained on) means the CPU (:func:`.context.resolve_device`).
         net, cfg: an already built backbone and the run's config; by default rebuilt from the
-            run's checkpoint by :func:`cnnstress.checkpoints.load_backbone`.
+            run's checkpoint by :func:`cnnstress.core.checkpoints.load_backbone`.
         data_root: read the test (and validation) split from here instead of the run's
             ``dataset.root``.
 

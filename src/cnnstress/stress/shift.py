@@ -14,9 +14,9 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.rules import OneOf, Text
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.rules import OneOf, Text
 from cnnstress.stress.context import StressContext, accuracy
 
 VERSIONS = ("v6", "v4")

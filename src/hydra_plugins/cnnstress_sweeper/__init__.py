@@ -37,7 +37,7 @@ def failure_line(job: JobReturn, error: BaseException) -> str:
     """``<job directory>: <reason>`` for a failed job."""
     where = OmegaConf.select(job.hydra_cfg, "hydra.runtime.output_dir", default=None)
     where = where or f"job {OmegaConf.select(job.hydra_cfg, 'hydra.job.num', default='?')}"
-    from cnnstress.errors import UserError
+    from cnnstress.core.errors import UserError
     from hydra_plugins.cnnstress_sweeper.submitit_jobs import JobEndedWithoutResult
 
     if isinstance(error, UserError | JobEndedWithoutResult):
@@ -48,9 +48,9 @@ def failure_line(job: JobReturn, error: BaseException) -> str:
 
 
 def _user_error(error: BaseException) -> BaseException | None:
-    """The :class:`~cnnstress.errors.UserError` that caused ``error`` (through Hydra's and
+    """The :class:`~cnnstress.core.errors.UserError` that caused ``error`` (through Hydra's and
     OmegaConf's wrapping exceptions), or None."""
-    from cnnstress.errors import UserError
+    from cnnstress.core.errors import UserError
 
     seen: set[int] = set()
     cause: BaseException | None = error
