@@ -30,6 +30,7 @@ from torchvision.io import encode_png
 from cnnstress.analysis import collect_runs, compare_groups
 from cnnstress.analysis.gradcam import side_by_side
 from cnnstress.analysis.runs import latest_multirun
+from cnnstress.analysis.seed_table import confident_failures
 from cnnstress.app.analyze import analyze
 from cnnstress.app.train import run_training
 from cnnstress.core.checkpoints import load_backbone
@@ -195,13 +196,14 @@ def test_transitions_mcnemar_and_paired_test_match_predictions(sweep):
 def test_threshold_curve_matches_predictions(sweep):
     analysis = compare_groups(collect_runs(sweep=sweep), "baseline", THRESHOLDS)
     for group in analysis.groups:
-        for row, seed in enumerate(group.seeds):
+        for seed in group.seeds:
             p = _predictions(sweep / f"{group.key.name}_{seed}")
             conf, wrong = p["probs"].max(1), p["probs"].argmax(1) != p["target"]
             # the analysis' thresholds and the runs' own confidence_threshold (0.8)
             assert analysis.thresholds == (*THRESHOLDS, 0.8)
             expected = [int((wrong & (conf >= t)).sum()) for t in analysis.thresholds]
-            assert group.high_conf[row].tolist() == expected
+            counts = [group.by_seed(confident_failures(t))[seed] for t in analysis.thresholds]
+            assert counts == expected
             assert expected[0] == wrong.sum()  # threshold 0 counts every error
 
 

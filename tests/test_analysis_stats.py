@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cnnstress.analysis.compare import Analysis, compare_groups, pool_transitions, transitions
 from cnnstress.analysis.runs import Run, RunCollection
+from cnnstress.analysis.seed_table import CLEAN_ACCURACY, confident_label_errors
 from cnnstress.analysis.statistics import (
     crossed_test,
     estimate,
@@ -284,15 +285,16 @@ def test_label_errors_in_the_analysis_of_planted_runs():
     for group in (ref, other):
         for run in group.runs:
             keep = ~run.is_label_error
-            assert group.clean_by_seed[run.seed] == pytest.approx(run.correct[keep].mean())
+            clean = group.by_seed(CLEAN_ACCURACY)[run.seed]
+            assert clean == pytest.approx(run.correct[keep].mean())
     # The baseline fails confidently on all 40 label errors (wrong w.r.t. the given label).
-    assert ref.high_conf_label_errors[:, 1].tolist() == [40, 40, 40]
-    assert other.high_conf_label_errors[:, 1].tolist() == [0, 0, 0]
+    assert ref.by_seed(confident_label_errors(0.8)) == {0: 40, 1: 40, 2: 40}
+    assert other.by_seed(confident_label_errors(0.8)) == {0: 0, 1: 0, 2: 0}
     (c,) = analysis.comparisons
     assert all(t.corrected_label_errors == 40 == t.corrected for t in c.transitions.values())
     assert c.crossed.delta == pytest.approx(40 / 2000)
     assert c.crossed_clean.delta == 0 and c.crossed_clean.images == 1960
-    text = verdict(c, analysis)
+    text = verdict(c)
     assert "Without the 40 known label errors: +0.00 pp" in text
     _, rendered, _ = render(build_view(analysis, {}, ["planted"]), Path("."))
     assert "## Known label errors" in rendered and "| 40 |" in rendered

@@ -137,7 +137,7 @@ def test_a_clear_gain_on_the_clean_set_is_said_when_the_whole_set_shows_none():
     v = c.verdict
     assert c.crossed.ci_low < 0 < c.crossed.ci_high and v.overall.outcome is Outcome.UNCLEAR
     assert v.clean.outcome is Outcome.CLEAR_GAIN and v.clean_outcome is CleanOutcome.CLEAN_ONLY
-    text = verdict(c, analysis)
+    text = verdict(c)
     clean = c.crossed_clean
     assert (
         f"Without the 54 known label errors: {clean.delta * 100:+.2f} pp (95% CI "
@@ -159,7 +159,7 @@ def test_identical_per_seed_differences_say_no_test_possible_and_ask_no_seeds():
     (c,) = analysis.comparisons
     assert c.verdict.overall.outcome is Outcome.UNTESTED
     assert c.verdict.seeds is SeedsOutcome.IDENTICAL
-    text = verdict(c, analysis)
+    text = verdict(c)
     assert "accuracy +5.00 pp: no test possible (identical differences). " in text
     assert "Seeds: no test possible (identical differences): the 3 seeds' differences" in text
     assert "run 3 or more" not in text and "seeds on this test set would give" not in text
@@ -190,7 +190,7 @@ def test_two_seeds_of_1_0_and_1_2_pp_do_not_suffice():
     plan = c.plan
     assert plan.power < 0.8 and plan.needed > 2
     assert c.verdict.seeds is SeedsOutcome.NEED_MORE
-    text = verdict(c, analysis)
+    text = verdict(c)
     assert "suffice" not in text
     assert (
         f"The 2 seeds have power {plan.power:.2f} at this difference; about {plan.needed} seeds "
@@ -213,7 +213,7 @@ def test_confident_failures_at_the_threshold_the_runs_recorded():
     assert (c.failure_threshold, c.failure_threshold_recorded) == (0.9, True)
     assert not c.notes
     ref = np.mean([(~r.correct).sum() for r in c.reference.runs])  # all wrong ones at 0.91
-    assert f"Confident failures (≥ 0.9): {ref:.1f} -> " in verdict(c, analysis)
+    assert f"Confident failures (≥ 0.9): {ref:.1f} -> " in verdict(c)
     # groups that recorded different thresholds: counted at the reference's, with a warning
     mixed = [_with_threshold(r, 0.9 if r.improvement == "baseline" else 0.8) for r in runs]
     analysis = _analysis(mixed, thresholds=(0.5,))
@@ -224,7 +224,7 @@ def test_confident_failures_at_the_threshold_the_runs_recorded():
         "the runs recorded different confident-failure thresholds (baseline: 0.9; smooth: 0.8): "
         "the verdict counts both groups at >= 0.9"
     ]
-    assert "Confident failures (≥ 0.9): " in verdict(c, analysis)
+    assert "Confident failures (≥ 0.9): " in verdict(c)
 
 
 def _renamed(run: Run, name: str, smoothing: float) -> Run:

@@ -9,18 +9,26 @@ setting; seeds are paired by their value. The statistics themselves live in
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from cnnstress.analysis.groups import group_runs, improvement_keys, other_keys
 from cnnstress.analysis.runs import GroupKey, Run, RunCollection, SkippedRun
+from cnnstress.analysis.seed_table import (
+    ACCURACY,
+    CLEAN_ACCURACY,
+    CORRECTED_ACCURACY,
+    ECE,
+    Metric,
+    SeedTable,
+    confident_failures,
+    confident_label_errors,
+)
 from cnnstress.analysis.statistics import (
     CrossedTest,
     Estimate,
@@ -28,10 +36,8 @@ from cnnstress.analysis.statistics import (
     PairedTest,
     SeedPlan,
     crossed_test,
-    estimate,
     holm,
     mcnemar,
-    paired_test,
     seed_plan,
     share_better,
 )
@@ -136,40 +142,40 @@ def closest_to_default(thresholds: Sequence[float]) -> float:
 
 @dataclass
 class GroupResult:
-    """One group's runs (sorted by seed) and their per-seed and aggregated numbers.
+    """One group's runs (sorted by seed), its per-seed numbers (in the analysis' shared
+    :class:`~cnnstress.analysis.seed_table.SeedTable`) and their estimates over seeds.
 
     Attributes:
-        accuracy_by_seed / ece_by_seed: seed -> value.
-        high_conf: ``(S, T)`` high-confidence error counts, one row per seed, one column per
-            threshold.
         per_class: ``(C,)`` per-class accuracy averaged over seeds.
     """
 
     key: GroupKey
     runs: list[Run]
-    accuracy_by_seed: dict[int, float]
-    ece_by_seed: dict[int, float]
-    high_conf: np.ndarray
+    table: SeedTable
     per_class: np.ndarray
-    # With known label errors (official indices, CIFAR-10/100) in every run, else empty/None:
-    clean_by_seed: dict[int, float] = field(default_factory=dict)
-    corrected_by_seed: dict[int, float] = field(default_factory=dict)
-    high_conf_label_errors: np.ndarray | None = None  # (S, T), like high_conf
+
+    def by_seed(self, metric: Metric) -> dict[int, float]:
+        """seed -> value of ``metric``."""
+        return self.table.by_seed(self.key, metric)
+
+    def estimate(self, metric: Metric) -> Estimate:
+        """``metric`` over the group's seeds."""
+        return self.table.estimate(self.key, metric)
 
     @property
     def has_label_errors(self) -> bool:
         """Whether every run's test images can be matched with the known label errors."""
-        return bool(self.clean_by_seed)
+        return self.table.has(self.key, CLEAN_ACCURACY)
 
     @property
-    def clean_accuracy(self) -> Estimate:
-        """Accuracy with the known label errors left out, over seeds."""
-        return estimate(list(self.clean_by_seed.values()))
+    def accuracy(self) -> Estimate:
+        """Test accuracy over seeds."""
+        return self.estimate(ACCURACY)
 
     @property
-    def corrected_accuracy(self) -> Estimate:
-        """Accuracy on the corrected test set (likely true classes), over seeds."""
-        return estimate(list(self.corrected_by_seed.values()))
+    def ece(self) -> Estimate:
+        """Expected calibration error over seeds."""
+        return self.estimate(ECE)
 
     @property
     def identity(self) -> dict[str, object]:
@@ -180,20 +186,6 @@ class GroupResult:
     def seeds(self) -> list[int]:
         """The group's seeds, sorted."""
         return [r.seed for r in self.runs]
-
-    @property
-    def accuracy(self) -> Estimate:
-        """Test accuracy over seeds."""
-        return estimate(list(self.accuracy_by_seed.values()))
-
-    @property
-    def ece(self) -> Estimate:
-        """Expected calibration error over seeds."""
-        return estimate(list(self.ece_by_seed.values()))
-
-    def high_conf_estimate(self, i: int) -> Estimate:
-        """High-confidence error count at threshold number ``i`` over seeds."""
-        return estimate(self.high_conf[:, i].tolist())
 
     @property
     def recorded_thresholds(self) -> list[float]:
@@ -292,6 +284,7 @@ class Analysis:
     thresholds: tuple[float, ...]
     reference: str
     reference_keys: set[GroupKey]
+    table: SeedTable
     skipped: list[SkippedRun]
     notes: list[str] = field(default_factory=list)
 
@@ -319,51 +312,45 @@ class Analysis:
         return [r for g in self.groups for r in g.runs]
 
     @property
-    def settings(self) -> list[tuple[str, str]]:
-        """The distinct (dataset, model) settings, sorted."""
-        return sorted({g.key.setting for g in self.groups})
+    def dataset_models(self) -> list[tuple[str, str]]:
+        """The distinct (dataset, model) pairs, sorted."""
+        return sorted({g.key.dataset_model for g in self.groups})
 
 
-def group_result(key: GroupKey, runs: Sequence[Run], thresholds: Sequence[float]) -> GroupResult:
-    """Per-seed and aggregated numbers of one group's ``runs``."""
+def group_result(
+    key: GroupKey, runs: Sequence[Run], thresholds: Sequence[float], table: SeedTable
+) -> GroupResult:
+    """Add the per-seed numbers of one group's ``runs`` to ``table``: accuracy, ECE, confident
+    failures at each threshold and, when every run's test images are matched with the known
+    label errors, clean and corrected accuracy and the label errors among the confident
+    failures."""
     runs = sorted(runs, key=lambda r: r.seed)
+    with_errors = all(r.label_errors is not None for r in runs)
+    for run in runs:
+        table.add(key, ACCURACY, run.seed, run.accuracy)
+        table.add(key, ECE, run.seed, expected_calibration_error(run.probs, run.target))
+        counts = high_conf_errors(run.probs, run.target, thresholds)
+        for t, count in zip(thresholds, counts, strict=True):
+            table.add(key, confident_failures(t), run.seed, count)
+        if with_errors:
+            result = run.label_errors.clean_accuracy(run.index, run.target, run.pred)
+            table.add(key, CLEAN_ACCURACY, run.seed, result.acc_clean)
+            table.add(key, CORRECTED_ACCURACY, run.seed, result.acc_corrected)
+            errors = run.is_label_error
+            counts = high_conf_errors(run.probs[errors], run.target[errors], thresholds)
+            for t, count in zip(thresholds, counts, strict=True):
+                table.add(key, confident_label_errors(t), run.seed, count)
     num_classes = max(r.probs.shape[1] for r in runs)
     per_class = np.stack([per_class_accuracy(r.probs, r.target, num_classes) for r in runs])
     with warnings.catch_warnings():  # a class absent from every run's test set stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         per_class_mean = np.nanmean(per_class, axis=0)
-    return GroupResult(
-        key=key,
-        runs=list(runs),
-        accuracy_by_seed={r.seed: r.accuracy for r in runs},
-        ece_by_seed={r.seed: expected_calibration_error(r.probs, r.target) for r in runs},
-        high_conf=np.stack([high_conf_errors(r.probs, r.target, thresholds) for r in runs]),
-        per_class=per_class_mean,
-        **label_error_numbers(runs, thresholds),
-    )
-
-
-def label_error_numbers(runs: Sequence[Run], thresholds: Sequence[float]) -> dict[str, Any]:
-    """Clean and corrected accuracies and label-error counts among the high-confidence errors,
-    per seed; empty when any run lacks official indices or a known list."""
-    if not runs or any(r.label_errors is None for r in runs):
-        return {}
-    clean, corrected, counts = {}, {}, []
-    for run in runs:
-        result = run.label_errors.clean_accuracy(run.index, run.target, run.pred)
-        clean[run.seed], corrected[run.seed] = result.acc_clean, result.acc_corrected
-        errors = run.is_label_error
-        counts.append(high_conf_errors(run.probs[errors], run.target[errors], thresholds))
-    return {
-        "clean_by_seed": clean,
-        "corrected_by_seed": corrected,
-        "high_conf_label_errors": np.stack(counts),
-    }
+    return GroupResult(key=key, runs=list(runs), table=table, per_class=per_class_mean)
 
 
 def compare(reference: GroupResult, other: GroupResult) -> Comparison:
     """Compare ``other`` with ``reference`` (same dataset and model) seed by seed."""
-    if reference.key.setting != other.key.setting:
+    if reference.key.dataset_model != other.key.dataset_model:
         raise ValueError(f"cannot compare {other.key.label} with {reference.key.label}")
     notes = []
     tables: dict[int, Transitions] = {}
@@ -390,7 +377,7 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
     elif seeds:
         notes.append("the seeds were tested on different images: no test over seeds and images")
     if crossed is not None and reference.has_label_errors and other.has_label_errors:
-        paired_clean = paired_test(reference.clean_by_seed, other.clean_by_seed)
+        paired_clean = reference.table.paired(reference.key, other.key, CLEAN_ACCURACY)
         keep = ~reference.run(seeds[0]).is_label_error
         crossed_clean = crossed_test(
             np.stack([reference.run(s).correct[keep] for s in seeds]),
@@ -399,7 +386,7 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
     return Comparison(
         reference=reference,
         other=other,
-        paired=paired_test(reference.accuracy_by_seed, other.accuracy_by_seed),
+        paired=reference.table.paired(reference.key, other.key, ACCURACY),
         transitions=tables,
         pooled=pool_transitions(list(tables.values())) if tables else None,
         per_class_delta=other.per_class - reference.per_class,
@@ -469,29 +456,6 @@ def _holm_family(comparisons: Sequence[Comparison]) -> None:
         )
 
 
-# Splits "a=1, b=[x, y]" into its key=value items (a comma inside a value is not a split).
-_ITEM_SPLIT = re.compile(r", (?=[\w.+~-]+=)")
-
-
-def _name_parts(name: str) -> tuple[str, set[str]]:
-    """``"baseline [k=v, k2=v2]"`` -> ``("baseline", {"k=v", "k2=v2"})``."""
-    base, _, rest = name.partition(" [")
-    items = rest.removesuffix("]")
-    return base.split(" #", 1)[0], set(_ITEM_SPLIT.split(items)) if items else set()
-
-
-def _matches(group: GroupResult, reference: str) -> bool:
-    """Whether ``reference`` names ``group``: its full label, its name, its name without the
-    ``[key=value, ...]`` part that tells same-named groups apart, or its name with some of
-    those items (``'baseline [trainer.precision=32-true]'``)."""
-    name = group.key.name
-    if reference in (group.key.label, name):
-        return True
-    base, items = _name_parts(name)
-    wanted_base, wanted = _name_parts(reference)
-    return wanted_base == base and wanted <= items
-
-
 def _closest(group: GroupResult, candidates: Sequence[GroupResult]) -> GroupResult:
     """The reference candidate ``group`` differs from in the fewest keys outside augmentation
     and loss (then in the fewest keys at all; then by label)."""
@@ -521,10 +485,13 @@ def compare_groups(
     """
     recorded = {t for r in collection.runs if (t := recorded_threshold(r)) is not None}
     thresholds = tuple(sorted({float(t) for t in thresholds} | recorded))
-    groups = [group_result(k, runs, thresholds) for k, runs in group_runs(collection.runs).items()]
-    candidates = [g for g in groups if _matches(g, reference)]
-    settings = sorted({g.key.setting for g in groups})
-    if not candidates and any(sum(g.key.setting == s for g in groups) > 1 for s in settings):
+    table = SeedTable()
+    groups = [
+        group_result(k, runs, thresholds, table) for k, runs in group_runs(collection.runs).items()
+    ]
+    candidates = [g for g in groups if g.key.answers_to(reference)]
+    settings = sorted({g.key.dataset_model for g in groups})
+    if not candidates and any(sum(g.key.dataset_model == s for g in groups) > 1 for s in settings):
         names = ", ".join(sorted({g.key.name for g in groups}))
         raise ConfigError(
             f"reference={reference} matches no group; give a group name ({names}), "
@@ -532,11 +499,11 @@ def compare_groups(
         )
     is_reference = {g.key for g in candidates}
     # Within a setting the reference(s) come first, then the other groups by name.
-    groups.sort(key=lambda g: (g.key.setting, g.key not in is_reference, g.key.name))
+    groups.sort(key=lambda g: (g.key.dataset_model, g.key not in is_reference, g.key.name))
     notes: list[str] = []
     comparisons = []
     for setting in settings:
-        members = [g for g in groups if g.key.setting == setting]
+        members = [g for g in groups if g.key.dataset_model == setting]
         refs = [g for g in members if g.key in is_reference]
         if not refs:
             if len(members) > 1:
@@ -572,6 +539,7 @@ def compare_groups(
         thresholds=thresholds,
         reference=reference,
         reference_keys=is_reference,
+        table=table,
         skipped=list(collection.skipped),
         notes=notes,
     )

@@ -57,7 +57,7 @@ class SideBySide:
             not agree), -2 for an image that is no known label error; ``None`` when unknown.
     """
 
-    setting: tuple[str, str]
+    dataset_model: tuple[str, str]
     classes: tuple[str, ...]
     index: np.ndarray
     target: np.ndarray
@@ -151,7 +151,7 @@ def side_by_side(
     if errors is not None:
         likely = np.where(errors.is_error(index), errors.likely_true(index), -2)
     return SideBySide(
-        setting=reference.key.setting,
+        dataset_model=reference.key.dataset_model,
         classes=class_names(reference.key.dataset),
         index=index,
         target=ref_run.target[positions],

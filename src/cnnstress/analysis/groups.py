@@ -51,11 +51,8 @@ def _value(value: Any) -> str:
     return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
 
 
-def _suffix(identity: Mapping[str, Any], keys: Sequence[str]) -> str:
-    shown = [f"{k}={_value(identity.get(k, '<unset>'))}" for k in keys[:SHOWN_KEYS]]
-    if len(keys) > SHOWN_KEYS:
-        shown.append(f"+{len(keys) - SHOWN_KEYS} keys")
-    return f" [{', '.join(shown)}]"
+def _apart(identity: Mapping[str, Any], keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((k, _value(identity.get(k, "<unset>"))) for k in keys[:SHOWN_KEYS])
 
 
 def group_runs(runs: Sequence[Run]) -> dict[GroupKey, list[Run]]:
@@ -68,7 +65,7 @@ def group_runs(runs: Sequence[Run]) -> dict[GroupKey, list[Run]]:
         dataset, model, _ = group_id
         named.setdefault((dataset, model, base_name(members)), []).append(group_id)
     groups: dict[GroupKey, list[Run]] = {}
-    for (dataset, model, name), ids in named.items():
+    for (dataset, model, base), ids in named.items():
         identities = {i: by_id[i][0].group_identity for i in ids}
         # What sets same-named groups apart: every key on which any two of them differ.
         apart = sorted(
@@ -81,10 +78,18 @@ def group_runs(runs: Sequence[Run]) -> dict[GroupKey, list[Run]]:
             }
         )
         apart = other_keys(apart) + improvement_keys(apart)
-        shown = {i: name if len(ids) == 1 else name + _suffix(identities[i], apart) for i in ids}
+        shown = {i: _apart(identities[i], apart) for i in ids}
+        more = max(0, len(apart) - SHOWN_KEYS)
         for group_id in ids:
-            label = shown[group_id]
-            if list(shown.values()).count(label) > 1:  # the shown keys did not tell them apart
-                label += f" #{group_id[2][:6]}"
-            groups[GroupKey(dataset, model, label, group_id[2])] = by_id[group_id]
+            ambiguous = list(shown.values()).count(shown[group_id]) > 1
+            key = GroupKey(
+                dataset,
+                model,
+                base,
+                apart=shown[group_id],
+                more_keys=more,
+                tag=group_id[2][:6] if ambiguous else "",
+                config_id=group_id[2],
+            )
+            groups[key] = by_id[group_id]
     return groups

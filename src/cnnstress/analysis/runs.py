@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +35,53 @@ class GroupKey:
 
     Attributes:
         dataset, model: ``dataset.name`` and ``model.name``.
-        name: the improvement the group's augmentation and loss are, or the overrides that
-            made them differ from it (e.g. ``augmentation=[]``), plus ``[key=value]`` for what
-            tells it apart from another group of the same name (see ``compare_groups``).
+        base: the improvement the group's augmentation and loss are, or the overrides that
+            made them differ from it (e.g. ``augmentation=[]``).
+        apart: ``(key, value)`` pairs that tell it apart from other groups of the same base,
+            dataset and model (see :func:`cnnstress.analysis.groups.group_runs`);
+            ``more_keys``: how many further differing keys are not shown.
+        tag: a fingerprint prefix, only when ``apart`` does not tell it apart.
         config_id: the fingerprint of the identity without the seed.
     """
 
     dataset: str
     model: str
-    name: str
+    base: str
+    apart: tuple[tuple[str, str], ...] = ()
+    more_keys: int = 0
+    tag: str = ""
     config_id: str = ""
 
     @property
+    def name(self) -> str:
+        """``base [key=value, ..., +N keys] #tag``: the group within its dataset and model."""
+        items = [f"{k}={v}" for k, v in self.apart]
+        if self.more_keys:
+            items.append(f"+{self.more_keys} keys")
+        name = self.base + (f" [{', '.join(items)}]" if items else "")
+        return name + (f" #{self.tag}" if self.tag else "")
+
+    @property
     def label(self) -> str:
-        """``dataset/model/name``, the name a group has in reports and in ``reference=``."""
+        """``dataset/model/name``, the name a group has in reports."""
         return f"{self.dataset}/{self.model}/{self.name}"
 
     @property
-    def setting(self) -> tuple[str, str]:
-        """``(dataset, model)``: groups are only ever compared within one setting."""
+    def dataset_model(self) -> tuple[str, str]:
+        """``(dataset, model)``: groups are only ever compared within one."""
         return (self.dataset, self.model)
+
+    def answers_to(self, reference: str) -> bool:
+        """Whether ``reference=`` names this group: its label, its name, its base, or its base
+        with some of its ``[key=value]`` items in order (``baseline [trainer.max_epochs=30]``)."""
+        if reference in (self.label, self.name, self.base):
+            return True
+        items = [f"{k}={v}" for k, v in self.apart]
+        return any(
+            reference == f"{self.base} [{', '.join(subset)}]"
+            for n in range(1, len(items) + 1)
+            for subset in combinations(items, n)
+        )
 
 
 @dataclass(frozen=True)

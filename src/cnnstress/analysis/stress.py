@@ -1,282 +1,260 @@
-"""Stress results in the analysis: run the stresses on every run, aggregate them over seeds.
+"""Stress results in the analysis: the numbers each run keeps in its ``stress.json``, per group
+over seeds and against the reference.
 
-``analyze.py stress=[corruptions,adversarial,...]`` calls :func:`cnnstress.stress.run_stress`
-on each finished run (results land in the run's ``stress.json``), then
-:func:`summarise_stress` aggregates the per-run numbers per group (mean ± std over seeds) and
-against the reference group (difference of means, paired over shared seeds; the paired p-values
-Holm-adjusted per metric family: the headline numbers of one stress against one reference), and
-adds mCE relative to the reference (:func:`cnnstress.stress.mce`).
+A run's ``stress.json`` keeps one entry per stress (:class:`~cnnstress.stress.results.StoredStress`)
+with the settings it was computed with, by whom, when and on which device. Within one dataset and
+model, each stress is analysed under one settings record: the one most runs have. Runs whose
+entry has other settings are left out of that stress with a note, never pooled. Computing the
+missing entries (``analyze.py stress=[...]``) is the application's job
+(:func:`cnnstress.app.analyze.stress_numbers`); this module only reads and aggregates.
 
-The stresses are always recomputed: reusing a ``stress.json`` would need its knobs recorded
-and compared, and a tiny-to-moderate stress costs seconds per run; the run's ``stress.json``
-still keeps the results of stresses not asked for this time.
+Every measurement becomes a :class:`~cnnstress.analysis.seed_table.Metric` of the analysis'
+seed table (source = the stress), so stress numbers are estimated and compared with the reference
+exactly like accuracy; the paired p-values of one stress's headline numbers against one
+reference are one Holm family. mCE (Hendrycks & Dietterich 2019) is added here, relative to the
+reference group, from the ``acc`` rows of the corruption suite.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
-from cnnstress.analysis.compare import Analysis, GroupResult
-from cnnstress.analysis.runs import GroupKey
-from cnnstress.analysis.statistics import Estimate, PairedTest, estimate, holm
-from cnnstress.analysis.statistics import paired_test as paired
-from cnnstress.core.console import Progress
-from cnnstress.core.errors import UserError
-from cnnstress.stress import corruption_accuracies, corruption_errors, mce, run_stress
+from cnnstress.analysis.compare import Analysis
+from cnnstress.analysis.runs import GroupKey, Run
+from cnnstress.analysis.seed_table import Metric, SeedTable
+from cnnstress.analysis.statistics import holm
+from cnnstress.core.errors import DataError
+from cnnstress.core.identity import describe, differences
+from cnnstress.stress.corruption_suite import mce
 from cnnstress.stress.corruptions import BENCHMARK_TYPES
+from cnnstress.stress.results import StoredStress, read_stored
 from cnnstress.stress.runner import STRESSES
 
 log = logging.getLogger(__name__)
 
-# Shown in report.md / report.html / summary.md (stress.csv has these and the details).
-HEADLINE = (
-    r"corruptions/(clean_acc|mean_acc|benchmark_types|extra_mean_acc|mce|relative_mce)",
-    r"shift/[^/]+/(acc|drop)",
-    r"adversarial/clean_acc",
-    r"adversarial/[^/]+/[^/]+/acc",
-    r"calibration/(temperature|ece_before|ece_after|nll_before|nll_after)",
-    r"faithfulness/road/[^/]+",
-    r"faithfulness/randomization_spearman",
-    r"background/(chance|only_centre/acc|only_surround/acc|surround_share|mixed_same/acc"
-    r"|mixed_rand/acc|bg_gap|cam/outside_correct|cam/outside_confident_failures)",
-)
-DETAIL = (
-    r"corruptions/[^/]+/mean_acc",
-    r"corruptions/[^/]+/\d+/acc",
-    r"corruptions/[^/]+/(ce|relative_ce)",
-    r"faithfulness/cascade/\d+/[^/]+/spearman",
-    r"background/conflict/[^/]+",
-    r"background/clean_acc",
-    r"background/class/[^/]+/(only_surround|surround_share|cam_outside)",
-)
-_HEADLINE = [re.compile(p) for p in HEADLINE]
-_DETAIL = [re.compile(p) for p in DETAIL]
+#: run directory -> stress name -> its stored entry.
+Stored = dict[Path, dict[str, StoredStress]]
 
 
-def is_headline(metric: str) -> bool:
-    """Whether ``metric`` (a ``stress.json`` key) is one of the report's headline numbers."""
-    return any(p.fullmatch(metric) for p in _HEADLINE)
+def read_stress(runs: Sequence[Run]) -> tuple[Stored, list[str]]:
+    """The stress entries each run keeps; a ``stress.json`` that cannot be read is noted and
+    its run has none."""
+    stored: Stored = {}
+    notes = []
+    for run in runs:
+        try:
+            stored[run.path] = read_stored(run.path)
+        except DataError as err:
+            notes.append(f"{run.path}: stress results not used: {err}")
+            log.warning("stress results of %s not used: %s", run.path, err)
+            stored[run.path] = {}
+    return stored, notes
 
 
-def _kept(metric: str) -> bool:
-    return is_headline(metric) or any(p.fullmatch(metric) for p in _DETAIL)
+@dataclass(frozen=True)
+class Provenance:
+    """Where one stress's numbers of one dataset and model came from."""
 
-
-def run_stresses(
-    settings: Mapping[str, Any], analysis: Analysis, device: str
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Run the stresses of ``settings`` (name -> settings object) on every analysed run; return
-    (run path -> stress.json, notes).
-
-    A run that cannot be stressed (no readable checkpoint, moved dataset, a stress that does
-    not apply to it) is noted and left out; the other runs go on.
-    """
-    names = list(settings)
-    results: dict[str, dict[str, Any]] = {}
-    notes: list[str] = []
-    progress = Progress(f"stress {'+'.join(names)}: run", len(analysis.runs), log)
-    for group in analysis.groups:
-        for run in group.runs:
-            try:
-                results[str(run.path)] = run_stress(run.path, names, settings, device)
-            except UserError as err:
-                notes.append(f"{run.path}: no stress results: {err}")
-                log.warning("no stress results for %s: %s", run.path, err)
-            progress.step(f"{group.key.label} seed {run.seed}")
-    return results, notes
-
-
-@dataclass
-class StressGroup:
-    """One group's stress numbers: metric -> seed -> value, and their estimates."""
-
-    key: GroupKey
-    values: dict[str, dict[int, float]]
-    reference: StressGroup | None = None
-
-    @property
-    def seeds(self) -> list[int]:
-        """Seeds with any stress number, sorted."""
-        return sorted({s for by_seed in self.values.values() for s in by_seed})
-
-    def estimate(self, metric: str) -> Estimate:
-        """Mean ± std over the group's seeds (std ``None`` with one seed)."""
-        return estimate(list(self.values.get(metric, {}).values()))
-
-    def paired(self, metric: str) -> PairedTest | None:
-        """Difference to the reference (other - reference) paired over shared seeds."""
-        if self.reference is None or metric not in self.reference.values:
-            return None
-        return paired(self.reference.values[metric], self.values.get(metric, {}))
-
-    def delta_of_means(self, metric: str) -> float | None:
-        """Mean of this group minus mean of the reference (``None`` without a reference)."""
-        if self.reference is None or metric not in self.reference.values:
-            return None
-        return self.estimate(metric).mean - self.reference.estimate(metric).mean
+    stress: str
+    dataset_model: tuple[str, str]
+    settings: dict
+    runs: int
+    computed_by: dict[str, int]  # train.py / analyze.py -> runs
+    devices: tuple[str, ...]
+    first: str
+    last: str
 
 
 @dataclass
 class StressSummary:
-    """Stress numbers of every group that has any, in the order of ``Analysis.groups``."""
+    """The stresses the analysis shows.
+
+    Their per-seed numbers are in ``Analysis.table`` (source = the stress name).
+
+    Attributes:
+        names: the stresses with numbers, in :data:`~cnnstress.stress.runner.STRESSES` order.
+        metrics: every stress metric, stress by stress.
+        reference_of: each compared group -> its reference group.
+        p_holm, family_size: the paired p of a headline metric of a group against its
+            reference, Holm-adjusted within the stress's headline metrics of every group
+            against that reference, and the size of that family.
+    """
 
     names: list[str]
-    groups: list[StressGroup]
+    metrics: list[Metric]
+    provenance: list[Provenance]
+    reference_of: dict[GroupKey, GroupKey]
     reference_keys: set[GroupKey]
-    metrics: list[str]
     notes: list[str] = field(default_factory=list)
-    # (group key, metric) -> the paired p Holm-adjusted within its family (see holm_families)
-    p_holm: dict[tuple[GroupKey, str], float | None] = field(default_factory=dict)
-    family_size: dict[tuple[GroupKey, str], int] = field(default_factory=dict)
+    p_holm: dict[tuple[GroupKey, Metric], float | None] = field(default_factory=dict)
+    family_size: dict[tuple[GroupKey, Metric], int] = field(default_factory=dict)
 
     @property
-    def headline(self) -> list[str]:
+    def headline(self) -> list[Metric]:
         """The metrics shown in the report tables."""
-        return [m for m in self.metrics if is_headline(m)]
-
-    def group(self, key: GroupKey) -> StressGroup | None:
-        """The stress numbers of group ``key``."""
-        return next((g for g in self.groups if g.key == key), None)
+        return [m for m in self.metrics if m.headline]
 
 
-def family(metric: str) -> str:
-    """The Holm family of a headline metric: its stress (``corruptions``, ``background``...)."""
-    return metric.split("/", 1)[0]
+def _settings_id(settings: Mapping) -> str:
+    return json.dumps(settings, sort_keys=True)
 
 
-def holm_families(
-    groups: Sequence[StressGroup],
-) -> tuple[dict[tuple[GroupKey, str], float | None], dict[tuple[GroupKey, str], int]]:
-    """Holm-adjust the paired p-values of the headline metrics per family: one stress's
-    headline numbers of every group against one reference. Detail metrics (stress.csv only)
-    stay unadjusted. Returns (p_holm, family size) keyed by (group key, metric)."""
-    members: dict[tuple[GroupKey, str], list[tuple[GroupKey, str, float | None]]] = {}
-    for g in groups:
-        if g.reference is None:
-            continue
-        for metric in g.values:
-            test = g.paired(metric)
-            if is_headline(metric) and test is not None:
-                key = (g.reference.key, family(metric))
-                members.setdefault(key, []).append((g.key, metric, test.pvalue))
-    adjusted: dict[tuple[GroupKey, str], float | None] = {}
-    sizes: dict[tuple[GroupKey, str], int] = {}
-    for tests in members.values():
+def _chosen_entries(
+    name: str, pair: tuple[str, str], runs: Sequence[Run], stored: Stored
+) -> tuple[dict[Path, StoredStress], Provenance | None, str | None]:
+    """The entries of stress ``name`` computed with the settings most of ``runs`` have (the
+    most recent on a tie), their provenance, and a note on the runs left out."""
+    entries = {r.path: e for r in runs if (e := stored.get(r.path, {}).get(name)) is not None}
+    if not entries:
+        return {}, None, None
+    counts = Counter(_settings_id(e.settings) for e in entries.values())
+    latest = {sid: max(e.time for e in entries.values() if _settings_id(e.settings) == sid)
+              for sid in counts}  # fmt: skip
+    chosen = max(counts, key=lambda sid: (counts[sid], latest[sid]))
+    kept = {p: e for p, e in entries.items() if _settings_id(e.settings) == chosen}
+    note = None
+    if len(kept) < len(entries):
+        other = next(e for e in entries.values() if _settings_id(e.settings) != chosen)
+        first = next(iter(kept.values()))
+        changed = describe(differences(first.settings, other.settings), limit=4)
+        note = (
+            f"{name} ({'/'.join(pair)}): {len(entries) - len(kept)} of {len(entries)} runs "
+            f"computed it with other settings ({changed}) and are left out of it; "
+            f"stress=[{name}] recomputes them with the same settings"
+        )
+    first = next(iter(kept.values()))
+    times = sorted(e.time for e in kept.values())
+    provenance = Provenance(
+        stress=name,
+        dataset_model=pair,
+        settings=first.settings,
+        runs=len(kept),
+        computed_by=dict(Counter(e.computed_by for e in kept.values())),
+        devices=tuple(sorted({e.device for e in kept.values()})),
+        first=times[0],
+        last=times[-1],
+    )
+    return kept, provenance, note
+
+
+def _corruption_errors(
+    table: SeedTable, key: GroupKey, seed: int
+) -> tuple[dict[str, dict[int, float]], float | None]:
+    """``{benchmark type: {severity: error}}`` and the clean error of one seed of ``key``."""
+    errors: dict[str, dict[int, float]] = {}
+    for metric in table.metrics(key, "corruptions"):
+        corruption, severity = metric.at("corruption"), metric.at("severity")
+        value = table.by_seed(key, metric).get(seed)
+        if metric.name == "acc" and corruption in BENCHMARK_TYPES and None not in (severity, value):
+            errors.setdefault(corruption, {})[int(severity)] = 1.0 - value
+    clean = table.by_seed(key, Metric("corruptions", "clean_acc")).get(seed)
+    return errors, None if clean is None else 1.0 - clean
+
+
+def _coverage(errors: Mapping[str, Mapping[int, float]]) -> frozenset[tuple[str, int]]:
+    return frozenset((t, s) for t, row in errors.items() for s in row)
+
+
+def add_mce(table: SeedTable, key: GroupKey, reference: GroupKey) -> str | None:
+    """Add mCE, relative mCE and per-type CE of every seed of ``key`` to ``table``, relative to
+    ``reference``'s errors averaged over its seeds (so the reference's mean mCE is exactly 1 and
+    groups with different seeds still compare). Only when every run of both groups covers the
+    same benchmark types and severities; otherwise nothing is added and the reason returned."""
+    seeds = {k: table.by_seed(k, Metric("corruptions", "clean_acc")) for k in (key, reference)}
+    runs = {(k, s): _corruption_errors(table, k, s) for k in (key, reference) for s in seeds[k]}
+    if not any(errors for errors, _ in runs.values()):
+        return None
+    coverage = {_coverage(errors) for errors, _ in runs.values()}
+    if len(coverage) > 1:
+        return "the runs cover different corruption types or severities: no mCE"
+    if not next(iter(coverage)):
+        return "no benchmark corruption type evaluated: no mCE"
+    reference_runs = [runs[(reference, s)] for s in seeds[reference]]
+    base = {t: {s: float(np.mean([e[t][s] for e, _ in reference_runs])) for s in row}
+            for t, row in reference_runs[0][0].items()}  # fmt: skip
+    clean = [c for _, c in reference_runs]
+    base_clean = None if None in clean else float(np.mean(clean))
+    for seed in seeds[key]:
+        errors, clean_error = runs[(key, seed)]
+        numbers = mce(errors, base, clean_error, None if clean_error is None else base_clean)
+        for flat, value in numbers.items():  # corruptions/mce, corruptions/<type>/ce ...
+            parts = flat.split("/")
+            if len(parts) == 2:
+                metric = Metric("corruptions", parts[1])
+            else:
+                metric = Metric("corruptions", parts[2], (("corruption", parts[1]),), False)
+            if np.isfinite(value):
+                table.add(key, metric, seed, value)
+    return None
+
+
+def _holm(
+    table: SeedTable, reference_of: Mapping[GroupKey, GroupKey], metrics: Sequence[Metric]
+) -> tuple[dict[tuple[GroupKey, Metric], float | None], dict[tuple[GroupKey, Metric], int]]:
+    """Holm-adjust the paired p of the headline metrics, one family per stress and reference."""
+    families: dict[tuple[GroupKey, str], list[tuple[GroupKey, Metric, float | None]]] = {}
+    for key, ref in reference_of.items():
+        for metric in metrics:
+            test = table.paired(ref, key, metric) if metric.headline else None
+            if test is not None:
+                families.setdefault((ref, metric.source), []).append((key, metric, test.pvalue))
+    adjusted: dict[tuple[GroupKey, Metric], float | None] = {}
+    sizes: dict[tuple[GroupKey, Metric], int] = {}
+    for tests in families.values():
         size = sum(p is not None for *_, p in tests)
         for (key, metric, _), value in zip(tests, holm([p for *_, p in tests]), strict=True):
             adjusted[(key, metric)], sizes[(key, metric)] = value, size
     return adjusted, sizes
 
 
-def _mean_errors(
-    tables: Sequence[Mapping[str, Mapping[int, float]]],
-) -> dict[str, dict[int, float]]:
-    """Per type and severity, the mean error over the tables that have it."""
-    out: dict[str, dict[int, float]] = {}
-    for name in {t for table in tables for t in table}:
-        severities = {s for table in tables for s in table.get(name, {})}
-        out[name] = {
-            s: float(np.mean([t[name][s] for t in tables if s in t.get(name, {})]))
-            for s in sorted(severities)
-        }
-    return out
-
-
-def _per_seed(group: GroupResult, results: Mapping[str, Mapping[str, Any]]) -> dict[int, dict]:
-    return {r.seed: dict(results[str(r.path)]) for r in group.runs if str(r.path) in results}
-
-
-def benchmark_coverage(per_seed: Mapping[int, Mapping[str, Any]]) -> set[frozenset[str]]:
-    """The sets of (benchmark type, severity) pairs the runs' corruption numbers cover."""
-    return {
-        frozenset(
-            (t, s)
-            for t, row in corruption_accuracies(v).items()
-            if t in BENCHMARK_TYPES
-            for s in row
-        )
-        for v in per_seed.values()
-        if corruption_accuracies(v)
-    }
-
-
-def _add_mce(per_seed: dict[int, dict], reference: dict[int, dict]) -> str | None:
-    """Add ``corruptions/mce`` (and relative mCE, per-type CE) to every run's numbers.
-
-    The baseline errors are the reference group's mean errors over its seeds, so the
-    reference's mean mCE is exactly 1 and groups with different seeds still compare. mCE is
-    only computed when every run of both groups covers the same benchmark types and
-    severities; otherwise nothing is added and the reason is returned.
-    """
-    ref = [v for v in reference.values() if corruption_accuracies(v)]
-    if not ref or not any(corruption_accuracies(v) for v in per_seed.values()):
-        return None
-    coverage = benchmark_coverage(per_seed) | benchmark_coverage(reference)
-    if len(coverage) > 1:
-        return "the runs cover different corruption types or severities: no mCE"
-    if not next(iter(coverage)):
-        return "no benchmark corruption type evaluated: no mCE"
-    base = _mean_errors([corruption_errors(v) for v in ref])
-    clean = [v["corruptions/clean_acc"] for v in ref if v.get("corruptions/clean_acc") is not None]
-    base_clean = 1.0 - float(np.mean(clean)) if len(clean) == len(ref) else None
-    for values in per_seed.values():
-        errors = corruption_errors(values)
-        if not errors:
-            continue
-        run_clean = values.get("corruptions/clean_acc")
-        values.update(
-            mce(
-                errors,
-                base,
-                None if run_clean is None or base_clean is None else 1.0 - run_clean,
-                None if run_clean is None else base_clean,
-            )
-        )
-    return None
-
-
 def summarise_stress(
-    analysis: Analysis, results: Mapping[str, Mapping[str, Any]], names: Sequence[str]
-) -> StressSummary:
-    """Aggregate per-run ``stress.json`` contents (run path -> dict) per group and reference."""
-    per_group = {g.key: _per_seed(g, results) for g in analysis.groups}
-    # Every group's reference: its comparison's; a reference group is its own.
-    ref_of = {c.other.key: c.reference.key for c in analysis.comparisons}
-    ref_of |= {k: k for k in analysis.reference_keys}
-    notes = []
-    for key, per_seed in per_group.items():
-        if key in ref_of and (reason := _add_mce(per_seed, per_group[ref_of[key]])):
-            notes.append(f"{key.label} vs {ref_of[key].name}: {reason}")
-    metrics: dict[str, None] = {}
-    groups: dict[GroupKey, StressGroup] = {}
-    for g in analysis.groups:
-        values: dict[str, dict[int, float]] = {}
-        for seed, numbers in per_group[g.key].items():
-            for metric, value in numbers.items():
-                number = isinstance(value, int | float) and not isinstance(value, bool)
-                if number and _kept(metric):
-                    values.setdefault(metric, {})[seed] = float(value)
-                    metrics[metric] = None
-        if values:
-            groups[g.key] = StressGroup(g.key, values)
-    for key, group in groups.items():
-        ref_key = ref_of.get(key)
-        if ref_key is not None and ref_key != key:
-            group.reference = groups.get(ref_key)
-    order = {name: i for i, name in enumerate(STRESSES)}
-    ordered = sorted(metrics, key=lambda m: (order.get(m.split("/", 1)[0], 99),))
-    p_holm, sizes = holm_families(list(groups.values()))
+    analysis: Analysis, stored: Stored, names: Sequence[str] | None = None
+) -> StressSummary | None:
+    """Add the stress numbers of ``stored`` (only the stresses ``names``, else all) to
+    ``analysis.table``; ``None`` when no run has any."""
+    table = analysis.table
+    wanted = [n for n in STRESSES if names is None or n in names]
+    provenance, notes = [], []
+    found: list[str] = []
+    for pair in analysis.dataset_models:
+        groups = [g for g in analysis.groups if g.key.dataset_model == pair]
+        runs = [r for g in groups for r in g.runs]
+        group_of = {r.path: g.key for g in groups for r in g.runs}
+        seed_of = {r.path: r.seed for r in runs}
+        for name in wanted:
+            kept, origin, note = _chosen_entries(name, pair, runs, stored)
+            notes += [note] if note else []
+            if origin is None:
+                continue
+            provenance.append(origin)
+            found += [] if name in found else [name]
+            for path, entry in kept.items():
+                for m in entry.measurements:
+                    if m.value is not None:
+                        metric = Metric(name, m.metric, m.where, m.headline)
+                        table.add(group_of[path], metric, seed_of[path], m.value)
+    reference_of = {c.other.key: c.reference.key for c in analysis.comparisons}
+    if "corruptions" in found:
+        for key, ref in [*reference_of.items(), *((k, k) for k in analysis.reference_keys)]:
+            if reason := add_mce(table, key, ref):
+                notes.append(f"{key.label} vs {ref.name}: {reason}")
+    if not found:
+        return None
+    metrics = [m for name in found for m in table.metrics(source=name)]
+    p_holm, sizes = _holm(table, reference_of, metrics)
     return StressSummary(
-        names=list(names),
-        groups=list(groups.values()),
+        names=[n for n in STRESSES if n in found],
+        metrics=metrics,
+        provenance=provenance,
+        reference_of=reference_of,
         reference_keys=set(analysis.reference_keys),
-        metrics=ordered,
         notes=notes,
         p_holm=p_holm,
         family_size=sizes,

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from cnnstress.analysis.compare import Analysis, compare_groups
 from cnnstress.analysis.gradcam import default_filename, side_by_side
-from cnnstress.analysis.runs import collect_runs, latest_multirun
-from cnnstress.analysis.stress import StressSummary, run_stresses, summarise_stress
+from cnnstress.analysis.runs import Run, collect_runs, latest_multirun
+from cnnstress.analysis.stress import Stored, StressSummary, read_stress, summarise_stress
+from cnnstress.app.stress import stress_run
 from cnnstress.core.cam import METHODS
 from cnnstress.core.config import build, check_group_sections
-from cnnstress.core.console import quiet_library_noise
+from cnnstress.core.console import Progress, quiet_library_noise
 from cnnstress.core.errors import UserError
 from cnnstress.core.overrides import check_report_free
 from cnnstress.core.plots.canvas import save_figure
 from cnnstress.core.rules import Integer, ListOf, OneOf, Probability, Rule, Text
 from cnnstress.report.figures import calibration as calibration_plots
 from cnnstress.report.figures import comparison as comparison_plots
-from cnnstress.report.figures import stress as stress_plots
+from cnnstress.report.figures import stress_groups as stress_plots
 from cnnstress.report.write import write_report
+from cnnstress.stress.results import settings_record
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +95,32 @@ class AnalyzeConfig:
         check_group_sections(cfg, "stress")
 
 
-def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
-    figures: dict[str, list[str]] = {}
-    makers = {
-        "transitions": comparison_plots.transitions_figure,
-        "confidence": comparison_plots.confidence_figure,
-        "high_conf_errors": comparison_plots.high_conf_errors_figure,
-        "per_class_delta": comparison_plots.per_class_delta_figure,
-        "reliability": calibration_plots.reliability_overlay_figure,
-    }
-    for name, make in makers.items():
-        fig = make(analysis)
+def _save(figures: Mapping[str, Figure | None], out: Path) -> dict[str, list[str]]:
+    """Save each drawn figure as ``<section>.png``; section -> file names."""
+    saved = {}
+    for name, fig in figures.items():
         if fig is not None:
             save_figure(fig, out / f"{name}.png")
-            figures[name] = [f"{name}.png"]
-    return figures
+            saved[name] = [f"{name}.png"]
+    return saved
+
+
+def _draw(analysis: Analysis, stress: StressSummary | None, out: Path) -> dict[str, list[str]]:
+    figures = {
+        "transitions": comparison_plots.transitions_figure(analysis),
+        "confidence": comparison_plots.confidence_figure(analysis),
+        "high_conf_errors": comparison_plots.high_conf_errors_figure(analysis),
+        "per_class_delta": comparison_plots.per_class_delta_figure(analysis),
+        "reliability": calibration_plots.reliability_overlay_figure(analysis),
+    }
+    if stress is not None:
+        figures |= {
+            "background": stress_plots.background_figure(analysis, stress),
+            "stress_corruptions": stress_plots.stress_corruptions_figure(analysis, stress),
+            "stress_adversarial": stress_plots.stress_adversarial_figure(analysis, stress),
+            "stress_faithfulness": stress_plots.stress_faithfulness_figure(analysis, stress),
+        }
+    return _save(figures, out)
 
 
 def _gradcam(settings: AnalyzeConfig, analysis: Analysis, out: Path) -> tuple[list[str], list[str]]:
@@ -147,32 +162,48 @@ def _gradcam(settings: AnalyzeConfig, analysis: Analysis, out: Path) -> tuple[li
     return files, notes
 
 
-def _stress(settings: AnalyzeConfig, analysis: Analysis) -> StressSummary | None:
-    """Run ``stress=[...]`` on every run, aggregate; ``None`` when no stress is asked for."""
+def stress_numbers(settings: AnalyzeConfig, runs: Sequence[Run]) -> tuple[Stored, list[str]]:
+    """Every run's stored stress numbers, after computing those ``stress=[...]`` asks for that a
+    run lacks, or has with other settings (every one with ``recompute_stress=true``); returns
+    (run -> stress -> entry, notes). A run that cannot be stressed (no readable checkpoint,
+    moved dataset, a stress that does not apply to it) is noted; the other runs go on."""
+    stored, notes = read_stress(runs)
     if not settings.stress:
+        return stored, notes
+    asked = {name: settings_record(s) for name, s in settings.stress.items()}
+    todo = {
+        run: [n for n, record in asked.items() if settings.recompute_stress
+              or n not in stored[run.path] or stored[run.path][n].settings != record]
+        for run in runs
+    }  # fmt: skip
+    todo = {run: names for run, names in todo.items() if names}
+    reused = len(runs) * len(asked) - sum(len(names) for names in todo.values())
+    log.info("stress: %d results reused, %d to compute", reused, len(runs) * len(asked) - reused)
+    progress = Progress(f"stress {'+'.join(asked)}: run", len(todo), log)
+    for run, names in todo.items():
+        try:
+            chosen = {n: settings.stress[n] for n in names}
+            stored[run.path] |= stress_run(
+                run.path, chosen, settings.device, computed_by="analyze.py"
+            )
+        except UserError as err:
+            notes.append(f"{run.path}: no stress results: {err}")
+            log.warning("no stress results for %s: %s", run.path, err)
+        progress.step(f"{run.path.name} seed {run.seed}")
+    return stored, notes
+
+
+def _stress(settings: AnalyzeConfig, analysis: Analysis) -> StressSummary | None:
+    """The stress numbers of the analysed runs (those asked for by ``stress=[...]``, else every
+    one the runs have); ``None`` when there are none."""
+    stored, notes = stress_numbers(settings, analysis.runs)
+    summary = summarise_stress(analysis, stored, list(settings.stress) or None)
+    if summary is None:
+        if settings.stress:
+            analysis.notes.extend(notes)
         return None
-    results, notes = run_stresses(settings.stress, analysis, settings.device)
-    summary = summarise_stress(analysis, results, list(settings.stress))
     summary.notes = [*notes, *summary.notes]
     return summary
-
-
-def _draw_stress(stress: StressSummary, analysis: Analysis, out: Path) -> dict[str, list[str]]:
-    figures: dict[str, list[str]] = {}
-    fig = stress_plots.background_figure(stress, analysis)
-    if fig is not None:
-        save_figure(fig, out / "background.png")
-        figures["background"] = ["background.png"]
-    for name, make in {
-        "stress_corruptions": stress_plots.stress_corruptions_figure,
-        "stress_adversarial": stress_plots.stress_adversarial_figure,
-        "stress_faithfulness": stress_plots.stress_faithfulness_figure,
-    }.items():
-        fig = make(stress)
-        if fig is not None:
-            save_figure(fig, out / f"{name}.png")
-            figures[name] = [f"{name}.png"]
-    return figures
 
 
 def analyze(cfg: DictConfig) -> Path:
@@ -203,13 +234,11 @@ def analyze(cfg: DictConfig) -> Path:
         log.info("no runs= or sweep= given: analysing %s, %s", which, sweep)
     collection = collect_runs(runs, sweep, exclude=[out])
     analysis = compare_groups(collection, settings.reference, settings.thresholds)
-    figures = _draw(analysis, out)
+    stress = _stress(settings, analysis)
+    figures = _draw(analysis, stress, out)
     gradcam_files, gradcam_notes = _gradcam(settings, analysis, out)
     if gradcam_files:
         figures["gradcam"] = gradcam_files
-    stress = _stress(settings, analysis)
-    if stress is not None:
-        figures.update(_draw_stress(stress, analysis, out))
     sources = [f"runs={runs}"] if runs else []
     if sweep is not None:
         sources.append(f"sweep={sweep}")

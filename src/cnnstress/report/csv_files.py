@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from cnnstress.analysis.compare import Analysis, Comparison
+from cnnstress.analysis.seed_table import (
+    CLEAN_ACCURACY,
+    CORRECTED_ACCURACY,
+    confident_failures,
+    confident_label_errors,
+)
 from cnnstress.analysis.statistics import CrossedTest, Estimate
 from cnnstress.analysis.stress import StressSummary
-from cnnstress.analysis.stress import family as stress_family
 from cnnstress.core.identity import describe
 from cnnstress.report.numbers import threshold
 
@@ -98,22 +103,33 @@ def write_summary(analysis: Analysis, path: Path) -> Path:
             "n_seeds": g.accuracy.n, "seeds": ";".join(map(str, g.seeds)),
             **_estimate("acc", g.accuracy), **_estimate("ece", g.ece),
         }  # fmt: skip
-        clean = g.clean_accuracy if g.has_label_errors else None
-        corrected = g.corrected_accuracy if g.has_label_errors else None
+        clean = g.estimate(CLEAN_ACCURACY) if g.has_label_errors else None
+        corrected = g.estimate(CORRECTED_ACCURACY) if g.has_label_errors else None
         row |= {
             "acc_clean_mean": None if clean is None else clean.mean,
             "acc_clean_std": None if clean is None else clean.std,
             "acc_corrected_mean": None if corrected is None else corrected.mean,
             "acc_corrected_std": None if corrected is None else corrected.std,
         }
-        for i, t in enumerate(analysis.thresholds):
-            h, errors = g.high_conf_estimate(i), g.high_conf_label_errors
+        for t in analysis.thresholds:
+            h = g.estimate(confident_failures(t))
             row[f"hce_mean@{threshold(t)}"], row[f"hce_std@{threshold(t)}"] = h.mean, h.std
-            row[f"hce_label_errors_mean@{threshold(t)}"] = (
-                None if errors is None else errors[:, i].mean()
-            )
+            errors = g.estimate(confident_label_errors(t)) if g.has_label_errors else None
+            row[f"hce_label_errors_mean@{threshold(t)}"] = None if errors is None else errors.mean
         c = analysis.comparison_for(g.key)
         rows.append(row | (_comparison(c) if c is not None else {}))
+    return write_rows(path, rows)
+
+
+def write_seed_table(analysis: Analysis, path: Path) -> Path:
+    """``per_seed.csv``: every per-seed number of the analysis (accuracy, ECE, confident
+    failures, label-error numbers, stress metrics), one row per group, metric and seed."""
+    conditions = list(dict.fromkeys(k for m in analysis.table.metrics() for k, _ in m.where))
+    rows = [
+        {"group": key.label, "seed": seed, "source": metric.source, "metric": metric.name,
+         **{c: metric.at(c) for c in conditions}, "value": value}
+        for key, metric, seed, value in analysis.table.cells()
+    ]  # fmt: skip
     return write_rows(path, rows)
 
 
@@ -144,32 +160,37 @@ def write_transitions(analysis: Analysis, path: Path) -> Path:
     return write_rows(path, rows)
 
 
-def write_stress(stress: StressSummary, path: Path) -> Path:
-    """``stress.csv``: one row per group and stress metric (headline and details)."""
-    rows = []
-    for g in stress.groups:
+def write_stress(analysis: Analysis, stress: StressSummary, path: Path) -> Path:
+    """``stress.csv``: one row per group and stress metric (headline and details), the metric's
+    conditions in columns of their own."""
+    table, rows = analysis.table, []
+    conditions = list(dict.fromkeys(k for m in stress.metrics for k, _ in m.where))
+    for g in analysis.groups:
         for metric in stress.metrics:
-            if metric not in g.values:
+            if not table.has(g.key, metric):
                 continue
+            by_seed, e = table.by_seed(g.key, metric), table.estimate(g.key, metric)
             row = {
                 "dataset": g.key.dataset, "model": g.key.model, "name": g.key.name,
                 "label": g.key.label, "is_reference": int(g.key in stress.reference_keys),
-                "metric": metric, "headline": int(metric in stress.headline),
-                "n_seeds": len(g.values[metric]),
-                "seeds": ";".join(map(str, sorted(g.values[metric]))),
-                **{k: getattr(g.estimate(metric), k) for k in ("mean", "std", "ci_low",
-                                                               "ci_high")},
+                "stress": metric.source, "metric": metric.name,
+                **{c: metric.at(c) for c in conditions},
+                "headline": int(metric.headline), "n_seeds": len(by_seed),
+                "seeds": ";".join(map(str, by_seed)),
+                **{k: getattr(e, k) for k in ("mean", "std", "ci_low", "ci_high")},
             }  # fmt: skip
-            test, key = g.paired(metric), (g.key, metric)
+            ref = stress.reference_of.get(g.key)
+            test = None if ref is None else table.paired(ref, g.key, metric)
             if test is not None:
+                key = (g.key, metric)
                 family = (
-                    f"{stress_family(metric)} headline vs {g.reference.key.label} "
-                    f"({stress.family_size[key]} tests)"
+                    f"{metric.source} headline vs {ref.label} ({stress.family_size[key]} tests)"
                     if key in stress.family_size
                     else "unadjusted (detail metric)"
                 )
                 row |= {
-                    "reference": g.reference.key.label, "delta_of_means": g.delta_of_means(metric),
+                    "reference": ref.label,
+                    "delta_of_means": table.delta_of_means(ref, g.key, metric),
                     "paired_n": test.delta.n, "paired_delta_mean": test.delta.mean,
                     "paired_delta_std": test.delta.std, "paired_t": test.t,
                     "paired_p_unadjusted": test.pvalue, "paired_p_holm": stress.p_holm.get(key),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from cnnstress.analysis.seed_table import Metric
 from cnnstress.analysis.statistics import CrossedTest, Estimate
 
 NA = "n/a"
@@ -57,3 +58,16 @@ def with_holm(p: float | None, holm: float | None) -> str:
 
 def threshold(t: float) -> str:
     return f"{t:g}"
+
+
+def _coordinate(name: str, value: object) -> str:
+    if name == "eps" and isinstance(value, float):  # attacks read in 1/255 steps
+        return f"eps={value * 255:.3g}/255"
+    return f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+
+
+def metric_label(metric: Metric, source: bool = True) -> str:
+    """``adversarial acc (attack=pgd, eps=8/255)``; without ``source``: ``acc (...)``."""
+    where = ", ".join(_coordinate(k, v) for k, v in metric.where)
+    name = f"{metric.source} {metric.name}" if source else metric.name
+    return name + (f" ({where})" if where else "")

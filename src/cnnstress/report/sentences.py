@@ -7,7 +7,9 @@ estimates); nothing here decides or computes a statistic.
 from __future__ import annotations
 
 from cnnstress.analysis.compare import Analysis, Comparison
-from cnnstress.analysis.stress import StressGroup, StressSummary
+from cnnstress.analysis.runs import GroupKey
+from cnnstress.analysis.seed_table import Metric, confident_failures
+from cnnstress.analysis.stress import StressSummary
 from cnnstress.analysis.verdict import CleanOutcome, Judgement, Outcome, SeedsOutcome, Verdict
 from cnnstress.report.numbers import IDENTICAL, pct_points, pvalue
 
@@ -113,12 +115,12 @@ def _seeds_sentence(v: Verdict) -> str:
     return ""
 
 
-def verdict(c: Comparison, analysis: Analysis) -> str:
+def verdict(c: Comparison) -> str:
     """One plain sentence on a comparison of ``analysis``, rendered from its :class:`Verdict`:
     the accuracy difference with its interval and test, the change in confident failures (at
     the runs' confidence threshold), the clean test set, and whether the seeds suffice."""
     v = c.verdict
-    name = f"{c.other.key.name} vs {c.reference.key.name} ({'/'.join(c.other.key.setting)})"
+    name = f"{c.other.key.name} vs {c.reference.key.name} ({'/'.join(c.other.key.dataset_model)})"
     if not c.constrained:
         also = ", ".join(c.unconstrained_keys[:3])
         name += f", an UNCONSTRAINED comparison (also differs in {also})"
@@ -134,12 +136,12 @@ def verdict(c: Comparison, analysis: Analysis) -> str:
     elif paired:
         clause = f" ({paired})"
     text += clause + ": " + _call(v.overall)
-    column = analysis.thresholds.index(c.failure_threshold)
-    ref_hce = c.reference.high_conf[:, column].mean()
-    other_hce = c.other.high_conf[:, column].mean()
+    failures = confident_failures(c.failure_threshold)
+    ref_hce, other_hce = c.reference.estimate(failures).mean, c.other.estimate(failures).mean
     change = f" ({(other_hce - ref_hce) / ref_hce * 100:+.0f}%)" if ref_hce > 0 else ""
+    which = "" if c.failure_threshold_recorded else ", no run recorded its threshold"
     text += (
-        f". Confident failures (≥ {c.failure_threshold:g}): {ref_hce:.1f} -> "
+        f". Confident failures (≥ {c.failure_threshold:g}{which}): {ref_hce:.1f} -> "
         f"{other_hce:.1f} per run{change}."
     )
     errors = c.reference.runs[0].is_label_error
@@ -148,32 +150,40 @@ def verdict(c: Comparison, analysis: Analysis) -> str:
     return text + _seeds_sentence(v)
 
 
+SURROUND_SHARE = Metric("background", "surround_share")
+
 #: The background numbers the section has a sentence for (lower = less background reliance).
-BACKGROUND_NUMBERS = {
-    "background/surround_share": "the surround share (cue conflict)",
-    "background/only_surround/acc": "the only-surround accuracy",
-    "background/bg_gap": "the BG-gap (mixed-same minus mixed-rand accuracy)",
-    "background/cam/outside_correct": "the CAM mass outside the centre (correct predictions)",
-}
+BACKGROUND_NUMBERS = (
+    (SURROUND_SHARE, "the surround share (cue conflict)"),
+    (Metric("background", "acc", (("image", "only_surround"),)), "the only-surround accuracy"),
+    (Metric("background", "bg_gap"), "the BG-gap (mixed-same minus mixed-rand accuracy)"),
+    (
+        Metric("background", "cam_outside", (("images", "correct"),)),
+        "the CAM mass outside the centre (correct predictions)",
+    ),
+)
 
 
-def background(group: StressGroup, metric: str, what: str, stress: StressSummary) -> str | None:
+def background(
+    analysis: Analysis, stress: StressSummary, key: GroupKey, metric: Metric, what: str
+) -> str | None:
     """``cutout lowers the surround share from 0.41 to 0.33 (paired t-test p = 0.02 unadjusted,
-    Holm 0.08 over 8 background tests; 3 shared seeds)``."""
-    test = group.paired(metric)
-    if test is None or group.reference is None or metric not in group.values:
+    Holm 0.08 over 8 background tests; 3 shared seeds)``; ``None`` for a reference group."""
+    ref = stress.reference_of.get(key)
+    test = None if ref is None else analysis.table.paired(ref, key, metric)
+    if test is None:
         return None
-    before, after = group.reference.estimate(metric).mean, group.estimate(metric).mean
+    before = analysis.table.estimate(ref, metric).mean
+    after = analysis.table.estimate(key, metric).mean
     verb = "lowers" if after < before else "raises" if after > before else "leaves"
     if test.pvalue is None:
         p = IDENTICAL if test.identical else "n/a"
     else:
         p = f"{pvalue(test.pvalue)} unadjusted"
-        key = (group.key, metric)
-        if stress.p_holm.get(key) is not None:
-            size = stress.family_size[key]
-            p += f", Holm {pvalue(stress.p_holm[key])} over {size} background tests"
+        if stress.p_holm.get((key, metric)) is not None:
+            size = stress.family_size[(key, metric)]
+            p += f", Holm {pvalue(stress.p_holm[(key, metric)])} over {size} background tests"
     return (
-        f"{group.key.name} {verb} {what} from {before:.3f} to {after:.3f} "
+        f"{key.name} {verb} {what} from {before:.3f} to {after:.3f} "
         f"(paired t-test p = {p}; {test.delta.n} shared seed(s))"
     )

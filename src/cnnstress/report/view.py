@@ -13,8 +13,16 @@ import numpy as np
 from jinja2 import Template
 
 from cnnstress.analysis.compare import Analysis, Comparison, Transitions
+from cnnstress.analysis.seed_table import (
+    ACCURACY,
+    CLEAN_ACCURACY,
+    CORRECTED_ACCURACY,
+    ECE,
+    confident_failures,
+    confident_label_errors,
+)
 from cnnstress.analysis.statistics import MCNEMAR_EXACT_BELOW, SEED_VARIANCE_BOUND, CrossedTest
-from cnnstress.analysis.stress import StressSummary
+from cnnstress.analysis.stress import Provenance, StressSummary
 from cnnstress.analysis.verdict import SeedsOutcome
 from cnnstress.core.data import class_names
 from cnnstress.core.identity import describe
@@ -25,6 +33,7 @@ from cnnstress.report.numbers import (
     crossed,
     interval,
     mean_std,
+    metric_label,
     num,
     pvalue,
     threshold,
@@ -65,6 +74,7 @@ class StressTable:
 @dataclass(frozen=True)
 class StressView:
     intro: str
+    origins: list[str]
     notes: list[str]
     tables: list[StressTable]
     method_notes: list[str]
@@ -146,7 +156,7 @@ def _summary(analysis: Analysis) -> Table:
         rows.append([
             g.key.label + reference, f"n={g.accuracy.n} ({', '.join(map(str, g.seeds))})",
             mean_std(g.accuracy, 100), interval(g.accuracy, 100), mean_std(g.ece, 1, 4),
-            *(f"{g.high_conf[:, i].mean():.1f}" for i in range(len(analysis.thresholds))),
+            *(f"{g.estimate(confident_failures(t)).mean:.1f}" for t in analysis.thresholds),
         ])  # fmt: skip
     return Table(headers, rows)
 
@@ -201,15 +211,15 @@ def _label_errors(analysis: Analysis) -> tuple[Table | None, Table | None]:
     if not groups:
         return None, None
     t = analysis.failure_threshold[0]
-    column = analysis.thresholds.index(t)
     rows = []
     for g in groups:
-        total = g.high_conf[:, column].astype(float)
-        errors = g.high_conf_label_errors[:, column].astype(float)
+        total = g.estimate(confident_failures(t)).mean
+        errors = g.estimate(confident_label_errors(t)).mean
         rows.append([
             g.key.label, str(int(g.runs[0].is_label_error.sum())), mean_std(g.accuracy, 100),
-            mean_std(g.clean_accuracy, 100), mean_std(g.corrected_accuracy, 100),
-            f"{total.mean():.1f}", f"{(total - errors).mean():.1f}", f"{errors.mean():.1f}",
+            mean_std(g.estimate(CLEAN_ACCURACY), 100),
+            mean_std(g.estimate(CORRECTED_ACCURACY), 100),
+            f"{total:.1f}", f"{total - errors:.1f}", f"{errors:.1f}",
         ])  # fmt: skip
     groups_table = Table(
         ["group", "label errors in the test images", "test acc %", "clean acc %",
@@ -288,71 +298,96 @@ STRESS_NOTES = [
     "divided by the reference group's (its errors averaged over its seeds), averaged over the "
     "benchmark corruption types; 1.0 = as the reference, below 1 = more robust. The paper's "
     "AlexNet normalisation is not used, so values compare only within this analysis.",
-    "corruptions/mean_acc and mCE cover the benchmark types only; corruptions/benchmark_types "
-    "says how many of the paper's 15 (12 when generated: motion_blur, snow and frost need the "
-    "published files); the 4 extra types are apart (corruptions/extra_mean_acc). mCE is not "
-    "computed between groups that cover different types or severities.",
+    "corruptions mean_acc (types=benchmark) and mCE cover the benchmark types only (15 when "
+    "read from the published files, 12 when generated: motion_blur, snow and frost need the "
+    "files); the 4 extra types are apart (types=extra). mCE is not computed between groups that "
+    "cover different types or severities.",
+    "faithfulness randomization_undefined: the share of images whose rank correlation is "
+    "undefined at the last cascade step (a constant map); randomization_spearman averages the "
+    "others only.",
 ]
 
 
-def _stress(stress: StressSummary) -> StressView:
+def _settings_text(settings: dict, limit: int = 6) -> str:
+    items = [f"{k}={v}" for k, v in settings.items()]
+    more = f", +{len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _origin(p: Provenance) -> str:
+    """``corruptions, cifar10/simple_cnn: 6 runs, computed by analyze.py (4), train.py (2) on
+    cpu, 2026-12-06T05:01:02 to 2026-12-06T05:09:40; settings num_images=1000, ...``."""
+    who = ", ".join(f"{name} ({n})" for name, n in sorted(p.computed_by.items()))
+    when = p.first if p.first == p.last else f"{p.first} to {p.last}"
+    return (
+        f"{p.stress}, {'/'.join(p.dataset_model)}: {p.runs} runs, computed by {who} on "
+        f"{'/'.join(p.devices)}, {when}; settings {_settings_text(p.settings)} (all of them in "
+        "each run's stress.json)"
+    )
+
+
+def _stress(analysis: Analysis, stress: StressSummary) -> StressView:
+    table = analysis.table
     tables = []
-    for setting in sorted({g.key.setting for g in stress.groups}):
-        groups = [g for g in stress.groups if g.key.setting == setting]
-        others = [g for g in groups if g.reference is not None]
+    for pair in analysis.dataset_models:
+        keys = [g.key for g in analysis.groups if g.key.dataset_model == pair
+                and any(table.has(g.key, m) for m in stress.metrics)]  # fmt: skip
+        if not keys:
+            continue
+        others = [k for k in keys if k in stress.reference_of]
         headers = ["metric"]
-        for g in groups:
-            reference = " (reference)" if g.key in stress.reference_keys else ""
-            headers.append(f"{g.key.name}{reference} (n={len(g.seeds)})")
-        headers += [f"Δ {g.key.name} vs ref (p unadjusted, Holm)" for g in others]
+        for key in keys:
+            reference = " (reference)" if key in stress.reference_keys else ""
+            seeds = {s for m in stress.metrics for s in table.by_seed(key, m)}
+            headers.append(f"{key.name}{reference} (n={len(seeds)})")
+        headers += [f"Δ {k.name} vs ref (p unadjusted, Holm)" for k in others]
         rows = []
         for metric in stress.headline:
-            if not any(metric in g.values for g in groups):
+            if not any(table.has(k, metric) for k in keys):
                 continue
-            row = [metric]
-            row += [mean_std(g.estimate(metric), 1, 4) if metric in g.values else NA
-                    for g in groups]  # fmt: skip
-            for g in others:
-                delta, test = g.delta_of_means(metric), g.paired(metric)
+            row = [metric_label(metric)]
+            row += [mean_std(table.estimate(k, metric), 1, 4) if table.has(k, metric) else NA
+                    for k in keys]  # fmt: skip
+            for key in others:
+                ref = stress.reference_of[key]
+                delta, test = table.delta_of_means(ref, key, metric), table.paired(ref, key, metric)
                 p = NA if test is None or test.pvalue is None else pvalue(test.pvalue)
-                holm = stress.p_holm.get((g.key, metric))
+                holm = stress.p_holm.get((key, metric))
                 p += "" if holm is None else f", Holm {pvalue(holm)}"
                 row.append(NA if delta is None else f"{delta:+.4f} (p={p})")
             rows.append(row)
-        tables.append(StressTable("/".join(setting), Table(headers, rows)))
-    intro = f"Stresses: {', '.join(stress.names)}."
-    return StressView(intro, list(stress.notes), tables, STRESS_NOTES)
+        tables.append(StressTable("/".join(pair), Table(headers, rows)))
+    intro = f"Stresses: {', '.join(stress.names)}. Where the numbers come from:"
+    origins = [_origin(p) for p in stress.provenance]
+    return StressView(intro, origins, list(stress.notes), tables, STRESS_NOTES)
 
 
-def _background(stress: StressSummary | None) -> BackgroundView | None:
-    groups = [] if stress is None else [g for g in stress.groups
-                                        if "background/surround_share" in g.values]  # fmt: skip
-    if not groups:
+def _background(analysis: Analysis, stress: StressSummary | None) -> BackgroundView | None:
+    table = analysis.table
+    share = sentences.SURROUND_SHARE
+    keys = [] if stress is None else [g.key for g in analysis.groups if table.has(g.key, share)]
+    if not keys:
         return None
-    said = [sentences.background(g, metric, what, stress) for g in groups
-            for metric, what in sentences.BACKGROUND_NUMBERS.items()]  # fmt: skip
-    metrics = [m for m in stress.headline if m.startswith("background/")]
-    table = Table(
-        ["group", *(m.removeprefix("background/") for m in metrics)],
-        [[g.key.label, *(mean_std(g.estimate(m), 1, 3) if m in g.values else NA
-                         for m in metrics)] for g in groups],
-    )  # fmt: skip
+    said = [sentences.background(analysis, stress, key, metric, what) for key in keys
+            for metric, what in sentences.BACKGROUND_NUMBERS]  # fmt: skip
+    metrics = [m for m in stress.headline if m.source == "background"]
+    rows = [[key.label, *(mean_std(table.estimate(key, m), 1, 3) if table.has(key, m) else NA
+                          for m in metrics)] for key in keys]  # fmt: skip
+    summary = Table(["group", *(metric_label(m, source=False) for m in metrics)], rows)
     classes = []
-    for group in groups:  # the reference's classes most predicted from their background
-        if group.reference is not None or group.key not in stress.reference_keys:
-            continue
-        names = sorted(
-            {m.split("/")[2] for m in group.values if m.startswith("background/class/")},
-            key=lambda c: -group.estimate(f"background/class/{c}/surround_share").mean,
-        )[:10]
-        members = [g for g in groups if g.key.setting == group.key.setting]
-        rows = [[c, *(mean_std(g.estimate(f"background/class/{c}/surround_share"), 1, 2)
-                      for g in members)] for c in names]  # fmt: skip
-        intro = (f"{'/'.join(group.key.setting)}: the classes most often predicted from their "
+    for ref in (k for k in keys if k in stress.reference_keys):
+        # the reference's classes most predicted from their background
+        per_class = [m for m in table.metrics(ref, "background")
+                     if m.name == "surround_share" and m.at("class") is not None]  # fmt: skip
+        per_class.sort(key=lambda m: -table.estimate(ref, m).mean)
+        members = [k for k in keys if k.dataset_model == ref.dataset_model]
+        rows = [[str(m.at("class")), *(mean_std(table.estimate(k, m), 1, 2) for k in members)]
+                for m in per_class[:10]]  # fmt: skip
+        intro = (f"{'/'.join(ref.dataset_model)}: the classes most often predicted from their "
                  "background in the reference (surround share per class; all classes in "
                  "stress.csv).")  # fmt: skip
-        classes.append(ClassesView(intro, Table(["class", *(g.key.name for g in members)], rows)))
-    return BackgroundView([s for s in said if s], table, classes)
+        classes.append(ClassesView(intro, Table(["class", *(k.name for k in members)], rows)))
+    return BackgroundView([s for s in said if s], summary, classes)
 
 
 def _methods() -> str:
@@ -397,7 +432,7 @@ def build_view(
         f"{'; '.join(sources)}. Reference: {analysis.reference}. {runs} runs in "
         f"{len(analysis.groups)} groups, {len(analysis.skipped)} skipped.",
         summary_intro=f"Reference: {analysis.reference}. Sources: {'; '.join(sources)}.",
-        verdicts=[sentences.verdict(c, analysis) for c in analysis.comparisons],
+        verdicts=[sentences.verdict(c) for c in analysis.comparisons],
         notes=notes,
         summary=_summary(analysis),
         comparisons=_comparisons(analysis),
@@ -410,15 +445,15 @@ def build_view(
                 [
                     g.key.label,
                     *(
-                        mean_std(g.high_conf_estimate(i), 1, 1)
-                        for i in range(len(analysis.thresholds))
+                        mean_std(g.estimate(confident_failures(t)), 1, 1)
+                        for t in analysis.thresholds
                     ),
                 ]
                 for g in analysis.groups
             ],
         ),
-        stress=None if stress is None else _stress(stress),
-        background=_background(stress),
+        stress=None if stress is None else _stress(analysis, stress),
+        background=_background(analysis, stress),
         gradcam_notes=list(gradcam_notes),
         runs=Table(
             ["group", "seed", "test acc %", "ECE", "path"],
@@ -426,8 +461,8 @@ def build_view(
                 [
                     g.key.label,
                     str(r.seed),
-                    num(g.accuracy_by_seed[r.seed], 100),
-                    num(g.ece_by_seed[r.seed], 1, 4),
+                    num(g.by_seed(ACCURACY)[r.seed], 100),
+                    num(g.by_seed(ECE)[r.seed], 1, 4),
                     str(r.path),
                 ]
                 for g in analysis.groups

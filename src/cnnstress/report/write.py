@@ -1,6 +1,7 @@
 """Write the analysis: ``summary.md``, ``report.md`` and a self-contained ``report.html`` from the
 section templates of ``report/templates/`` (HTML from Markdown by the markdown library, figures
-embedded as data URIs), and ``summary.csv``, ``transitions.csv``, ``stress.csv``."""
+embedded as data URIs), and ``summary.csv``, ``transitions.csv``, ``per_seed.csv``,
+``stress.csv``."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ class ReportFiles:
     transitions_csv: Path
     report_md: Path
     report_html: Path
+    per_seed_csv: Path
     figures: dict[str, list[str]] = field(default_factory=dict)
     stress_csv: Path | None = None
 
@@ -126,5 +128,8 @@ def write_report(
         report_md=out / "report.md",
         report_html=out / "report.html",
         figures=figures,
-        stress_csv=None if stress is None else csv_files.write_stress(stress, out / "stress.csv"),
+        per_seed_csv=csv_files.write_seed_table(analysis, out / "per_seed.csv"),
+        stress_csv=None
+        if stress is None
+        else csv_files.write_stress(analysis, stress, out / "stress.csv"),
     )

@@ -82,6 +82,17 @@ def _mix_targets(targets: torch.Tensor, partner: torch.Tensor, keep: torch.Tenso
     return keep * targets + (1 - keep) * targets[partner]
 
 
+def draw_mixing(
+    n: int, alpha: float, p: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What both mixes draw per batch, in this order: ``(N,)`` partners (one permutation),
+    ``(N,)`` weights ``lambda ~ Beta(alpha, alpha)`` and ``(N,)`` bool "mixed" (probability
+    ``p``)."""
+    partner = torch.randperm(n, generator=generator, device=generator.device)
+    lam = sample_beta(alpha, alpha, n, generator)
+    return partner, lam, draw_mask(n, p, generator)
+
+
 @dataclass
 class CutMix:
     """CutMix (Yun et al. 2019) with a box and lambda per image.
@@ -102,9 +113,7 @@ class CutMix:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = images.shape
         dev = images.device
-        partner = torch.randperm(n, generator=generator, device=dev)
-        lam = sample_beta(self.alpha, self.alpha, n, generator)
-        mix = draw_mask(n, self.p, generator)
+        partner, lam, mix = draw_mixing(n, self.alpha, self.p, generator)
         cut = (1 - lam).clamp(min=0).sqrt()
         cut_h = torch.where(mix, (h * cut).long(), 0)
         cut_w = torch.where(mix, (w * cut).long(), 0)
@@ -135,9 +144,8 @@ class MixUp:
         self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = images.shape[0]
-        partner = torch.randperm(n, generator=generator, device=images.device)
-        lam = sample_beta(self.alpha, self.alpha, n, generator)
-        lam = torch.where(draw_mask(n, self.p, generator), lam, 1.0)
+        partner, lam, mix = draw_mixing(n, self.alpha, self.p, generator)
+        lam = torch.where(mix, lam, 1.0)
         weight = lam.to(images.dtype)[:, None, None, None]
         mixed = weight * images + (1 - weight) * images[partner]
         return mixed, _mix_targets(targets, partner, lam)

@@ -15,14 +15,16 @@ from cnnstress.core.rules import Integer
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv x2 with an identity (or 1x1 projection) shortcut."""
+    """BN-ReLU-conv x2 with an identity (or 1x1 projection) shortcut; ``dropout`` between the
+    convolutions (the wide ResNet's block)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.shortcut = (
             nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
             if stride != 1 or c_in != c_out
@@ -32,8 +34,7 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(out)))))
         return out + shortcut
 
 

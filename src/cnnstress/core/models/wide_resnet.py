@@ -11,30 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnstress.core.models.preact_resnet import PreActBlock
 from cnnstress.core.rules import Integer, Probability
-
-
-class WideBlock(nn.Module):
-    """Pre-activation basic block with dropout between the convolutions."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        self.shortcut = (
-            nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
-            if stride != 1 or c_in != c_out
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(out)))))
-        return out + shortcut
 
 
 class WideResNet(nn.Module):
@@ -50,8 +28,8 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
 
         def stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-            blocks = [WideBlock(c_in, c_out, stride, dropout)]
-            blocks += [WideBlock(c_out, c_out, 1, dropout) for _ in range(n - 1)]
+            blocks = [PreActBlock(c_in, c_out, stride, dropout)]
+            blocks += [PreActBlock(c_out, c_out, 1, dropout) for _ in range(n - 1)]
             return nn.Sequential(*blocks)
 
         self.layer1 = stage(widths[0], widths[1], 1)

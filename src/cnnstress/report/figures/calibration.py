@@ -11,12 +11,13 @@ from cnnstress.core.plots.layout import group_legend, panel_grid
 
 
 def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Figure:
-    """Per setting: every group's reliability curve (all seeds pooled) over the diagonal."""
-    settings = analysis.settings
-    fig, axes = panel_grid(len(settings), 2, (5.0, 5.0))
-    for ax, setting in zip(axes, settings, strict=True):
+    """Per dataset and model: every group's reliability curve (all seeds pooled) over the
+    diagonal."""
+    pairs = analysis.dataset_models
+    fig, axes = panel_grid(len(pairs), 2, (5.0, 5.0))
+    for ax, pair in zip(axes, pairs, strict=True):
         ax.plot([0, 1], [0, 1], "k:", linewidth=1, label="perfect calibration")
-        for group in (g for g in analysis.groups if g.key.setting == setting):
+        for group in (g for g in analysis.groups if g.key.dataset_model == pair):
             conf = np.concatenate([r.confidence for r in group.runs])
             correct = np.concatenate([r.correct for r in group.runs])
             bins = reliability_bins(conf, correct, n_bins)  # the last bin: confidence 1.0
@@ -27,6 +28,6 @@ def reliability_overlay_figure(analysis: Analysis, n_bins: int = ECE_BINS) -> Fi
         ax.set_ylim(0, 1)
         ax.set_xlabel(f"mean confidence per bin ({n_bins} bins)")
         ax.set_ylabel("accuracy per bin")
-        ax.set_title("/".join(setting), fontsize=10)
+        ax.set_title("/".join(pair), fontsize=10)
         group_legend(ax, loc="lower right")
     return fig

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from cnnstress.analysis.seed_table import confident_failures
 from cnnstress.core.data import class_names
 from cnnstress.core.plots.canvas import new_figure, to_hwc
 from cnnstress.core.plots.images import overlay
@@ -81,19 +82,21 @@ def confidence_figure(analysis: Analysis) -> Figure:
 
 
 def high_conf_errors_figure(analysis: Analysis) -> Figure:
-    """Per setting: mean high-confidence error count against threshold, per group (± std)."""
-    settings = analysis.settings
-    fig, axes = panel_grid(len(settings), 2, (5.5, 4.0))
+    """Per dataset and model: mean high-confidence error count against threshold, per group
+    (± std)."""
+    pairs = analysis.dataset_models
+    fig, axes = panel_grid(len(pairs), 2, (5.5, 4.0))
     thresholds = np.array(analysis.thresholds)
-    for ax, setting in zip(axes, settings, strict=True):
-        for group in (g for g in analysis.groups if g.key.setting == setting):
-            mean = group.high_conf.mean(0)
-            std = group.high_conf.std(0, ddof=1) if len(group.runs) > 1 else None
+    for ax, pair in zip(axes, pairs, strict=True):
+        for group in (g for g in analysis.groups if g.key.dataset_model == pair):
+            counts = [group.estimate(confident_failures(t)) for t in thresholds]
+            mean = [e.mean for e in counts]
+            std = [e.std for e in counts] if len(group.runs) > 1 else None
             style = "-" if not analysis.is_reference(group.key) else "--"
             ax.errorbar(thresholds, mean, yerr=std, fmt=style + "o", capsize=3, markersize=4,
                         label=f"{group.key.name} (n={len(group.runs)})")  # fmt: skip
         label_panel(
-            ax, setting, "confidence threshold", "wrong predictions with confidence >= threshold"
+            ax, pair, "confidence threshold", "wrong predictions with confidence >= threshold"
         )
     return fig
 
@@ -168,5 +171,7 @@ def gradcam_figure(side: SideBySide, alpha: float = 0.5) -> Figure:
             axes[r, c].set_title(title, fontsize=8, color="tab:green" if ok else "tab:red")
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.suptitle(f"{'/'.join(side.setting)}: reference's most confident test failures", fontsize=10)
+    fig.suptitle(
+        f"{'/'.join(side.dataset_model)}: reference's most confident test failures", fontsize=10
+    )
     return fig
