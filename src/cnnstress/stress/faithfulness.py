@@ -54,7 +54,7 @@ from cnnstress.core.errors import ConfigError
 from cnnstress.core.metrics import find_failures
 from cnnstress.core.rules import Integer, ListOf, Number, OneOf, Text
 from cnnstress.stress.context import StressContext, seeded_subset
-from cnnstress.stress.results import Scalar, StressResult, measure
+from cnnstress.stress.results import Measurement, Scalar, StressResult, measure
 
 
 @dataclasses.dataclass
@@ -217,13 +217,13 @@ def evaluate(ctx: StressContext, settings: FaithfulnessSettings | None = None) -
 
     logits, labels = ctx.clean_logits(), ctx.test.labels
     predicted = logits.argmax(1)
-    rows = []
+    rows: list[Measurement] = []
     info: dict[str, Scalar] = {"method": method, "target_layer": layer_path}
 
     # ROAD on the most confident failures (ties by index), explaining the predicted class.
     probs = logits.softmax(1).numpy()
-    rows = find_failures(np.arange(len(labels)), labels.numpy(), probs)[: s.num_failures]
-    failures = torch.from_numpy(rows)
+    failing = find_failures(np.arange(len(labels)), labels.numpy(), probs)[: s.num_failures]
+    failures = torch.from_numpy(failing)
     info["num_failures"] = len(failures)
     if len(failures):
         images = normalised(failures)
