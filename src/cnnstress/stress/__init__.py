@@ -31,6 +31,7 @@ def corruption_accuracies(*args: object, **kwargs: object) -> None:
     """Removed: use :func:`accuracy_table` on a result's measurements."""
     raise NotImplementedError("corruption_accuracies was removed: use accuracy_table")
 
+
 __all__ = [
     "CORRUPTIONS",
     "STRESSES",
