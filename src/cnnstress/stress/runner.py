@@ -86,6 +86,11 @@ def resolve_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _scalar(value: Any) -> Any:
+    """A numpy or torch scalar as the Python number ``stress.json`` can hold."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def _relative(path: Path, run_dir: Path) -> str:
     try:
         return str(path.resolve().relative_to(run_dir.resolve()))
@@ -152,7 +157,7 @@ def evaluate_run(
             time=datetime.now().astimezone().isoformat(timespec="seconds"),
             device=ctx.device.type,
             checkpoint=checkpoint,
-            info=dict(result.info),
+            info={k: _scalar(v) for k, v in result.info.items()},
             measurements=tuple(result.measurements),
         )
         # kept as soon as computed: a later stress's error loses none of the earlier ones
