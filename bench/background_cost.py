@@ -14,7 +14,8 @@ interleaved, two references:
 * the Grad-CAMs of the same 1,000 images through ``cnnstress.core.cam.compute_heatmaps`` alone.
 
 Each round runs six plain passes back to back, the CAMs alone, then the stress, whose steps are
-timed from the inside (clean logits, the five variants, the CAMs, the figures). Target: the
+timed from the inside (clean logits, the five variants, the CAMs, the figures: their arrays in
+the stress, then drawn and saved as ``cnnstress.app.stress.stress_run`` does). Target: the
 whole stress costs at most 6 plain passes plus the CAM subset.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from cnnstress.app.configs import compose_config
+from cnnstress.app.stress import save_run_figures
 from cnnstress.core.cam import compute_heatmaps
 from cnnstress.core.data.sources import load_split
 from cnnstress.core.models import SimpleCNN, resnet18
@@ -72,7 +74,7 @@ def cam_only(ctx: StressContext, count: int, batch: int) -> float:
     return sync(ctx.device) - start
 
 
-PARTS = ("_predict", "_cam_outside", "plot_examples", "plot_classes")
+PARTS = ("_predict", "_cam_outside", "example_arrays")
 
 
 def time_parts(device: torch.device) -> dict[str, float]:
@@ -101,9 +103,12 @@ def stress(ctx: StressContext, settings: dict, parts: dict[str, float]) -> dict[
     start = sync(ctx.device)
     fresh.clean_logits()  # what evaluate asks first; cached, as for the other stresses
     clean = sync(ctx.device) - start
-    background.evaluate(fresh, background.BackgroundSettings(**settings))
+    result = background.evaluate(fresh, background.BackgroundSettings(**settings))
+    drawn = sync(ctx.device)
+    save_run_figures(ctx.run_dir, "background", result)  # drawn by the report, saved by the app
     total = sync(ctx.device) - start
     out = {"clean": clean, **{name: parts[name] for name in PARTS}}
+    out["draw"] = total - (drawn - start)
     out["other"] = total - sum(out.values())
     out["total"] = total
     return out
@@ -157,7 +162,7 @@ def main() -> None:
         ratio = t["total"] / (six + cam)
         ratios.append(ratio)
         row = [six, cam, t["total"], t["clean"], t["_predict"], t["_cam_outside"],
-               t["plot_examples"] + t["plot_classes"], t["other"], ratio]  # fmt: skip
+               t["example_arrays"] + t["draw"], t["other"], ratio]  # fmt: skip
         print(" ".join(f"{v:10.2f}" for v in row))
     best = min(ratios)
     print(

@@ -130,7 +130,8 @@ def main() -> None:
         subset = seeded_subset(n_total, n, 0)
         images = ctx.test.images[subset]
         # Warm-up: first calls pay one-off costs (thread pools, cuDNN autotuning, nvjpeg).
-        corruption_suite.evaluate(ctx, {"types": ["contrast"], "severities": [1], "max_images": 64})
+        warm = {"types": ["contrast"], "severities": [1], "max_images": 64}
+        corruption_suite.evaluate(ctx, corruption_suite.CorruptionSettings(**warm))
         model_only(ctx, images[:64], 1, args.batch_size)
         # Type by type, each measurement next to its references, so that drifting machine load
         # hits them alike.
@@ -139,9 +140,11 @@ def main() -> None:
         settings = {"batch_size": args.batch_size, "max_images": n if n < n_total else None}
         for name in CORRUPTIONS:
             start = time.perf_counter()
-            result = corruption_suite.evaluate(ctx, {**settings, "types": [name]})
+            knobs = corruption_suite.CorruptionSettings(**settings, types=[name])
+            result = corruption_suite.evaluate(ctx, knobs)
             suite = time.perf_counter() - start
-            accs.append(result["corruptions/mean_acc"])
+            accs.extend(m.value for m in result.measurements
+                        if m.metric == "mean_acc" and m.at("corruption") == name)  # fmt: skip
             model = model_only(ctx, images, len(SEVERITIES), args.batch_size)
             generate = generation_only(images, name, ctx.device, args.batch_size)
             single = per_image(sample, name, ctx.device) * n_total / len(sample)

@@ -265,16 +265,20 @@ class Check:
         path = run / "stress.json"
         if status != 0 or not path.is_file():
             return False, out[-3000:]
-        stress = json.loads(path.read_text())
-        where = {name: stress.get(f"{name}/device") for name in STRESSES}
+        # stress.json format 2 (cnnstress.stress.results), read as plain JSON like the rest
+        stored = json.loads(path.read_text()).get("stresses", {})
+        where = {name: stored.get(name, {}).get("device") for name in STRESSES}
+
+        def first(name: str, metric: str, **at: object) -> float | None:
+            rows = stored.get(name, {}).get("measurements", [])
+            return next((r["value"] for r in rows if r["metric"] == metric
+                         and r.get("where", {}) == at), None)  # fmt: skip
+
         headline = {
-            k: stress.get(k)
-            for k in (
-                "corruptions/mean_acc",
-                "adversarial/pgd/eps8/acc",
-                "calibration/ece_after",
-                "background/surround_share",
-            )
+            "corruptions mean_acc (benchmark)": first("corruptions", "mean_acc", types="benchmark"),
+            "adversarial pgd 8/255 acc": first("adversarial", "acc", attack="pgd", eps=8 / 255),
+            "calibration ece_after": first("calibration", "ece_after"),
+            "background surround_share": first("background", "surround_share"),
         }
         summary = f"ran on: {where}\n{json.dumps(headline)}"
         return all(device == self.device for device in where.values()), summary

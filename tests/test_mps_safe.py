@@ -13,7 +13,7 @@ import cnnstress.core.devices as devices
 from cnnstress.app.train import run_training
 from cnnstress.core.augment import CutMix, MixUp, sample_beta
 from cnnstress.core.models.airbench import whitening_filters
-from cnnstress.stress import corruptions, read_stress, run_stress
+from cnnstress.stress import corruptions, evaluate_run, read_stored
 from cnnstress.stress.context import resolve_device
 from cnnstress.train.sync_audit import SyncAudit
 
@@ -100,10 +100,11 @@ def test_stresses_run_on_the_cpu_or_cuda_and_record_where(make_config, tiny_cifa
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "stress=[calibration]")
     run_training(cfg)
     run = tmp_path / "run"
-    assert read_stress(run)["calibration/device"] == "cpu"
+    assert read_stored(run)["calibration"].device == "cpu"
     # a run trained on a Mac: its stresses ask for "mps" and get the CPU
-    result = run_stress(run, ["calibration"], device="mps")
-    assert result["calibration/device"] == "cpu" and result["calibration/ece_after"] >= 0
+    entry, _ = evaluate_run(run, {"calibration": None}, "mps", computed_by="test")["calibration"]
+    assert entry.device == "cpu" and read_stored(run)["calibration"] == entry
+    assert next(m for m in entry.measurements if m.metric == "ece_after").value >= 0
 
 
 class PretendCuda(torch.Tensor):

@@ -17,7 +17,7 @@ from cnnstress.app.train import run_training
 from cnnstress.core.checkpoints import load_backbone
 from cnnstress.core.errors import ConfigError
 from cnnstress.core.run_dir import read_metrics, read_predictions
-from cnnstress.stress import read_stress
+from cnnstress.stress import read_stored
 from cnnstress.train.precision import resolve_auto
 from cnnstress.train.training import build_trainer, cheap_cuda_checks
 
@@ -120,10 +120,11 @@ def test_bf16_channels_last_run_callbacks_stress_and_reevaluation(
     matrix = json.loads((run / "confusion_matrix.json").read_text())
     assert np.asarray(matrix["matrix"]).sum() == 80
     # The stress (fp32, outside the Trainer) gives finite values.
-    stress = read_stress(run)
-    assert stress["adversarial/num_images"] == 16
-    for key in ("adversarial/clean_acc", "adversarial/fgsm/eps8/acc", "adversarial/pgd/eps8/acc"):
-        assert 0.0 <= stress[key] <= 1.0, key
+    stress = read_stored(run)["adversarial"]
+    assert stress.info["num_images"] == 16
+    assert {m.at("attack") for m in stress.measurements if m.metric == "acc"} == {"fgsm", "pgd"}
+    for m in stress.measurements:
+        assert 0.0 <= m.value <= 1.0, m
     # Re-evaluating the checkpoint in bf16 reproduces the test metrics exactly.
     evaluation = tmp_path / "eval"
     again = run_training(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnstress.core.errors import ConfigError
-from cnnstress.stress.adversarial import eps_key, fgsm, parse_eps, pgd
+from cnnstress.stress.adversarial import fgsm, parse_eps, pgd
 from cnnstress.stress.calibration import (
     calibration_error,
     fit_temperature,
@@ -82,7 +82,6 @@ def test_pgd_stays_in_the_eps_ball_and_in_pixel_range_and_hurts_more_than_clean(
 
 def test_adversarial_radii_are_numbers_or_fractions():
     assert [parse_eps(e) for e in ["8/255", 0.01]] == [pytest.approx(8 / 255), 0.01]
-    assert [eps_key(parse_eps(e)) for e in ["8/255", 0.01]] == ["eps8", "eps2.55"]
     assert parse_eps("1/255") == pytest.approx(1 / 255)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,16 +14,21 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from cnnstress.app.stress import stress_run
 from cnnstress.app.train import run_training
 from cnnstress.core.config import build
 from cnnstress.core.data.classes import CIFAR10_CLASSES
 from cnnstress.core.data.sources import LabeledImages
 from cnnstress.core.errors import ConfigError, DataError
 from cnnstress.core.models import SimpleCNN
-from cnnstress.stress import read_stress, run_stress
+from cnnstress.report.figures.stress_run import (
+    BACKGROUND_CLASSES_FILE,
+    BACKGROUND_EXAMPLES_FILE,
+    background_classes,
+    background_examples,
+)
+from cnnstress.stress import read_stored
 from cnnstress.stress.background import (
-    CLASSES_FILE,
-    EXAMPLES_FILE,
     BackgroundSettings,
     centre_mask,
     draw_partners,
@@ -32,6 +38,7 @@ from cnnstress.stress.background import (
 )
 from cnnstress.stress.context import StressContext, to_unit
 from tests.conftest import compose_train_config
+from tests.stress_rows import row, value
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,48 +108,57 @@ def test_planted_nets_get_the_numbers_their_region_decides(sees, tmp_path):
     settings = {"fill": 0.5, "batch_size": 16, "seed": 3}
     out = evaluate(ctx, BackgroundSettings(**settings))
 
+    def v(metric, **where):
+        return value(out, metric, **where)
+
     clean = ctx.clean_logits().argmax(1)
     assert torch.equal(clean, torch.arange(60) // 6)  # the colour class: mislabelled ones fail
     clean_acc = _frac(clean == labels)
-    assert out["background/clean_acc"] == pytest.approx(clean_acc) == pytest.approx(0.9)
+    assert v("clean_acc") == pytest.approx(clean_acc) == pytest.approx(0.9)
+    assert v("chance") == pytest.approx(0.1) and row(out, "chance").headline
     b = draw_partners(labels, seed=3)["conflict"]
     same, rand = (draw_partners(labels, seed=3)[k] for k in ("mixed_same", "mixed_rand"))
     if sees == "surround":
         # It never sees the centre: only_surround changes nothing, the surround decides.
-        assert out["background/only_surround/acc"] == pytest.approx(clean_acc)
-        assert out["background/only_centre/acc"] == pytest.approx(_frac(labels == GREY_CLASS))
+        assert v("acc", image="only_surround") == pytest.approx(clean_acc)
+        assert v("acc", image="only_centre") == pytest.approx(_frac(labels == GREY_CLASS))
         decided = clean[b]  # the prediction of the image whose surround it sees
         expected_rand = _frac(clean[rand] == labels)
-        assert out["background/mixed_same/acc"] == pytest.approx(_frac(clean[same] == labels))
+        assert v("acc", image="mixed_same") == pytest.approx(_frac(clean[same] == labels))
     else:
-        assert out["background/only_centre/acc"] == pytest.approx(clean_acc)
-        assert out["background/only_surround/acc"] == pytest.approx(_frac(labels == GREY_CLASS))
+        assert v("acc", image="only_centre") == pytest.approx(clean_acc)
+        assert v("acc", image="only_surround") == pytest.approx(_frac(labels == GREY_CLASS))
         decided = clean
         expected_rand = clean_acc
-        assert out["background/mixed_same/acc"] == pytest.approx(clean_acc)
+        assert v("acc", image="mixed_same") == pytest.approx(clean_acc)
     follows_surround, follows_centre = _frac(decided == labels[b]), _frac(decided == labels)
-    assert out["background/conflict/follows_surround"] == pytest.approx(follows_surround)
-    assert out["background/conflict/follows_centre"] == pytest.approx(follows_centre)
-    assert out["background/conflict/neither"] == pytest.approx(
-        1 - follows_surround - follows_centre
-    )
+    assert v("share", follows="surround") == pytest.approx(follows_surround)
+    assert v("share", follows="centre") == pytest.approx(follows_centre)
+    assert v("share", follows="neither") == pytest.approx(1 - follows_surround - follows_centre)
     share = follows_surround / (follows_surround + follows_centre)
-    assert out["background/surround_share"] == pytest.approx(share)
-    assert out["background/mixed_rand/acc"] == pytest.approx(expected_rand)
-    assert out["background/bg_gap"] == pytest.approx(
-        out["background/mixed_same/acc"] - expected_rand
-    )
+    assert v("surround_share") == pytest.approx(share)
+    assert v("acc", image="mixed_rand") == pytest.approx(expected_rand)
+    assert v("bg_gap") == pytest.approx(v("acc", image="mixed_same") - expected_rand)
+    headline = {(m.metric, m.where) for m in out.measurements if m.headline}
+    assert headline == {
+        ("chance", ()), ("surround_share", ()), ("bg_gap", ()),
+        *(("acc", (("image", i),)) for i in
+          ("only_centre", "only_surround", "mixed_same", "mixed_rand")),
+        ("cam_outside", (("images", "correct"),)),
+        ("cam_outside", (("images", "confident_failures"),)),
+    }  # fmt: skip
 
     # Grad-CAM of the 1x1 conv: no mass at all where the net does not look.
     inside = 1.0 if sees == "surround" else 0.0
-    assert out["background/cam/method"] == "gradcam"
-    assert out["background/cam/target_layer"] == "colour"
-    assert out["background/cam/num_images"] == 60 and out["background/cam/undefined"] == 0
-    assert out["background/cam/num_correct"] == 54
-    assert out["background/cam/num_confident_failures"] == 6  # every mislabelled image
+    assert out.info["cam_method"] == "gradcam" and out.info["cam_target_layer"] == "colour"
+    assert out.info["cam_num_images"] == 60 and v("cam_undefined") == 0
+    assert out.info["cam_num_correct"] == 54
+    assert out.info["cam_num_confident_failures"] == 6  # every mislabelled image
+    assert out.info["num_images"] == 60 and out.info["num_unpaired"] == 0
+    assert out.info["centre_size"] == 16 and out.info["fill"] == "0.5"
     for key in ("all", "correct", "confident_failures"):
-        assert out[f"background/cam/outside_{key}"] == pytest.approx(inside, abs=1e-9)
-    assert out["background/cam/outside_uniform"] == 0.75
+        assert v("cam_outside", images=key) == pytest.approx(inside, abs=1e-9)
+    assert v("cam_outside", images="uniform") == 0.75
 
     for k, name in enumerate(CIFAR10_CLASSES):
         own = labels == k
@@ -150,24 +166,34 @@ def test_planted_nets_get_the_numbers_their_region_decides(sees, tmp_path):
             only_surround = _frac(clean[own] == k)  # its clean per-class accuracy
         else:
             only_surround = 1.0 if k == GREY_CLASS else 0.0  # a grey centre: always class 6
-        assert out[f"background/class/{name}/only_surround"] == pytest.approx(only_surround)
+        where = {"class": name}
+        assert v("only_surround_acc", **where) == pytest.approx(only_surround)
         from_k = labels[b] == k  # conflicts whose surround comes from class k
         s_k, c_k = _frac(decided[from_k] == k), _frac(decided[from_k] == labels[from_k])
-        expected = s_k / (s_k + c_k) if s_k + c_k else None
-        got = out[f"background/class/{name}/surround_share"]
-        assert got == pytest.approx(expected) if expected is not None else got != got
-        assert out[f"background/class/{name}/cam_outside"] == pytest.approx(inside, abs=1e-9)
+        expected = s_k / (s_k + c_k) if s_k + c_k else None  # undefined: null
+        got = v("surround_share", **where)
+        assert got == pytest.approx(expected) if expected is not None else got is None
+        assert v("cam_outside", **where) == pytest.approx(inside, abs=1e-9)
 
     if sees == "surround":
-        assert 0.85 < out["background/surround_share"] <= 1.0
+        assert 0.85 < v("surround_share") <= 1.0
         # The per-image mean fill reveals a colour-coded class: both partial images classify.
         mean_fill = evaluate(ctx, BackgroundSettings(**{**settings, "fill": "mean"}))
-        assert mean_fill["background/only_surround/acc"] == pytest.approx(clean_acc)
+        assert value(mean_fill, "acc", image="only_surround") == pytest.approx(clean_acc)
     else:
-        assert out["background/surround_share"] < 0.15
-        assert out["background/bg_gap"] == 0
-    for name in (EXAMPLES_FILE, CLASSES_FILE):
-        assert (ctx.run_dir / name).stat().st_size > 10_000
+        assert v("surround_share") < 0.15
+        assert v("bg_gap") == 0
+    assert list(ctx.run_dir.iterdir()) == []  # the stress computes; it writes nothing
+    # The examples the report draws: originals, then each version as fed to the model.
+    examples = out.arrays["examples"]
+    assert examples.shape == (8, 6, 32, 32, 3) and examples.dtype == np.uint8
+    np.testing.assert_array_equal(out.arrays["example_labels"], np.arange(8))  # round-robin
+    np.testing.assert_array_equal(
+        out.arrays["example_predictions"]["only_centre" if sees == "centre" else "only_surround"],
+        out.arrays["example_predicted"],
+    )
+    assert background_examples(out, "run").shape[2] == 3
+    assert background_classes(out, "run").axes
 
 
 def test_composites_pixel_by_pixel():
@@ -249,16 +275,12 @@ def test_same_seed_same_numbers_and_a_subset(tmp_path):
     )
     first = evaluate(context(net, test, tmp_path / "a" / "run", layer="block3"), settings)
     again = evaluate(context(net, test, tmp_path / "b" / "run", layer="block3"), settings)
-    assert first.keys() == again.keys()
-    assert all(first[k] == again[k] or first[k] != first[k] != again[k] for k in first)  # NaN
-    assert first["background/num_images"] == 30 and first["background/cam/num_images"] == 12
-    for name in (EXAMPLES_FILE, CLASSES_FILE):  # the figures too (same run-directory name)
-        assert (tmp_path / "a" / "run" / name).read_bytes() == (
-            tmp_path / "b" / "run" / name
-        ).read_bytes()
+    assert first.measurements == again.measurements and first.info == again.info
+    assert first.info["num_images"] == 30 and first.info["cam_num_images"] == 12
+    np.testing.assert_array_equal(first.arrays["examples"], again.arrays["examples"])
     reseeded = dataclasses.replace(settings, seed=9)
     other = evaluate(context(net, test, tmp_path / "c", layer="block3"), reseeded)
-    assert other["background/surround_share"] != first["background/surround_share"]
+    assert value(other, "surround_share") != value(first, "surround_share")
 
 
 @pytest.mark.parametrize(
@@ -300,13 +322,17 @@ def test_train_py_logs_the_figures_and_the_checkpoint_reproduces_them(
     )  # fmt: skip
     run_training(cfg)
     run = tmp_path / "run"
-    stress = read_stress(run)
-    assert stress["background/num_images"] == 80 and stress["background/cam/num_images"] == 20
-    assert stress["background/cam/target_layer"] == "block3"
-    assert stress["background/chance"] == pytest.approx(0.1)
-    for key in ("only_centre/acc", "only_surround/acc", "surround_share", "cam/outside_all"):
-        assert 0 <= stress[f"background/{key}"] <= 1
-    assert len([k for k in stress if k.startswith("background/class/")]) == 30
+    stored = read_stored(run)["background"]
+    assert stored.computed_by == "train.py" and stored.settings["cam_images"] == 20
+    assert stored.info["num_images"] == 80 and stored.info["cam_num_images"] == 20
+    assert stored.info["cam_target_layer"] == "block3"
+    assert value(stored, "chance") == pytest.approx(0.1)
+    for metric, where in (("acc", {"image": "only_centre"}), ("acc", {"image": "only_surround"}),
+                          ("surround_share", {}), ("cam_outside", {"images": "all"})):  # fmt: skip
+        assert 0 <= value(stored, metric, **where) <= 1
+    assert len([m for m in stored.measurements if m.at("class") is not None]) == 30
+    for name in (BACKGROUND_EXAMPLES_FILE, BACKGROUND_CLASSES_FILE):
+        assert (run / name).stat().st_size > 10_000
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     images = set(events.Tags()["images"])
     assert {"stress/stress_background_examples", "stress/stress_background_classes"} <= images
@@ -314,13 +340,15 @@ def test_train_py_logs_the_figures_and_the_checkpoint_reproduces_them(
     # analyze.py's path: the run's last.ckpt (no validation split: the tested weights).
     (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml", resolve=True)
-    again = run_stress(run, ["background"], build(cfg.stress))
+    again = stress_run(run, build(cfg.stress), computed_by="analyze.py")["background"]
+    assert again.computed_by == "analyze.py" and again.checkpoint == stored.checkpoint
+    assert again.info == stored.info and again.settings == stored.settings
     # equal up to float rounding: training's net is in channels_last (the CPU's auto format)
-    numbers = {k for k, v in stress.items() if isinstance(v, float)}
-    assert {k: v for k, v in again.items() if k not in numbers} == {
-        k: v for k, v in stress.items() if k not in numbers
-    }
-    assert {k: again[k] for k in numbers} == pytest.approx({k: stress[k] for k in numbers})
+    assert [(m.metric, m.where) for m in again.measurements] == [
+        (m.metric, m.where) for m in stored.measurements
+    ]
+    for a, b in zip(again.measurements, stored.measurements, strict=True):
+        assert a.value == pytest.approx(b.value) if b.value is not None else a.value is None
 
 
 def test_analyze_composes_the_background_stress(tmp_path):

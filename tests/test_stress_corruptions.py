@@ -18,12 +18,14 @@ from PIL import Image
 from cnnstress.core.errors import ConfigError, DataError
 from cnnstress.stress import corruptions as C
 from cnnstress.stress.corruption_suite import (
+    accuracy_table,
     corruption_errors,
     iter_corrupted,
     load_published,
     mce,
     published_types,
 )
+from cnnstress.stress.results import measure
 
 RANDOM_TYPES = {
     "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "fog",
@@ -307,14 +309,35 @@ def test_mce_follows_the_paper():
     )
     assert "corruptions/pixelate/ce" not in out
     assert mce(run, run)["corruptions/mce"] == pytest.approx(1.0)
-    flat = {
-        "corruptions/fog/1/acc": 0.75,
-        "corruptions/fog/mean_acc": 0.5,
-        "corruptions/clean_acc": 1,
-    }
-    assert corruption_errors(flat) == {"fog": {1: pytest.approx(0.25)}}
+    rows = [
+        measure("acc", 0.75, corruption="fog", severity=1),
+        measure("acc", float("nan"), corruption="fog", severity=2),  # undefined: left out
+        measure("mean_acc", 0.5, corruption="fog"),
+        measure("mean_acc", 0.5, headline=True, types="benchmark"),
+        measure("clean_acc", 1, headline=True),
+    ]
+    assert corruption_errors(rows) == {"fog": {1: pytest.approx(0.25)}}
     with pytest.raises(ValueError, match="no benchmark corruption type in common"):
         mce({"fog": {1: 0.1}}, {"contrast": {1: 0.1}})
     # The extra ("validation") types never enter mCE.
     extra = {"fog": {1: 0.2}, "speckle_noise": {1: 0.9}}
     assert mce(extra, {"fog": {1: 0.4}, "speckle_noise": {1: 0.1}})["corruptions/mce"] == 0.5
+
+
+def test_accuracy_table_reads_the_acc_rows_in_the_papers_order():
+    rows = [
+        measure("acc", 0.5, corruption="speckle_noise", severity=1),  # an extra type: last
+        measure("acc", 0.25, corruption="fog", severity=3),
+        measure("acc", 0.75, corruption="fog", severity=1),
+        measure("acc", 0.125, corruption="gaussian_noise", severity=2),
+        measure("mean_acc", 0.5, corruption="fog"),
+        measure("acc", 0.9, attack="fgsm", eps=0.01),  # not a corruption row
+    ]
+    table = accuracy_table(rows)
+    assert table == {
+        "gaussian_noise": {2: 0.125},
+        "fog": {1: 0.75, 3: 0.25},
+        "speckle_noise": {1: 0.5},
+    }
+    assert list(table) == ["gaussian_noise", "fog", "speckle_noise"]
+    assert list(table["fog"]) == [1, 3]

@@ -17,6 +17,7 @@ from cnnstress.core.models import SimpleCNN, resnet18
 from cnnstress.stress import adversarial, calibration, faithfulness
 from cnnstress.stress.context import StressContext, accuracy
 from cnnstress.stress.faithfulness import cascade, cascade_units, heatmaps, randomized_copy
+from tests.stress_rows import row, value
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,11 +61,14 @@ def test_road_removing_the_most_relevant_pixels_hurts_more(seed, tmp_path):
         num_failures=16, num_images=16, road_percentiles=[20, 40]
     )
     out = faithfulness.evaluate(ctx, settings)
-    assert out["faithfulness/num_failures"] == 16
+    assert out.info["num_failures"] == 16
     # Grad-CAM of this net is 0 on the right half, which the net ignores: removing the least
     # relevant pixels first barely moves the prediction, the most relevant first does.
-    assert out["faithfulness/road/morf"] < out["faithfulness/road/lerf"] - 0.05
-    assert out["faithfulness/road/combined"] > 0.02
+    morf, lerf = value(out, "road", order="morf"), value(out, "road", order="lerf")
+    assert morf < lerf - 0.05
+    assert value(out, "road", order="combined") == pytest.approx((lerf - morf) / 2)
+    assert value(out, "road", order="combined") > 0.02
+    assert all(row(out, "road", order=o).headline for o in ("morf", "lerf", "combined"))
 
 
 def test_planted_cams_sit_on_the_half_the_net_sees():
@@ -94,9 +98,9 @@ def test_cascade_correlation_falls_from_one_once_weights_are_randomised(tmp_path
     out = faithfulness.evaluate(
         ctx, faithfulness.FaithfulnessSettings(num_failures=0, num_images=32)
     )
-    assert out["faithfulness/cascade_steps"] == 2
-    steps = [out["faithfulness/cascade/01/fc/spearman"],
-             out["faithfulness/cascade/02/features/spearman"]]  # fmt: skip
+    assert out.info["cascade_steps"] == 2
+    steps = [value(out, "spearman", step=1, block="fc"),
+             value(out, "spearman", step=2, block="features")]  # fmt: skip
     # Control: an untouched copy explains exactly as the trained net (correlation 1).
     images = torch.randn(16, 3, 32, 32)
     classes = net(images).argmax(1).tolist()
@@ -107,8 +111,13 @@ def test_cascade_correlation_falls_from_one_once_weights_are_randomised(tmp_path
     assert np.allclose(same, 1.0)
     # Re-initialising the head, then the features, moves the maps far from the trained ones.
     assert all(rho < 0.7 for rho in steps), steps
-    assert out["faithfulness/randomization_spearman"] == steps[-1]
-    assert (tmp_path / "stress_faithfulness.png").stat().st_size > 0
+    assert value(out, "randomization_spearman") == steps[-1]
+    # every map of this net has mass: every correlation is defined
+    assert value(out, "undefined", step=2, block="features") == 0.0
+    assert value(out, "randomization_undefined") == 0.0
+    assert row(out, "randomization_undefined").headline
+    assert not any(m.metric == "road" for m in out.measurements)  # no failures asked for
+    assert list(tmp_path.iterdir()) == []  # a stress writes nothing
 
 
 class ScaledLinear(nn.Module):
@@ -138,11 +147,12 @@ def test_temperature_scaling_fixes_an_over_confident_model(tmp_path):
     net.scale *= 4.0  # the same predictions, four times too sharp: temperature 4 undoes it
     ctx._clean_logits = None
     out = calibration.evaluate(ctx)
-    assert out["calibration/fit_split"] == "test_half"
-    assert out["calibration/temperature"] == pytest.approx(4.0, rel=0.15)
-    assert out["calibration/nll_after"] < out["calibration/nll_before"] - 0.5
-    assert out["calibration/ece_after"] < 0.05 < out["calibration/ece_before"]
-    assert (tmp_path / "stress_calibration.png").stat().st_size > 0
+    assert out.info == {"fit_split": "test_half", "fit_images": 1000, "eval_images": 1000}
+    assert value(out, "temperature") == pytest.approx(4.0, rel=0.15)
+    assert value(out, "nll_after") < value(out, "nll_before") - 0.5
+    assert value(out, "ece_after") < 0.05 < value(out, "ece_before")
+    assert out.arrays["bins_before"]["count"].sum() == 1000
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_attacks_stay_in_the_eps_ball_and_eps_zero_is_clean(tmp_path):
@@ -163,5 +173,7 @@ def test_attacks_stay_in_the_eps_ball_and_eps_zero_is_clean(tmp_path):
         ctx, adversarial.AdversarialSettings(eps=[0], max_images=None, pgd_steps=2)
     )
     clean = accuracy(ctx.clean_logits(), y)
-    assert out["adversarial/fgsm/eps0/acc"] == clean == out["adversarial/pgd/eps0/acc"]
-    assert out["adversarial/clean_acc"] == clean
+    assert value(out, "acc", attack="fgsm", eps=0.0) == clean
+    assert value(out, "acc", attack="pgd", eps=0.0) == clean
+    assert value(out, "clean_acc") == clean
+    assert out.info == {"num_images": 48, "pgd_steps": 2}

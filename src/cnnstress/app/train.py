@@ -6,9 +6,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torchvision.io import ImageReadMode, read_image
 
+from cnnstress.app.stress import stress_run
 from cnnstress.core.config import build
 from cnnstress.core.run_dir import RunDir
-from cnnstress.stress import run_stress
 from cnnstress.train.precision import resolve_accelerator
 from cnnstress.train.training import prepare_run, train
 
@@ -23,7 +23,7 @@ def run_training(cfg: DictConfig) -> dict[str, float]:
     if cfg.stress and rank_zero_only.rank == 0:
         run = RunDir(cfg.paths.output_dir)
         settings = {name: build(node) for name, node in cfg.stress.items()}
-        run_stress(run.path, list(settings), settings, stress_device(cfg))
+        stress_run(run.path, settings, stress_device(cfg), computed_by="train.py")
         log_stress_figures(run)
     return metrics
 

@@ -5,9 +5,9 @@ forward (:class:`~cnnstress.stress.context.NormalizedModel`), so ``eps = 8/255``
 levels whatever the normalisation. The model is in eval mode (BatchNorm running statistics,
 no dropout). FGSM and PGD are a few lines of torch (torchattacks pins an old ``requests``).
 
-Keys written (``<k>`` = eps in units of 1/255, formatted with ``%g``, e.g. ``eps8``):
-``adversarial/fgsm/eps<k>/acc``, ``adversarial/pgd/eps<k>/acc``, ``adversarial/clean_acc``
-(same images), ``adversarial/num_images``, ``adversarial/pgd/steps``.
+Measurements: ``acc`` at ``attack=<fgsm|pgd>, eps=<radius>`` (headline; the radius as a
+fraction of 1, ``8/255`` -> ``0.03137...``) and ``clean_acc`` (headline, the same images).
+Info: ``num_images``, ``pgd_steps`` (when PGD ran).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from cnnstress.stress.context import (
     seeded_subset,
     to_unit,
 )
+from cnnstress.stress.results import Scalar, StressResult, measure
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -34,11 +35,6 @@ ATTACKS = ("fgsm", "pgd")
 def parse_eps(value: Any, key: str = "eps") -> float:
     """An L-inf radius in pixel units (:class:`Radius`), or one :class:`ConfigError` line."""
     return check(Radius(), value, key)
-
-
-def eps_key(eps: float) -> str:
-    """``eps<k>`` with ``k = eps * 255`` (``8/255`` -> ``eps8``, ``0.01`` -> ``eps2.55``)."""
-    return f"eps{round(eps * 255, 4):g}"
 
 
 class Radius(Rule):
@@ -136,7 +132,7 @@ def pgd(
         return x
 
 
-def evaluate(ctx: StressContext, settings: AdversarialSettings | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: AdversarialSettings | None = None) -> StressResult:
     """Robust accuracy under FGSM and PGD at every radius, on a fixed subset of the test split."""
     s = settings or AdversarialSettings()
     subset = seeded_subset(len(ctx.test), s.max_images, s.seed)
@@ -156,12 +152,11 @@ def evaluate(ctx: StressContext, settings: AdversarialSettings | None = None) ->
                 adv = pgd(model, x, y, eps, s.pgd_steps, step_size, s.random_start, generator)
             with torch.no_grad():
                 correct[attack, eps] += (model(adv).argmax(1) == y).sum().item()
-    out: dict[str, Any] = {
-        "adversarial/clean_acc": accuracy(ctx.clean_logits()[subset], labels),
-        "adversarial/num_images": len(subset),
-    }
-    if "pgd" in s.attacks:
-        out["adversarial/pgd/steps"] = s.pgd_steps
+    clean = accuracy(ctx.clean_logits()[subset], labels)
+    rows = [measure("clean_acc", clean, headline=True)]
     for (attack, eps), n in correct.items():
-        out[f"adversarial/{attack}/{eps_key(eps)}/acc"] = n / max(len(labels), 1)
-    return out
+        rows.append(measure("acc", n / max(len(labels), 1), headline=True, attack=attack, eps=eps))
+    info: dict[str, Scalar] = {"num_images": len(subset)}
+    if "pgd" in s.attacks:
+        info["pgd_steps"] = s.pgd_steps
+    return StressResult(rows, info)

@@ -24,46 +24,42 @@ same images and pairs. Each image ``A`` (class ``y_A``) is fed to the model in f
   over the classes present, ``A``'s included, as Xiao et al.'s Mixed-Rand), then a random image
   of it.
 
-Keys written (an accuracy compares the prediction with ``y_A``, the class of the centre):
+Measurements (an accuracy compares the prediction with ``y_A``, the class of the centre):
 
-* ``background/clean_acc``: the unchanged images; ``background/chance``: ``1 / classes``.
-* ``background/only_centre/acc``, ``background/only_surround/acc``. An ``only_surround``
-  accuracy far above chance is a model that classifies from the background.
-* ``background/conflict/follows_centre``, ``.../follows_surround``, ``.../neither``: fractions
-  of cue-conflict predictions equal to ``y_A``, equal to ``y_B``, or neither (they sum to 1);
-  ``background/surround_share = follows_surround / (follows_centre + follows_surround)``
-  (NaN when no prediction follows either): 0 = always the object, 1 = always the background.
-* ``background/mixed_same/acc``, ``background/mixed_rand/acc``, and
-  ``background/bg_gap = mixed_same/acc - mixed_rand/acc`` (Xiao et al.'s BG-gap).
+* ``clean_acc``: the unchanged images; ``chance`` (headline): ``1 / classes``.
+* ``acc`` at ``image=<only_centre|only_surround|mixed_same|mixed_rand>`` (headline). An
+  ``only_surround`` accuracy far above chance is a model that classifies from the background.
+* ``share`` at ``follows=<centre|surround|neither>``: fractions of cue-conflict predictions
+  equal to ``y_A``, equal to ``y_B``, or neither (they sum to 1); ``surround_share``
+  (headline) ``= follows surround / (follows centre + follows surround)`` (undefined when no
+  prediction follows either): 0 = always the object, 1 = always the background.
+* ``bg_gap`` (headline) ``= acc(mixed_same) - acc(mixed_rand)`` (Xiao et al.'s BG-gap).
 * CAM (``compute_heatmaps`` of the clean image's predicted class, the run's method and target
   layer unless set here) on a fixed subset of ``cam_images`` of the images: the share of the
   map's mass outside the centre, ``sum(map * surround) / sum(map)`` per image (a map scaled to
-  [0, 1]; a flat map gives ``background/cam/outside_uniform`` = the surround's share of the
-  area, 0.75 by default), averaged over ``background/cam/outside_correct`` (correct
-  predictions), ``.../outside_confident_failures`` (wrong with softmax confidence >=
-  ``threshold``) and ``.../outside_all``. Constant maps (no mass) are left out and counted in
-  ``background/cam/undefined``.
-* Per class ``<name>`` (official names): ``background/class/<name>/only_surround`` (accuracy
-  on the images of that class), ``background/class/<name>/surround_share`` (cue conflicts
-  whose *surround* comes from that class: how often that class's background wins),
-  ``background/class/<name>/cam_outside`` (mean outside-share over the CAM images of that class,
-  any prediction).
-* Counts: ``background/num_images``, ``background/mixed_same/num_unpaired`` (images used as their
-  own same-class partner), ``background/cam/num_images``, ``background/cam/num_correct``,
-  ``background/cam/num_confident_failures``; settings: ``background/centre_size``,
-  ``background/cam/threshold``, and the strings ``background/fill``, ``background/cam/method``,
-  ``background/cam/target_layer``.
+  [0, 1]), averaged: ``cam_outside`` at ``images=correct`` (correct predictions, headline),
+  ``images=confident_failures`` (wrong with softmax confidence >= ``threshold``, headline),
+  ``images=all``, and ``images=uniform`` (what a flat map gives: the surround's share of the
+  area, 0.75 by default). Constant maps (no mass) are left out and counted in
+  ``cam_undefined``.
+* Per class ``<name>`` (official names), at ``class=<name>``: ``only_surround_acc`` (accuracy
+  on the images of that class), ``surround_share`` (cue conflicts whose *surround* comes from
+  that class: how often that class's background wins), ``cam_outside`` (mean outside-share
+  over the CAM images of that class, any prediction).
+
+Info: ``num_images``, ``num_unpaired`` (images used as their own ``mixed_same`` partner),
+``centre_size``, ``fill``, ``cam_method``, ``cam_target_layer``, ``cam_threshold``,
+``cam_num_images``, ``cam_num_correct``, ``cam_num_confident_failures``. Arrays (for the
+report's per-run figures): ``class_names`` and the examples (:func:`example_arrays`).
 
 Cost: one forward pass of the images per version, plus the clean logits (shared with the other
-stresses), plus the CAMs of the subset. Figures: ``stress_background_examples.png`` (what each
-test feeds the model) and ``stress_background_classes.png`` (the per-class numbers).
+stresses), plus the CAMs of the subset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -73,15 +69,12 @@ from cnnstress.core.cam import METHODS, compute_heatmaps, resolve_layer, run_cam
 from cnnstress.core.data.classes import class_names
 from cnnstress.core.data.normalize import Normalize
 from cnnstress.core.errors import ConfigError, DataError
-from cnnstress.core.plots.canvas import save_png, to_hwc
-from cnnstress.core.plots.images import image_grid
+from cnnstress.core.plots.canvas import to_hwc
 from cnnstress.core.rules import Either, Integer, Number, OneOf, Probability, Text, check
 from cnnstress.core.run_dir import run_threshold
-from cnnstress.report.figures.stress import plot_classes
 from cnnstress.stress.context import StressContext, seeded_subset, to_unit
+from cnnstress.stress.results import Measurement, Scalar, StressResult, measure
 
-EXAMPLES_FILE = "stress_background_examples.png"
-CLASSES_FILE = "stress_background_classes.png"
 FILLS = ("mean", "dataset_mean")
 FILL_RULE = Either((OneOf(FILLS), Number(0.0, 1.0)))
 # The versions of each image fed to the model, in the order of the examples figure.
@@ -108,7 +101,7 @@ class BackgroundSettings:
     method: Annotated[str | None, OneOf(METHODS, optional=True, casefold=True)] = None
     # null: the run's callbacks.gradcam.target_layer, else model.target_layer
     target_layer: Annotated[str | None, Text(optional=True)] = None
-    # rows of the examples figure
+    # rows of the examples figure (the report draws it from the result's arrays)
     examples: Annotated[int, Integer(1)] = 8
     batch_size: Annotated[int, Integer(1)] = 500
     # subset, partners and CAM images (fixed across runs)
@@ -325,8 +318,8 @@ def _cam_outside(
     return positions, outside_share(maps, mask.cpu())
 
 
-def evaluate(ctx: StressContext, settings: BackgroundSettings | None = None) -> dict[str, Any]:
-    """Run every background test on a run; draw the two ``stress_background_*.png`` figures."""
+def evaluate(ctx: StressContext, settings: BackgroundSettings | None = None) -> StressResult:
+    """Run every background test on a run (measurements: see the module docstring)."""
     s = settings or BackgroundSettings()
     method, layer = _cam_settings(ctx, s)  # setting errors before any work
     height, width = ctx.test.images.shape[2:]
@@ -349,46 +342,47 @@ def evaluate(ctx: StressContext, settings: BackgroundSettings | None = None) -> 
 
     n = len(labels)
     fc, fs = follows_centre.double().sum(), follows_surround.double().sum()
-    out: dict[str, Any] = {
-        "background/num_images": n,
-        "background/centre_size": s.centre_size,
-        "background/fill": str(s.fill),
-        "background/chance": 1 / c,
-        "background/clean_acc": float((predicted == labels).double().mean()),
-        "background/only_centre/acc": acc("only_centre"),
-        "background/only_surround/acc": acc("only_surround"),
-        "background/conflict/follows_centre": float(fc / n),
-        "background/conflict/follows_surround": float(fs / n),
-        "background/conflict/neither": float(1 - (fc + fs) / n),
-        "background/surround_share": float(_share(fs, fc)),
-        "background/mixed_same/acc": acc("mixed_same"),
-        "background/mixed_rand/acc": acc("mixed_rand"),
-        "background/mixed_same/num_unpaired": int(
-            (partners["mixed_same"] == torch.arange(n)).sum()
-        ),
+    rows: list[Measurement] = [
+        measure("chance", 1 / c, headline=True),
+        measure("clean_acc", (predicted == labels).double().mean()),
+        *(measure("acc", acc(name), headline=True, image=name)
+          for name in ("only_centre", "only_surround", "mixed_same", "mixed_rand")),
+        measure("share", fc / n, follows="centre"),
+        measure("share", fs / n, follows="surround"),
+        measure("share", 1 - (fc + fs) / n, follows="neither"),
+        measure("surround_share", _share(fs, fc), headline=True),
+        measure("bg_gap", acc("mixed_same") - acc("mixed_rand"), headline=True),
+    ]  # fmt: skip
+    info: dict[str, Scalar] = {
+        "num_images": n,
+        "num_unpaired": int((partners["mixed_same"] == torch.arange(n)).sum()),
+        "centre_size": s.centre_size,
+        "fill": str(s.fill),
     }
-    out["background/bg_gap"] = out["background/mixed_same/acc"] - out["background/mixed_rand/acc"]
 
     cam_positions, shares = _cam_outside(ctx, s, images, predicted, mask, method, layer)
     cam_correct = predicted[cam_positions] == labels[cam_positions]
     threshold = s.threshold if s.threshold is not None else run_threshold(ctx.cfg)
     cam_failure = ~cam_correct & (confidence[cam_positions] >= threshold)
-    out.update({
-        "background/cam/method": method,
-        "background/cam/target_layer": layer,
-        "background/cam/threshold": threshold,
-        "background/cam/num_images": len(cam_positions),
-        "background/cam/num_correct": int(cam_correct.sum()),
-        "background/cam/num_confident_failures": int(cam_failure.sum()),
-        "background/cam/undefined": int((~torch.isfinite(shares)).sum()),
-        "background/cam/outside_uniform": float(1 - mask.double().mean()),
-        "background/cam/outside_all": _mean(shares),
-        "background/cam/outside_correct": _mean(shares[cam_correct]),
-        "background/cam/outside_confident_failures": _mean(shares[cam_failure]),
+    info.update({
+        "cam_method": method,
+        "cam_target_layer": layer,
+        "cam_threshold": threshold,
+        "cam_num_images": len(cam_positions),
+        "cam_num_correct": int(cam_correct.sum()),
+        "cam_num_confident_failures": int(cam_failure.sum()),
     })  # fmt: skip
+    rows += [
+        measure("cam_outside", _mean(shares), images="all"),
+        measure("cam_outside", _mean(shares[cam_correct]), headline=True, images="correct"),
+        measure("cam_outside", _mean(shares[cam_failure]), headline=True,
+                images="confident_failures"),
+        measure("cam_outside", 1 - mask.double().mean(), images="uniform"),
+        measure("cam_undefined", (~torch.isfinite(shares)).sum()),
+    ]  # fmt: skip
 
     per_class = {
-        "only_surround": _class_mean((preds["only_surround"] == labels).double(), labels, c),
+        "only_surround_acc": _class_mean((preds["only_surround"] == labels).double(), labels, c),
         "surround_share": _share(
             torch.bincount(y_b, follows_surround.double(), minlength=c),
             torch.bincount(y_b, follows_centre.double(), minlength=c),
@@ -398,13 +392,13 @@ def evaluate(ctx: StressContext, settings: BackgroundSettings | None = None) -> 
     names = class_names(ctx.dataset_name)
     for i, name in enumerate(names):
         for metric, values in per_class.items():
-            out[f"background/class/{name}/{metric}"] = float(values[i])
+            rows.append(measure(metric, values[i], **{"class": name}))
 
-    plot_examples(ctx, s, images, labels, partners, preds, predicted, mask, names)
-    plot_classes(
-        names, {k: v.numpy() for k, v in per_class.items()}, out, ctx.run_dir / CLASSES_FILE
-    )
-    return out
+    arrays = {
+        "class_names": list(names),
+        **example_arrays(ctx, s, images, labels, partners, preds, predicted, mask),
+    }
+    return StressResult(rows, info, arrays)
 
 
 def example_positions(labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -419,7 +413,7 @@ def example_positions(labels: torch.Tensor, count: int) -> torch.Tensor:
     return order[torch.argsort(key)][:count]
 
 
-def plot_examples(
+def example_arrays(
     ctx: StressContext,
     s: BackgroundSettings,
     images: torch.Tensor,
@@ -428,11 +422,16 @@ def plot_examples(
     preds: Mapping[str, torch.Tensor],
     predicted: torch.Tensor,
     mask: torch.Tensor,
-    names: Sequence[str],
-) -> Path:
-    """``stress_background_examples.png``: one row per example image, one column per test
-    (original, only centre, only surround, cue conflict, mixed-same, mixed-rand), each
-    captioned with the classes involved and the model's prediction."""
+) -> dict[str, Any]:
+    """What the examples figure shows, for ``s.examples`` images (:func:`example_positions`):
+
+    * ``examples``: uint8 ``(E, 1 + len(VARIANTS), H, W, 3)``: the original, then each of
+      :data:`VARIANTS` as fed to the model;
+    * ``example_labels``, ``example_predicted``: int64 ``(E,)``, the class and the clean
+      prediction of each original;
+    * ``example_partner_labels``: ``{name: (E,)}`` the partner's class, for :data:`PARTNERS`;
+    * ``example_predictions``: ``{name: (E,)}`` the prediction on each of :data:`VARIANTS`.
+    """
     positions = example_positions(labels, s.examples)
     on_device = {name: p.to(ctx.device) for name, p in partners.items()}
     variants = make_variants(
@@ -441,27 +440,12 @@ def plot_examples(
     columns = [images[positions.to(ctx.device)]] + [
         (variants[name] * 255).round().to(torch.uint8) for name in VARIANTS
     ]
-    tiles = np.stack([to_hwc(col) for col in columns], axis=1).reshape(-1, *columns[0].shape[2:], 3)
-    captions = []
-    for p in positions.tolist():
-        a = names[labels[p]]
-
-        def other(name: str, p: int = p) -> str:
-            return names[labels[partners[name][p]]]
-
-        arrow = {name: f"-> {names[preds[name][p]]}" for name in VARIANTS}
-        captions += [
-            f"original: {a}\n-> {names[predicted[p]]}",
-            f"only centre\n{arrow['only_centre']}",
-            f"only surround\n{arrow['only_surround']}",
-            f"{a} on {other('conflict')}\n{arrow['conflict']}",
-            f"same: on {other('mixed_same')}\n{arrow['mixed_same']}",
-            f"rand: on {other('mixed_rand')}\n{arrow['mixed_rand']}",
-        ]
-    title = (
-        f"{ctx.run_dir.name}: centre {s.centre_size}px (object proxy), fill {s.fill}; "
-        "'X on Y' = centre of X on the surround of Y; -> prediction"
-    )
-    array = image_grid(tiles, captions, ncols=1 + len(VARIANTS), title=title, scale=4,
-                       caption_lines=2)  # fmt: skip
-    return save_png(array, ctx.run_dir / EXAMPLES_FILE)
+    return {
+        "examples": np.stack([to_hwc(col) for col in columns], axis=1),
+        "example_labels": labels[positions].numpy(),
+        "example_predicted": predicted[positions].numpy(),
+        "example_partner_labels": {
+            name: labels[partners[name][positions]].numpy() for name in PARTNERS
+        },
+        "example_predictions": {name: preds[name][positions].numpy() for name in VARIANTS},
+    }

@@ -1,35 +1,32 @@
-"""Temperature scaling (Guo et al. 2017): ECE and NLL before and after, reliability diagrams.
+"""Temperature scaling (Guo et al. 2017): ECE and NLL before and after, reliability bins.
 
 The temperature is fitted by minimising the NLL over ``log T`` with L-BFGS on held-out logits:
 
 * the run's validation split when it has one (``dataset.val_size > 0``); every test image is
   then reported (``calibration/fit_split = "val"``);
 * otherwise a fixed random half of the test split (``split_seed``), and only the other half is
-  reported, before and after (``calibration/fit_split = "test_half"``).
+  reported, before and after (info ``fit_split = "test_half"``).
 
-Keys written: ``calibration/temperature``, ``calibration/ece_before``,
-``calibration/ece_after``, ``calibration/nll_before``, ``calibration/nll_after``,
-``calibration/acc`` (reported images), ``calibration/fit_images``,
-``calibration/eval_images``, and the string ``calibration/fit_split``. ECE is torchmetrics'
-``MulticlassCalibrationError`` (``n_bins`` equal-width bins, L1 norm); torchmetrics has no
-reliability diagram, so :func:`cnnstress.core.metrics.reliability_bins` computes its bars, with
-torchmetrics' bin edges.
+Measurements: ``temperature``, ``ece_before``, ``ece_after``, ``nll_before``, ``nll_after``
+(headline) and ``acc`` (the reported images). Info: ``fit_split``, ``fit_images``,
+``eval_images``. ECE is torchmetrics' ``MulticlassCalibrationError`` (``n_bins`` equal-width
+bins, L1 norm); torchmetrics has no reliability diagram, so
+:func:`cnnstress.core.metrics.reliability_bins` computes its bars (arrays ``bins_before``,
+``bins_after``), with torchmetrics' bin edges.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
 from cnnstress.core.metrics import expected_calibration_error, reliability_bins
-from cnnstress.core.plots.diagrams import plot_reliability
 from cnnstress.core.rules import Integer
 from cnnstress.stress.context import StressContext
-
-PLOT_FILE = "stress_calibration.png"
+from cnnstress.stress.results import StressResult, measure
 
 
 @dataclasses.dataclass
@@ -90,8 +87,8 @@ def logit_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> 
     return reliability_bins(confidence.numpy(), (predicted == labels).numpy(), n_bins)
 
 
-def evaluate(ctx: StressContext, settings: CalibrationSettings | None = None) -> dict[str, Any]:
-    """Fit a temperature, report ECE/NLL before and after, draw ``stress_calibration.png``."""
+def evaluate(ctx: StressContext, settings: CalibrationSettings | None = None) -> StressResult:
+    """Fit a temperature, report ECE/NLL before and after, and the reliability bins."""
     s = settings or CalibrationSettings()
     logits, labels = ctx.clean_logits(), ctx.test.labels
     val = ctx.val_split()
@@ -104,24 +101,17 @@ def evaluate(ctx: StressContext, settings: CalibrationSettings | None = None) ->
         logits, labels = logits[kept], labels[kept]
     temperature = fit_temperature(fit_logits, fit_labels, s.max_iter)
     scaled = logits / temperature
-    out = {
-        "calibration/fit_split": split,
-        "calibration/fit_images": len(fit_labels),
-        "calibration/eval_images": len(labels),
-        "calibration/temperature": temperature,
-        "calibration/acc": float((logits.argmax(1) == labels).float().mean()),
-        "calibration/ece_before": calibration_error(logits, labels, s.n_bins),
-        "calibration/ece_after": calibration_error(scaled, labels, s.n_bins),
-        "calibration/nll_before": nll(logits, labels),
-        "calibration/nll_after": nll(scaled, labels),
+    rows = [
+        measure("temperature", temperature, headline=True),
+        measure("ece_before", calibration_error(logits, labels, s.n_bins), headline=True),
+        measure("ece_after", calibration_error(scaled, labels, s.n_bins), headline=True),
+        measure("nll_before", nll(logits, labels), headline=True),
+        measure("nll_after", nll(scaled, labels), headline=True),
+        measure("acc", (logits.argmax(1) == labels).float().mean()),
+    ]
+    info = {"fit_split": split, "fit_images": len(fit_labels), "eval_images": len(labels)}
+    arrays = {
+        "bins_before": logit_bins(logits, labels, s.n_bins),
+        "bins_after": logit_bins(scaled, labels, s.n_bins),
     }
-    plot_reliability(
-        logit_bins(logits, labels, s.n_bins),
-        logit_bins(scaled, labels, s.n_bins),
-        ctx.run_dir / PLOT_FILE,
-        titles=(
-            f"before: ECE {out['calibration/ece_before']:.3f}",
-            f"after T={temperature:.2f} (fit on {split}): ECE {out['calibration/ece_after']:.3f}",
-        ),
-    )
-    return out
+    return StressResult(rows, info, arrays)

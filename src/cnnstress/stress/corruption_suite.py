@@ -1,21 +1,22 @@
 """Accuracy under the CIFAR-10-C / CIFAR-100-C corruptions, published files or generated.
 
-Keys written (``<type>`` a corruption name, ``<s>`` a severity 1-5):
+Measurements (:class:`~cnnstress.stress.results.StressResult`):
 
-* ``corruptions/<type>/<s>/acc``: top-1 accuracy on the corrupted images;
-* ``corruptions/<type>/mean_acc``: mean over the evaluated severities;
-* ``corruptions/mean_acc``: mean over the evaluated *benchmark* types (the 15 of Hendrycks &
-  Dietterich) and severities; ``corruptions/benchmark_types``: how many of the 15 it covers
-  (12 when generated: motion_blur, snow and frost need the published files);
-* ``corruptions/extra_mean_acc``, ``corruptions/extra_types``: the same over the 4 extra
-  ("validation") types, reported apart as the paper does, when any was evaluated;
-* ``corruptions/clean_acc``: accuracy on the same images uncorrupted (generated), or on the
-  run's whole test split (published files, whose image order and encoding differ);
-* ``corruptions/num_images`` (per type and severity), ``corruptions/num_types``,
-  ``corruptions/seed`` (generated only), ``corruptions/seconds``, and the string
-  ``corruptions/source`` (``"generated"`` or ``"files"``).
+* ``acc`` at ``corruption=<type>, severity=<s>``: top-1 accuracy on the corrupted images;
+* ``mean_acc`` at ``corruption=<type>``: mean over the evaluated severities;
+* ``mean_acc`` at ``types="benchmark"`` (headline): mean over the evaluated *benchmark* types
+  (the 15 of Hendrycks & Dietterich) and severities; info ``benchmark_types`` says how many of
+  the 15 it covers (12 when generated: motion_blur, snow and frost need the published files);
+* ``mean_acc`` at ``types="extra"`` (headline), the same over the 4 extra ("validation")
+  types, reported apart as the paper does, when any was evaluated (info ``extra_types``);
+* ``clean_acc`` (headline): accuracy on the same images uncorrupted (generated), or on the
+  run's whole test split (published files, whose image order and encoding differ).
 
-The corruption error relative to a baseline run (mCE) needs two runs: :func:`mce`.
+Info: ``source`` (``"generated"`` or ``"files"``), ``seed`` (generated only), ``num_images``
+(per type and severity), ``num_types``, ``benchmark_types``, ``extra_types``, ``seconds``.
+
+The corruption error relative to a reference (mCE) needs two runs: :func:`mce`, on tables of
+:func:`accuracy_table` / :func:`corruption_errors`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import dataclasses
 import logging
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +36,6 @@ from cnnstress.core.console import Progress
 from cnnstress.core.data.sources import LabeledImages
 from cnnstress.core.errors import DataError
 from cnnstress.core.rules import Either, Integer, ListOf, OneOf, Text
-from cnnstress.report.figures.stress import plot_corruption_heatmap
 from cnnstress.stress.context import (
     StressContext,
     accuracy,
@@ -52,10 +52,10 @@ from cnnstress.stress.corruptions import (
     check_type,
     corrupt,
 )
+from cnnstress.stress.results import Measurement, Scalar, StressResult, measure
 
 log = logging.getLogger(__name__)
 
-PLOT_FILE = "stress_corruptions.png"
 LABELS_FILE = "labels.npy"
 
 
@@ -108,15 +108,13 @@ def iter_corrupted(
         yield corrupt(batch, name, severity, generator)
 
 
-def _generated(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> dict[str, Any]:
+def _generated(
+    ctx: StressContext, s: CorruptionSettings, types: list[str]
+) -> tuple[list[Measurement], dict[str, Scalar]]:
     subset = seeded_subset(len(ctx.test), s.max_images, s.seed)
     images, labels = ctx.test.images[subset], ctx.test.labels[subset]
-    out: dict[str, Any] = {
-        "corruptions/source": "generated",
-        "corruptions/seed": s.seed,
-        "corruptions/clean_acc": accuracy(ctx.clean_logits()[subset], labels),
-        "corruptions/num_images": len(subset),
-    }
+    rows = [measure("clean_acc", accuracy(ctx.clean_logits()[subset], labels), headline=True)]
+    info: dict[str, Scalar] = {"source": "generated", "seed": s.seed, "num_images": len(subset)}
     progress = Progress("corruptions", len(types), log)
     for name in types:
         for severity in s.severities:
@@ -126,9 +124,10 @@ def _generated(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> d
                 logits = ctx.logits(batch, s.batch_size)
                 correct += (logits.argmax(1) == labels[start : start + len(batch)]).sum().item()
                 start += len(batch)
-            out[f"corruptions/{name}/{severity}/acc"] = correct / max(len(labels), 1)
+            acc = correct / max(len(labels), 1)
+            rows.append(measure("acc", acc, corruption=name, severity=severity))
         progress.step(f"{name} on {len(subset)} images x {len(s.severities)} severities")
-    return out
+    return rows, info
 
 
 # -- published files --------------------------------------------------------------------------
@@ -185,15 +184,14 @@ def load_published(
     return LabeledImages(images.contiguous(), torch.from_numpy(labels[label_rows].astype(np.int64)))
 
 
-def _from_files(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> dict[str, Any]:
+def _from_files(
+    ctx: StressContext, s: CorruptionSettings, types: list[str]
+) -> tuple[list[Measurement], dict[str, Scalar]]:
     first = _open(Path(s.root) / f"{types[0]}.npy")
     block = first.shape[0] // len(SEVERITIES)
     subset = seeded_subset(block, s.max_images, s.seed)
-    out: dict[str, Any] = {
-        "corruptions/source": "files",
-        "corruptions/clean_acc": ctx.clean_acc(),
-        "corruptions/num_images": len(subset),
-    }
+    rows = [measure("clean_acc", ctx.clean_acc(), headline=True)]
+    info: dict[str, Scalar] = {"source": "files", "num_images": len(subset)}
     progress = Progress("corruptions", len(types), log)
     for name in types:
         for severity in s.severities:
@@ -204,9 +202,11 @@ def _from_files(ctx: StressContext, s: CorruptionSettings, types: list[str]) -> 
                     f"has {ctx.num_classes} classes (CIFAR-10-C files for a CIFAR-100 run?)"
                 )
             logits = ctx.logits(data.images, s.batch_size)
-            out[f"corruptions/{name}/{severity}/acc"] = accuracy(logits, data.labels)
+            rows.append(
+                measure("acc", accuracy(logits, data.labels), corruption=name, severity=severity)
+            )
         progress.step(f"{name} ({s.root})")
-    return out
+    return rows, info
 
 
 # -- the stress -------------------------------------------------------------------------------
@@ -237,53 +237,49 @@ def _select_types(s: CorruptionSettings, key: str) -> list[str]:
     return [check_type(name) for name in names]
 
 
-def evaluate(ctx: StressContext, settings: CorruptionSettings | None = None) -> dict[str, Any]:
-    """Run the corruption stress on a run and draw ``stress_corruptions.png`` in its directory."""
+def evaluate(ctx: StressContext, settings: CorruptionSettings | None = None) -> StressResult:
+    """Run the corruption stress on a run (measurements: see the module docstring)."""
     key = "stress.corruptions"
     s = settings or CorruptionSettings()
     types = _select_types(s, key)
     start = time.perf_counter()
-    out = _from_files(ctx, s, types) if s.root is not None else _generated(ctx, s, types)
-    table = corruption_accuracies(out)
+    rows, info = _from_files(ctx, s, types) if s.root is not None else _generated(ctx, s, types)
+    table = accuracy_table(rows)
     for name, by_severity in table.items():
-        out[f"corruptions/{name}/mean_acc"] = float(np.mean(list(by_severity.values())))
-    for prefix, group in (("", BENCHMARK_TYPES), ("extra_", EXTRA_TYPES)):
+        rows.append(measure("mean_acc", np.mean(list(by_severity.values())), corruption=name))
+    for kind, group in (("benchmark", BENCHMARK_TYPES), ("extra", EXTRA_TYPES)):
         accs = [a for t, row in table.items() if t in group for a in row.values()]
-        if accs or not prefix:
-            out[f"corruptions/{prefix}mean_acc"] = float(np.mean(accs)) if accs else float("nan")
-            kind = "benchmark" if not prefix else "extra"
-            out[f"corruptions/{kind}_types"] = sum(t in group for t in table)
-    out["corruptions/num_types"] = len(table)
-    out["corruptions/seconds"] = time.perf_counter() - start
-    plot_corruption_heatmap(
-        table,
-        ctx.run_dir / PLOT_FILE,
-        clean_acc=out["corruptions/clean_acc"],
-        title=f"{ctx.run_dir.name}: corruption accuracy ({out['corruptions/source']})",
-    )
-    return out
+        if accs or kind == "benchmark":  # no benchmark type: the mean is undefined (null)
+            mean = float(np.mean(accs)) if accs else None
+            rows.append(measure("mean_acc", mean, headline=True, types=kind))
+        info[f"{kind}_types"] = sum(t in group for t in table)
+    info["num_types"] = len(table)
+    info["seconds"] = time.perf_counter() - start
+    return StressResult(rows, info)
 
 
 # -- reading results and comparing runs ---------------------------------------------------------
-def corruption_accuracies(stress: Mapping[str, Any]) -> dict[str, dict[int, float]]:
-    """``{type: {severity: acc}}`` from flat ``corruptions/<type>/<s>/acc`` keys."""
+def accuracy_table(measurements: Iterable[Measurement]) -> dict[str, dict[int, float]]:
+    """``{type: {severity: acc}}`` from the ``acc`` rows at ``corruption``/``severity`` of a
+    corruption result, types in the paper's order, severities ascending; undefined accuracies
+    (``None``) are left out."""
     table: dict[str, dict[int, float]] = {}
-    for key, value in stress.items():
-        parts = key.split("/")
-        is_acc = len(parts) == 4 and parts[0] == "corruptions" and parts[3] == "acc"
-        if is_acc and parts[2].isdigit() and value is not None:
-            table.setdefault(parts[1], {})[int(parts[2])] = float(value)
+    for m in measurements:
+        name, severity = m.at("corruption"), m.at("severity")
+        located = isinstance(name, str) and severity is not None
+        if m.metric == "acc" and located and m.value is not None:
+            table.setdefault(name, {})[int(severity)] = float(m.value)
     order = {name: i for i, name in enumerate(PUBLISHED_TYPES)}
     return {
         t: dict(sorted(table[t].items())) for t in sorted(table, key=lambda t: order.get(t, 99))
     }
 
 
-def corruption_errors(stress: Mapping[str, Any]) -> dict[str, dict[int, float]]:
-    """``{type: {severity: top-1 error}}`` from a run's ``stress.json`` contents."""
+def corruption_errors(measurements: Iterable[Measurement]) -> dict[str, dict[int, float]]:
+    """``{type: {severity: top-1 error}}`` (``1 - acc``) of a corruption result's rows."""
     return {
         t: {s: 1.0 - a for s, a in by_severity.items()}
-        for t, by_severity in corruption_accuracies(stress).items()
+        for t, by_severity in accuracy_table(measurements).items()
     }
 
 
@@ -306,7 +302,7 @@ def mce(
     Args:
         errors: ``{type: {severity: error}}`` of the evaluated run (:func:`corruption_errors`).
         baseline_errors: the same for the baseline run.
-        clean_error, baseline_clean_error: clean test errors (``1 - corruptions/clean_acc``).
+        clean_error, baseline_clean_error: clean test errors (``1 - clean_acc``).
 
     Returns:
         ``corruptions/<type>/ce``, ``corruptions/mce``; with clean errors also

@@ -18,15 +18,15 @@ Two checks, with the CAM settings the run used (``callbacks.gradcam.method`` and
   averaged). An explanation that depends on the learned weights must change: the correlation
   should fall along the cascade; one that stays near 1 fails the sanity check.
 
-Keys written: ``faithfulness/road/morf``, ``faithfulness/road/lerf``,
-``faithfulness/road/combined`` (means over the failures), ``faithfulness/num_failures``,
-``faithfulness/cascade/<k>/<block>/spearman`` for step ``k`` (``01``, ``02``, ...; ``<block>``
-the block re-initialised at that step, on top of the earlier ones),
-``faithfulness/cascade/<k>/<block>/undefined`` (fraction of images whose randomised map is
-constant, so rank correlation is undefined and left out of the mean),
-``faithfulness/randomization_spearman`` (the whole cascade), ``faithfulness/cascade_steps``,
-``faithfulness/num_images``, and the strings ``faithfulness/method`` and
-``faithfulness/target_layer``; the curve is drawn in ``stress_faithfulness.png``.
+Measurements: ``road`` at ``order=<morf|lerf|combined>`` (headline; means over the failures,
+absent when the run has none); ``spearman`` at ``step=<k>, block=<name>`` for step ``k`` (1, 2,
+...; ``block`` the block re-initialised at that step, on top of the earlier ones) and
+``undefined`` at the same coordinates (the share of images whose randomised or trained map is
+constant, so their rank correlation is undefined and left out of the mean);
+``randomization_spearman`` (headline: the whole cascade, the last step) and
+``randomization_undefined`` (headline: the undefined share at the last step, how much of that
+mean is missing). Info: ``method``, ``target_layer``, ``num_failures``, ``num_images``,
+``cascade_steps``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -53,10 +53,8 @@ from cnnstress.core.data.normalize import Normalize
 from cnnstress.core.errors import ConfigError
 from cnnstress.core.metrics import find_failures
 from cnnstress.core.rules import Integer, ListOf, Number, OneOf, Text
-from cnnstress.report.figures.stress import plot_cascade
 from cnnstress.stress.context import StressContext, seeded_subset
-
-PLOT_FILE = "stress_faithfulness.png"
+from cnnstress.stress.results import Measurement, Scalar, StressResult, measure
 
 
 @dataclasses.dataclass
@@ -205,7 +203,7 @@ def _run_cam_settings(ctx: StressContext, s: FaithfulnessSettings) -> tuple[str,
     return method, layer
 
 
-def evaluate(ctx: StressContext, settings: FaithfulnessSettings | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: FaithfulnessSettings | None = None) -> StressResult:
     """ROAD on the top failures and the randomisation sanity check."""
     key = "stress.faithfulness"
     s = settings or FaithfulnessSettings()
@@ -219,20 +217,21 @@ def evaluate(ctx: StressContext, settings: FaithfulnessSettings | None = None) -
 
     logits, labels = ctx.clean_logits(), ctx.test.labels
     predicted = logits.argmax(1)
-    out: dict[str, Any] = {"faithfulness/method": method, "faithfulness/target_layer": layer_path}
+    rows: list[Measurement] = []
+    info: dict[str, Scalar] = {"method": method, "target_layer": layer_path}
 
     # ROAD on the most confident failures (ties by index), explaining the predicted class.
     probs = logits.softmax(1).numpy()
-    rows = find_failures(np.arange(len(labels)), labels.numpy(), probs)[: s.num_failures]
-    failures = torch.from_numpy(rows)
-    out["faithfulness/num_failures"] = len(failures)
+    failing = find_failures(np.arange(len(labels)), labels.numpy(), probs)[: s.num_failures]
+    failures = torch.from_numpy(failing)
+    info["num_failures"] = len(failures)
     if len(failures):
         images = normalised(failures)
         classes = predicted[failures].tolist()
         cams = heatmaps(net, images, classes, method, layer_path, s.batch_size)
         scores = road_scores(net, images, cams, classes, s.road_percentiles, s.seed)
         for name, values in scores.items():
-            out[f"faithfulness/road/{name}"] = float(np.mean(values))
+            rows.append(measure("road", np.mean(values), headline=True, order=name))
 
     # Cascading model-parameter randomisation, same images and classes.
     subset = seeded_subset(len(labels), s.num_images, s.seed)
@@ -240,18 +239,18 @@ def evaluate(ctx: StressContext, settings: FaithfulnessSettings | None = None) -
     classes = predicted[subset].tolist()
     trained = heatmaps(net, images, classes, method, layer_path, s.batch_size)
     steps = cascade(net, s.randomize_to or layer_path, f"{key}.randomize_to")
-    out["faithfulness/num_images"] = len(subset)
-    out["faithfulness/cascade_steps"] = len(steps)
-    curve = []
+    info["num_images"] = len(subset)
+    info["cascade_steps"] = len(steps)
+    spearman, undefined = float("nan"), 0.0
     for k, block in enumerate(steps, start=1):
         randomized = randomized_copy(net, steps[:k], s.seed)
         cams = heatmaps(randomized, images, classes, method, layer_path, s.batch_size)
         rho = rank_correlations(trained, cams)
         defined = np.isfinite(rho)
-        name = f"faithfulness/cascade/{k:02d}/{block}"
-        out[f"{name}/spearman"] = float(rho[defined].mean()) if defined.any() else float("nan")
-        out[f"{name}/undefined"] = float(1 - defined.mean()) if len(rho) else 0.0
-        curve.append((block, out[f"{name}/spearman"]))
-    out["faithfulness/randomization_spearman"] = curve[-1][1]
-    plot_cascade(curve, ctx.run_dir / PLOT_FILE, f"{method} at {layer_path}")
-    return out
+        spearman = float(rho[defined].mean()) if defined.any() else float("nan")
+        undefined = float(1 - defined.mean()) if len(rho) else 0.0
+        rows.append(measure("spearman", spearman, step=k, block=block))
+        rows.append(measure("undefined", undefined, step=k, block=block))
+    rows.append(measure("randomization_spearman", spearman, headline=True))
+    rows.append(measure("randomization_undefined", undefined, headline=True))
+    return StressResult(rows, info)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ import numpy as np
 
 from cnnstress.core.errors import DataError
 from cnnstress.core.run_dir import RunDir, write_json
+
+log = logging.getLogger(__name__)
 
 #: The version of stress.json this module writes and reads.
 FORMAT = 2
@@ -61,8 +64,22 @@ class Measurement:
 
 
 def measure(metric: str, value: Any, headline: bool = False, **where: Coordinate) -> Measurement:
-    """A :class:`Measurement`; ``value`` may be a numpy or torch scalar, NaN becomes ``None``."""
-    return Measurement(metric, _number(value), tuple(sorted(where.items())), headline)
+    """A :class:`Measurement`; ``value`` may be a numpy or torch scalar, NaN becomes ``None``;
+    coordinates are strings or numbers (numpy and torch scalars become Python numbers).
+
+    Raises:
+        TypeError: a coordinate that :func:`read_stored` would refuse (a bool, a list...).
+    """
+    coordinates = {name: _coordinate(name, v) for name, v in where.items()}
+    return Measurement(metric, _number(value), tuple(sorted(coordinates.items())), headline)
+
+
+def _coordinate(name: str, value: Any) -> Coordinate:
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy and torch scalars
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError(f"coordinate {name}={value!r} must be a string or a number")
+    return value
 
 
 def _number(value: Any) -> float | None:
@@ -210,7 +227,8 @@ def write_stored(
     Returns every stress now in the file."""
     try:
         kept = read_stored(run_dir)
-    except DataError:
+    except DataError as err:  # said, not silent: the earlier numbers are lost
+        log.warning("replacing the whole stress.json: %s", err)
         kept = {}
     kept.update(entries)
     data = {"format": FORMAT, "stresses": {name: kept[name].to_json() for name in sorted(kept)}}

@@ -1,15 +1,15 @@
 """Natural distribution shift: CIFAR-10.1 (Recht et al. 2019), a new test set for CIFAR-10.
 
-Keys written: ``shift/cifar10.1/acc``, ``shift/cifar10.1/drop`` (clean test accuracy minus
-CIFAR-10.1 accuracy; positive = worse on the new images), ``shift/cifar10.1/num_images``,
-``shift/clean_acc``, and the string ``shift/cifar10.1/version``.
+Measurements: ``acc`` and ``drop`` at ``dataset="cifar10.1"`` (headline; the drop is the clean
+test accuracy minus the CIFAR-10.1 accuracy: positive = worse on the new images) and
+``clean_acc``. Info: ``num_images`` (of CIFAR-10.1), ``version``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from cnnstress.core.data.sources import LabeledImages
 from cnnstress.core.errors import ConfigError, DataError
 from cnnstress.core.rules import OneOf, Text
 from cnnstress.stress.context import StressContext, accuracy
+from cnnstress.stress.results import StressResult, measure
 
 VERSIONS = ("v6", "v4")
 
@@ -61,7 +62,7 @@ def load_cifar101(root: str | Path, version: str = "v6") -> LabeledImages:
     return LabeledImages(images, torch.from_numpy(labels.astype(np.int64)))
 
 
-def evaluate(ctx: StressContext, settings: ShiftSettings | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: ShiftSettings | None = None) -> StressResult:
     """Accuracy on CIFAR-10.1 and its drop from the clean test accuracy."""
     s = settings or ShiftSettings()
     if ctx.dataset_name != "cifar10":
@@ -71,10 +72,12 @@ def evaluate(ctx: StressContext, settings: ShiftSettings | None = None) -> dict[
     data = load_cifar101(s.root, s.version)
     acc = accuracy(ctx.logits(data.images), data.labels)
     clean = ctx.clean_acc()
-    return {
-        "shift/clean_acc": clean,
-        "shift/cifar10.1/acc": acc,
-        "shift/cifar10.1/drop": clean - acc,
-        "shift/cifar10.1/num_images": len(data),
-        "shift/cifar10.1/version": s.version,
-    }
+    where = {"dataset": "cifar10.1"}
+    return StressResult(
+        [
+            measure("clean_acc", clean),
+            measure("acc", acc, headline=True, **where),
+            measure("drop", clean - acc, headline=True, **where),
+        ],
+        {"num_images": len(data), "version": s.version},
+    )

@@ -1,120 +1,21 @@
-"""Stress-test figures: those a stress writes into its run directory (corruption heat-map,
-cascading randomisation, background reliance per class) and the analysis' comparisons of groups
-under each stress (:class:`~cnnstress.analysis.stress.StressSummary`)."""
+"""Stress-test figures: the analysis' comparisons of groups under each stress
+(:class:`~cnnstress.analysis.stress.StressSummary`). The figures a stress leaves in its run
+directory are in :mod:`cnnstress.report.figures.stress_run`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from cnnstress.core.plots.canvas import new_figure, save_figure
 from cnnstress.core.plots.layout import group_legend, label_panel, panel_grid
 
 if TYPE_CHECKING:
     from cnnstress.analysis.compare import Analysis
     from cnnstress.analysis.stress import StressSummary
-
-
-def plot_corruption_heatmap(
-    table: Mapping[str, Mapping[int, float]],
-    path: str | Path,
-    clean_acc: float | None = None,
-    title: str = "corruption accuracy",
-) -> Path:
-    """Heat-map of accuracy, corruption type (rows) x severity (columns), saved as PNG.
-
-    ``table``: ``{type: {severity: acc}}``
-    (:func:`cnnstress.stress.corruption_suite.corruption_accuracies`); a ``clean`` column comes
-    first when ``clean_acc`` is given.
-    """
-    types = list(table)
-    severities: Sequence[int] = sorted({s for t in table.values() for s in t})
-    columns = (["clean"] if clean_acc is not None else []) + [str(s) for s in severities]
-    grid = np.full((len(types), len(columns)), np.nan)
-    for i, name in enumerate(types):
-        if clean_acc is not None:
-            grid[i, 0] = clean_acc
-        for j, s in enumerate(severities):
-            grid[i, j + len(columns) - len(severities)] = table[name].get(s, np.nan)
-    fig = new_figure(1.0 + 0.75 * len(columns), 1.2 + 0.32 * len(types), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(columns)), columns)
-    ax.set_yticks(range(len(types)), types)
-    ax.set_xlabel("severity")
-    ax.set_title(title, fontsize=9)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            if np.isfinite(grid[i, j]):
-                colour = "black" if grid[i, j] > 0.6 else "white"
-                ax.text(
-                    j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour
-                )
-    fig.colorbar(image, ax=ax, label="top-1 accuracy")
-    return save_figure(fig, path)
-
-
-def plot_cascade(curve: Sequence[tuple[str, float]], path: Path, title: str) -> Path:
-    """The cascade curve: mean rank correlation with the trained model's CAMs after each step."""
-    fig = new_figure(max(4.0, 0.8 * len(curve) + 2), 3.6, layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(range(len(curve) + 1), [1.0, *(v for _, v in curve)], "o-")
-    ax.set_xticks(range(len(curve) + 1), ["trained", *(b for b, _ in curve)], rotation=45,
-                  ha="right", fontsize=8)  # fmt: skip
-    ax.axhline(0, color="gray", linewidth=0.8)
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_ylabel("Spearman correlation with trained CAMs")
-    ax.set_xlabel("blocks re-initialised, cumulatively from the output")
-    ax.set_title(f"Cascading randomisation ({title})", fontsize=9)
-    return save_figure(fig, path)
-
-
-def plot_classes(
-    names: Sequence[str],
-    per_class: Mapping[str, np.ndarray],
-    overall: Mapping[str, Any],
-    path: str | Path,
-) -> Path:
-    """Three bar panels over the classes (rows): ``only_surround`` accuracy (chance marked),
-    surround share and CAM outside-share (the area share of the surround marked); the overall
-    value of each is a dashed line."""
-    c = len(names)
-    small = c > 20
-    fig = new_figure(11, 1.4 + (0.14 if small else 0.3) * c, layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    panels = (
-        ("only_surround", "only-surround accuracy", "background/only_surround/acc",
-         ("chance", overall["background/chance"])),
-        ("surround_share", "surround share (cue conflict,\nby the surround's class)",
-         "background/surround_share", ("even", 0.5)),
-        ("cam_outside", "CAM mass outside the centre", "background/cam/outside_all",
-         ("flat map", overall["background/cam/outside_uniform"])),
-    )  # fmt: skip
-    y = np.arange(c)
-    for ax, (metric, label, key, (ref_label, ref)) in zip(axes, panels, strict=True):
-        values = np.asarray(per_class[metric], dtype=float)
-        ax.barh(y, np.nan_to_num(values), color="tab:blue", height=0.7)
-        ax.axvline(ref, color="tab:red", linewidth=1, label=ref_label)
-        mean = overall.get(key)
-        if mean is not None and np.isfinite(mean):
-            ax.axvline(mean, color="black", linestyle="--", linewidth=1, label="all images")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(label)
-        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, fontsize=7, frameon=False)
-    axes[0].set_yticks(y, list(names), fontsize=5 if small else 8)
-    axes[0].set_ylim(c - 0.5, -0.5)  # official class order from the top
-    fig.suptitle(
-        f"background reliance per class (centre {overall['background/centre_size']}px; "
-        f"{overall['background/num_images']} images, CAM {overall['background/cam/num_images']})",
-        fontsize=9,
-    )
-    return save_figure(fig, path)
 
 
 def stress_corruptions_figure(stress: StressSummary) -> Figure | None:
