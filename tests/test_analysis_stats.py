@@ -245,13 +245,13 @@ def planted_analysis(gains: list[float], n: int = 2000) -> Analysis:
 def test_verdict_of_a_clear_gain_and_of_too_few_seeds():
     analysis = planted_analysis([0.05, 0.06, 0.055])
     (clear,) = analysis.comparisons
-    text = verdict(clear, analysis)
+    text = verdict(clear)
     assert text.startswith("smooth vs baseline (cifar10/net): accuracy +5.50 pp (95% CI ")
     assert ": a clear gain." in text and "The 3 seeds suffice (power " in text
     assert clear.plan.power >= 0.8
     analysis = planted_analysis([0.004, -0.002, 0.003])
     (unsure,) = analysis.comparisons
-    text = verdict(unsure, analysis)
+    text = verdict(unsure)
     assert ": no clear difference." in text
     assert f"about {unsure.plan.needed} seeds on this test set would give 80%" in text
     assert unsure.plan.needed > 3 and unsure.plan.power < 0.8

@@ -299,16 +299,17 @@ def test_malformed_published_files_raise_data_errors(tmp_path):
 def test_mce_follows_the_paper():
     run = {"fog": {1: 0.2, 2: 0.4}, "contrast": {1: 0.3, 2: 0.5}, "pixelate": {1: 0.1}}
     base = {"fog": {1: 0.3, 2: 0.5}, "contrast": {1: 0.2, 2: 0.4}}
-    out = mce(run, base, clean_error=0.1, baseline_clean_error=0.15)
-    assert out["corruptions/fog/ce"] == pytest.approx(0.6 / 0.8)
-    assert out["corruptions/contrast/ce"] == pytest.approx(0.8 / 0.6)
-    assert out["corruptions/mce"] == pytest.approx((0.6 / 0.8 + 0.8 / 0.6) / 2)
-    assert out["corruptions/fog/relative_ce"] == pytest.approx((0.6 - 0.2) / (0.8 - 0.3))
-    assert out["corruptions/relative_mce"] == pytest.approx(
+    out = {(m.metric, m.at("corruption")): m for m in mce(run, base, 0.1, 0.15)}
+    assert out[("ce", "fog")].value == pytest.approx(0.6 / 0.8)
+    assert out[("ce", "contrast")].value == pytest.approx(0.8 / 0.6)
+    assert out[("mce", None)].value == pytest.approx((0.6 / 0.8 + 0.8 / 0.6) / 2)
+    assert out[("mce", None)].headline and not out[("ce", "fog")].headline
+    assert out[("relative_ce", "fog")].value == pytest.approx((0.6 - 0.2) / (0.8 - 0.3))
+    assert out[("relative_mce", None)].value == pytest.approx(
         ((0.6 - 0.2) / (0.8 - 0.3) + (0.8 - 0.2) / (0.6 - 0.3)) / 2
     )
-    assert "corruptions/pixelate/ce" not in out
-    assert mce(run, run)["corruptions/mce"] == pytest.approx(1.0)
+    assert ("ce", "pixelate") not in out
+    assert _mce(mce(run, run)) == pytest.approx(1.0)
     rows = [
         measure("acc", 0.75, corruption="fog", severity=1),
         measure("acc", float("nan"), corruption="fog", severity=2),  # undefined: left out
@@ -321,7 +322,12 @@ def test_mce_follows_the_paper():
         mce({"fog": {1: 0.1}}, {"contrast": {1: 0.1}})
     # The extra ("validation") types never enter mCE.
     extra = {"fog": {1: 0.2}, "speckle_noise": {1: 0.9}}
-    assert mce(extra, {"fog": {1: 0.4}, "speckle_noise": {1: 0.1}})["corruptions/mce"] == 0.5
+    assert _mce(mce(extra, {"fog": {1: 0.4}, "speckle_noise": {1: 0.1}})) == 0.5
+
+
+def _mce(rows) -> float:
+    (row,) = [m for m in rows if m.metric == "mce"]
+    return row.value
 
 
 def test_accuracy_table_reads_the_acc_rows_in_the_papers_order():

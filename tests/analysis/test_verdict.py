@@ -252,7 +252,7 @@ def test_holm_family_is_the_comparisons_with_one_reference():
     assert all(c.family == 2 for c in analysis.comparisons)
     paired = holm([c.paired.pvalue for c in analysis.comparisons])
     assert [c.paired_p_holm for c in analysis.comparisons] == pytest.approx(paired)
-    text = verdict(analysis.comparisons[0], analysis)
+    text = verdict(analysis.comparisons[0])
     first = analysis.comparisons[0]
     assert (
         f"p = {first.crossed.pvalue:.3g}, unadjusted, Holm {first.crossed_p_holm:.3g} over 2 "

@@ -32,9 +32,9 @@ from cnnstress.analysis.seed_table import Metric, SeedTable
 from cnnstress.analysis.statistics import holm
 from cnnstress.core.errors import DataError
 from cnnstress.core.identity import describe, differences
-from cnnstress.stress.corruption_suite import mce
+from cnnstress.stress.corruption_suite import corruption_errors, mce
 from cnnstress.stress.corruptions import BENCHMARK_TYPES
-from cnnstress.stress.results import StoredStress, read_stored
+from cnnstress.stress.results import Measurement, StoredStress, read_stored
 from cnnstress.stress.runner import STRESSES
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,9 @@ def _corruption_errors(
     table: SeedTable, key: GroupKey, seed: int
 ) -> tuple[dict[str, dict[int, float]], float | None]:
     """``{benchmark type: {severity: error}}`` and the clean error of one seed of ``key``."""
-    errors: dict[str, dict[int, float]] = {}
-    for metric in table.metrics(key, "corruptions"):
-        corruption, severity = metric.at("corruption"), metric.at("severity")
-        value = table.by_seed(key, metric).get(seed)
-        if metric.name == "acc" and corruption in BENCHMARK_TYPES and None not in (severity, value):
-            errors.setdefault(corruption, {})[int(severity)] = 1.0 - value
+    rows = [Measurement(m.name, table.by_seed(key, m).get(seed), m.where)
+            for m in table.metrics(key, "corruptions")]  # fmt: skip
+    errors = {t: row for t, row in corruption_errors(rows).items() if t in BENCHMARK_TYPES}
     clean = table.by_seed(key, Metric("corruptions", "clean_acc")).get(seed)
     return errors, None if clean is None else 1.0 - clean
 
@@ -183,15 +180,9 @@ def add_mce(table: SeedTable, key: GroupKey, reference: GroupKey) -> str | None:
     base_clean = None if None in clean else float(np.mean(clean))
     for seed in seeds[key]:
         errors, clean_error = runs[(key, seed)]
-        numbers = mce(errors, base, clean_error, None if clean_error is None else base_clean)
-        for flat, value in numbers.items():  # corruptions/mce, corruptions/<type>/ce ...
-            parts = flat.split("/")
-            if len(parts) == 2:
-                metric = Metric("corruptions", parts[1])
-            else:
-                metric = Metric("corruptions", parts[2], (("corruption", parts[1]),), False)
-            if np.isfinite(value):
-                table.add(key, metric, seed, value)
+        for m in mce(errors, base, clean_error, None if clean_error is None else base_clean):
+            if m.value is not None:
+                table.add(key, Metric("corruptions", m.metric, m.where, m.headline), seed, m.value)
     return None
 
 

@@ -26,7 +26,7 @@ from cnnstress.core.plots.canvas import save_figure
 from cnnstress.core.rules import Integer, ListOf, OneOf, Probability, Rule, Text
 from cnnstress.report.figures import calibration as calibration_plots
 from cnnstress.report.figures import comparison as comparison_plots
-from cnnstress.report.figures import stress_groups as stress_plots
+from cnnstress.report.figures import stress as stress_plots
 from cnnstress.report.write import write_report
 from cnnstress.stress.results import settings_record
 
@@ -172,24 +172,24 @@ def stress_numbers(settings: AnalyzeConfig, runs: Sequence[Run]) -> tuple[Stored
         return stored, notes
     asked = {name: settings_record(s) for name, s in settings.stress.items()}
     todo = {
-        run: [n for n, record in asked.items() if settings.recompute_stress
-              or n not in stored[run.path] or stored[run.path][n].settings != record]
+        run.path: [n for n, record in asked.items() if settings.recompute_stress
+                   or n not in stored[run.path] or stored[run.path][n].settings != record]
         for run in runs
     }  # fmt: skip
-    todo = {run: names for run, names in todo.items() if names}
-    reused = len(runs) * len(asked) - sum(len(names) for names in todo.values())
-    log.info("stress: %d results reused, %d to compute", reused, len(runs) * len(asked) - reused)
+    todo = {path: names for path, names in todo.items() if names}
+    computed = sum(len(names) for names in todo.values())
+    log.info(
+        "stress: %d results reused, %d to compute", len(runs) * len(asked) - computed, computed
+    )
     progress = Progress(f"stress {'+'.join(asked)}: run", len(todo), log)
-    for run, names in todo.items():
+    for path, names in todo.items():
         try:
             chosen = {n: settings.stress[n] for n in names}
-            stored[run.path] |= stress_run(
-                run.path, chosen, settings.device, computed_by="analyze.py"
-            )
+            stored[path] |= stress_run(path, chosen, settings.device, computed_by="analyze.py")
         except UserError as err:
-            notes.append(f"{run.path}: no stress results: {err}")
-            log.warning("no stress results for %s: %s", run.path, err)
-        progress.step(f"{run.path.name} seed {run.seed}")
+            notes.append(f"{path}: no stress results: {err}")
+            log.warning("no stress results for %s: %s", path, err)
+        progress.step(str(path))
     return stored, notes
 
 

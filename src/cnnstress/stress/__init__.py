@@ -17,21 +17,6 @@ from cnnstress.stress.results import (
 )
 from cnnstress.stress.runner import STRESS_SETTINGS, STRESSES, check_names, evaluate_run
 
-
-# TEMPORARY (delete with the integrator's rewrite of cnnstress.analysis.stress, which still
-# imports these names): the flat-key API is gone; these placeholders only keep
-# ``cnnstress.app.configs`` (which imports app.analyze for its schema) and so train.py and the
-# test suite importable until then. Calling one says what replaced it.
-def run_stress(*args: object, **kwargs: object) -> None:
-    """Removed: use :func:`evaluate_run` (or ``cnnstress.app.stress.stress_run``)."""
-    raise NotImplementedError("run_stress was removed: use cnnstress.stress.evaluate_run")
-
-
-def corruption_accuracies(*args: object, **kwargs: object) -> None:
-    """Removed: use :func:`accuracy_table` on a result's measurements."""
-    raise NotImplementedError("corruption_accuracies was removed: use accuracy_table")
-
-
 __all__ = [
     "CORRUPTIONS",
     "STRESSES",

@@ -288,7 +288,7 @@ def mce(
     baseline_errors: Mapping[str, Mapping[int, float]],
     clean_error: float | None = None,
     baseline_clean_error: float | None = None,
-) -> dict[str, float]:
+) -> list[Measurement]:
     """Corruption errors relative to a baseline (Hendrycks & Dietterich 2019, Sec. 3).
 
     ``CE_c = sum_s E_{s,c} / sum_s B_{s,c}`` and ``mCE = mean_c CE_c``, over the benchmark
@@ -305,9 +305,9 @@ def mce(
         clean_error, baseline_clean_error: clean test errors (``1 - clean_acc``).
 
     Returns:
-        ``corruptions/<type>/ce``, ``corruptions/mce``; with clean errors also
-        ``corruptions/<type>/relative_ce`` and ``corruptions/relative_mce``. A type whose
-        baseline denominator is 0 gets NaN.
+        ``ce`` at ``corruption=<type>`` and ``mce`` (headline); with clean errors also
+        ``relative_ce`` at ``corruption=<type>`` and ``relative_mce`` (headline). A type whose
+        baseline denominator is 0 has the value ``None``.
     """
     common = [t for t in errors if t in baseline_errors and t in BENCHMARK_TYPES]
     if not common:
@@ -316,7 +316,7 @@ def mce(
             f"baseline: {sorted(baseline_errors)})"
         )
     relative = clean_error is not None and baseline_clean_error is not None
-    out: dict[str, float] = {}
+    out: list[Measurement] = []
     ces, rces = [], []
     for name in common:
         severities = sorted(set(errors[name]) & set(baseline_errors[name]))
@@ -325,15 +325,15 @@ def mce(
         run = np.array([errors[name][s] for s in severities], dtype=np.float64)
         base = np.array([baseline_errors[name][s] for s in severities], dtype=np.float64)
         ce = _ratio(run.sum(), base.sum())
-        out[f"corruptions/{name}/ce"] = ce
+        out.append(measure("ce", ce, corruption=name))
         ces.append(ce)
         if relative:
             rce = _ratio((run - clean_error).sum(), (base - baseline_clean_error).sum())
-            out[f"corruptions/{name}/relative_ce"] = rce
+            out.append(measure("relative_ce", rce, corruption=name))
             rces.append(rce)
-    out["corruptions/mce"] = float(np.mean(ces))
+    out.append(measure("mce", np.mean(ces), headline=True))
     if relative:
-        out["corruptions/relative_mce"] = float(np.mean(rces))
+        out.append(measure("relative_mce", np.mean(rces), headline=True))
     return out
 
 
