@@ -141,3 +141,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- the suite measures itself -----------------------------------------------------------------
+INTEGRATION = ROOT / "tests" / "integration"
+_FITS = {"count": 0}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every integration test is slow: ``pytest -m "not slow"`` is the quick subset."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def count_trainings():
+    """Count the model trainings of this process (``Trainer.fit`` calls; training started as a
+    subprocess is not counted), reported at the end of the run."""
+    from lightning.pytorch import Trainer
+
+    fit = Trainer.fit
+
+    def counted(self, *args, **kwargs):
+        _FITS["count"] += 1
+        return fit(self, *args, **kwargs)
+
+    Trainer.fit = counted
+    yield
+    Trainer.fit = fit
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(f"model trainings in this process: {_FITS['count']}")

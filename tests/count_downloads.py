@@ -1,7 +1,7 @@
 """``python tests/count_downloads.py <train.py overrides>``: train.py with torchvision's CIFAR10
 replaced by a fake whose download writes a tiny CIFAR-10 root and appends a line to the file
-``$CNNSTRESS_TEST_DOWNLOADS`` (tests/test_prepare_data.py). Lightning's DDP launcher re-runs this
-script for the other ranks, so every process has the fake."""
+``$CNNSTRESS_TEST_DOWNLOADS`` (tests/integration/test_prepare_data.py). Lightning's DDP
+launcher re-runs this script for the other ranks, so every process has the fake."""
 
 from __future__ import annotations
 

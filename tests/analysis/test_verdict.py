@@ -34,7 +34,7 @@ from cnnstress.report.csv_files import write_summary, write_transitions
 from cnnstress.report.sentences import verdict
 from cnnstress.report.view import build_view
 from cnnstress.report.write import render
-from tests.test_analysis_stats import planted_run
+from tests.analysis.test_compare import planted_run
 
 PARTS = VarianceComponents(0.1, 0.1, 0.1, 0.0, 0.0, 0.1)
 

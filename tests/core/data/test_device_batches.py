@@ -16,7 +16,7 @@ from cnnstress.core.data.datamodule import DatasetConfig, keep_batch
 from cnnstress.core.data.device_batches import DeviceBatches
 from cnnstress.core.devices import on_device_for
 from cnnstress.core.errors import ConfigError
-from tests.test_training import model_metrics
+from tests.app.test_train import model_metrics
 
 
 def datamodule(root, on_device, world=1, rank=0, val_size=24) -> CIFARDataModule:

@@ -24,7 +24,7 @@ from cnnstress.analysis.stress import _holm
 from cnnstress.app.analyze import analyze
 from cnnstress.core.errors import ConfigError
 from tests.conftest import ROOT, compose_train_config
-from tests.test_analysis_end_to_end import _train_run, noisy_zip
+from tests.integration.test_analyze import _train_run, noisy_zip
 
 SEEDS = (1, 2)
 IMPROVEMENTS = ("baseline", "label_smoothing")
@@ -50,7 +50,7 @@ def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     sweep = tmp_path_factory.mktemp("sweep")
     out = tmp_path_factory.mktemp("analysis")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: see tests/test_analysis_end_to_end.py
+    torch.set_num_threads(1)  # tiny tensors: see tests/integration/test_analyze.py
     try:
         for improvement in IMPROVEMENTS:
             for seed in SEEDS:

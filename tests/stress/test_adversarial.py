@@ -1,21 +1,18 @@
-"""FGSM / PGD against hand-computed gradients and their constraints; temperature scaling."""
+"""FGSM / PGD against hand-computed gradients and their constraints; eps 0 is clean."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from cnnstress.core.errors import ConfigError
+from cnnstress.core.models import SimpleCNN
+from cnnstress.stress import adversarial
 from cnnstress.stress.adversarial import fgsm, parse_eps, pgd
-from cnnstress.stress.calibration import (
-    calibration_error,
-    fit_temperature,
-    logit_bins,
-    nll,
-)
-from cnnstress.stress.context import NormalizedModel
+from cnnstress.stress.context import NormalizedModel, accuracy
+from tests.stress.planted import context
+from tests.stress_rows import value
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
@@ -107,27 +104,25 @@ def test_bad_adversarial_settings_are_config_errors(make_config, override, messa
         make_config("stress=[adversarial]", override)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
-def test_temperature_scaling_recovers_a_known_temperature(temperature):
-    g = torch.Generator().manual_seed(0)
-    true_logits = 2.0 * torch.randn(20000, 10, generator=g)
-    labels = torch.multinomial(true_logits.softmax(1), 1, generator=g).squeeze(1)
-    observed = true_logits * temperature  # over-confident for T > 1
-    fitted = fit_temperature(observed, labels)
-    assert fitted == pytest.approx(temperature, rel=0.05)
-    assert nll(observed / fitted, labels) <= nll(observed, labels) + 1e-9
-    if temperature != 1.0:
-        assert calibration_error(observed / fitted, labels) < calibration_error(observed, labels)
-
-
-def test_reliability_bins_reproduce_torchmetrics_ece():
-    g = torch.Generator().manual_seed(1)
-    logits = 3 * torch.randn(5000, 10, generator=g)
-    labels = torch.randint(0, 10, (5000,), generator=g)
-    bins = logit_bins(logits, labels, 15)
-    weights = bins["count"] / bins["count"].sum()
-    gaps = np.nan_to_num(np.abs(bins["accuracy"] - bins["confidence"]))
-    assert bins["count"].sum() == 5000
-    assert float((weights * gaps).sum()) == pytest.approx(
-        calibration_error(logits, labels, 15), abs=1e-5
+def test_attacks_stay_in_the_eps_ball_and_eps_zero_is_clean(tmp_path):
+    torch.manual_seed(0)
+    net = SimpleCNN(width=4).eval()
+    ctx = context(net, n=48, tmp=tmp_path)
+    x = ctx.test.images.float() / 255
+    y = ctx.test.labels
+    model = ctx.model
+    for eps in (0.0, 2 / 255, 8 / 255):
+        for adv in (
+            adversarial.fgsm(model, x, y, eps),
+            adversarial.pgd(model, x, y, eps, steps=3, generator=torch.Generator().manual_seed(0)),
+        ):
+            assert adv.min() >= 0 and adv.max() <= 1
+            assert (adv - x).abs().max() <= eps + 1e-6
+    out = adversarial.evaluate(
+        ctx, adversarial.AdversarialSettings(eps=[0], max_images=None, pgd_steps=2)
     )
+    clean = accuracy(ctx.clean_logits(), y)
+    assert value(out, "acc", attack="fgsm", eps=0.0) == clean
+    assert value(out, "acc", attack="pgd", eps=0.0) == clean
+    assert value(out, "clean_acc") == clean
+    assert out.info == {"num_images": 48, "pgd_steps": 2}

@@ -16,7 +16,7 @@ from cnnstress.core.errors import ConfigError
 from cnnstress.core.metrics import binned_calibration_error, reliability_bins
 from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import prepared
-from tests.test_callbacks_failures import ConstantLogits
+from tests.train.callbacks.test_failures import ConstantLogits
 
 
 def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip, tmp_path):

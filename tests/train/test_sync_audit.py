@@ -18,7 +18,7 @@ from cnnstress.train.sync_audit import SyncAudit, SyncAuditCallback
 from tests.conftest import TINY_RUN, compose_train_config
 
 AUDIT = "+callbacks.sync_audit._target_=cnnstress.train.sync_audit.SyncAuditCallback"
-# The fast recipe made tiny (tests/test_fast_recipe.py), lookahead every 2 steps.
+# The fast recipe made tiny (tests/integration/test_fast_recipe.py), lookahead every 2 steps.
 FAST = (
     "experiment=fast_cifar10", "model.net.widths=[8,16,16]", "model.net.init_images=64",
     "model.net.whiten_bias_epochs=1", "trainer=cpu", "trainer.enable_progress_bar=false",
@@ -30,7 +30,7 @@ FAST = (
 
 def audited(tmp_path: Path, data: Path, *overrides: str):
     """Train with the sync audit and return its report (the fast recipe's overrides replace the
-    tiny run's settings, as in tests/test_fast_recipe.py)."""
+    tiny run's settings, as in tests/integration/test_fast_recipe.py)."""
     base = () if "experiment=fast_cifar10" in overrides else TINY_RUN
     cfg = compose_train_config(tmp_path / "run", [*base, f"dataset.root={data}", AUDIT, *overrides])
     run_training(cfg)

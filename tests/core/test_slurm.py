@@ -14,8 +14,8 @@ from cnnstress.app.train import run_training
 from cnnstress.core.errors import ConfigError
 from cnnstress.core.run_dir import read_metrics
 from cnnstress.core.slurm import requeued_checkpoint, slurm_gpus
+from tests.app.test_train import model_metrics
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
-from tests.test_training import model_metrics
 
 
 @pytest.mark.parametrize(

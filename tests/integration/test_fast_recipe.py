@@ -31,8 +31,8 @@ from cnnstress.stress.faithfulness import cascade_units
 from cnnstress.train.callbacks import WeightAverage
 from cnnstress.train.training import build_datamodule, build_module
 from cnnstress.train.tta import tta_logits
+from tests.app.test_train import model_metrics
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, compose_train_config
-from tests.test_training import model_metrics
 
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
@@ -102,7 +102,8 @@ def test_whitening_bias_trains_only_in_its_first_epochs():
     net = fast_net(whiten_bias_epochs=3)
     for epoch, trains in [(0, True), (2, True), (3, False), (9, False)]:
         net.on_train_epoch_start(epoch)
-        # frozen through the optimizer (tests/test_ddp_fast_recipe.py): it keeps its gradient
+        # frozen through the optimizer (tests/integration/test_ddp_fast_recipe.py): it keeps its
+        # gradient
         assert net.whiten.bias.requires_grad
         assert any(p is net.whiten.bias for p in net.frozen_parameters()) is not trains
     assert fast_net(whiten_bias_epochs=0).frozen_parameters() == []

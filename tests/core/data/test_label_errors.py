@@ -26,7 +26,7 @@ from cnnstress.core.run_dir import read_metrics, read_predictions, write_predict
 from cnnstress.train.callbacks import GradCAMGrids, HighConfidenceFailures
 from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image, prepared
-from tests.test_callbacks_failures import ConstantLogits
+from tests.train.callbacks.test_failures import ConstantLogits
 
 LABELS_DIR = DATA_DIR / "label-errors"
 FIRST20_CIFAR100 = DATA_DIR / "cifar100-test-first20.zip"

@@ -12,9 +12,9 @@ import pytest
 
 from cnnstress.app.train import run_training
 from cnnstress.core.run_dir import read_metrics
+from tests.app.test_train import model_metrics
 from tests.conftest import ROOT, compose_train_config
-from tests.test_fast_recipe import FAST_TINY
-from tests.test_training import model_metrics
+from tests.integration.test_fast_recipe import FAST_TINY
 
 RECORD = "+callbacks.bias._target_=tests.device_helpers.RecordWhitenBias"
 
