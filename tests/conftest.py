@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,6 +132,33 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_train_config(out, [*TINY_RUN, *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10_zip: Path) -> Path:
+    """One tiny run trained once for the whole session, with ``stress=[calibration,adversarial]``
+    at the end of training. Read it as it is; copy it (:func:`copied_run`) to change it."""
+    from cnnstress.app.train import run_training
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run.mkdir()
+    cfg = compose_train_config(run, [*TINY_RUN, f"dataset.root={tiny_cifar10_zip}",
+                                     "stress=[calibration,adversarial]",
+                                     "stress.adversarial.max_images=16",
+                                     "stress.adversarial.pgd_steps=2"])  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_training(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.fixture
+def copied_run(trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`trained_run` this test may change."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")

@@ -210,15 +210,8 @@ def test_randomisation_touches_only_the_listed_layers_and_identity_correlates_fu
     assert np.isnan(rank_correlations(maps, flat)).all()
 
 
-def test_train_py_stress_option_writes_stress_json_at_the_end(
-    make_config, tiny_cifar10_zip, tmp_path
-):
-    cfg = make_config(
-        f"dataset.root={tiny_cifar10_zip}", "stress=[calibration,adversarial]",
-        "stress.adversarial.max_images=16", "stress.adversarial.pgd_steps=2",
-    )  # fmt: skip
-    run_training(cfg)
-    run = tmp_path / "run"
+def test_train_py_stress_option_writes_stress_json_at_the_end(trained_run):
+    run = trained_run  # stress=[calibration,adversarial] at the end of training
     stored = read_stored(run)
     assert list(stored) == ["adversarial", "calibration"]
     for entry in stored.values():
