@@ -330,3 +330,19 @@ def test_stress_p_values_are_holm_adjusted_per_stress_and_reference():
         holm([table.paired(ref, k, metrics[2]).pvalue for k in others])
     )
     assert (cutout, metrics[3]) not in adjusted  # a detail: unadjusted
+
+
+def test_train_time_stress_numbers_are_in_the_report_without_stress(trained_run, tmp_path):
+    """stress=[...] at the end of training: analyze.py shows those numbers without computing."""
+    before = (trained_run / "stress.json").read_bytes()
+    out = tmp_path / "out"
+    analyze(compose_train_config(out, [f"runs=[{trained_run}]", "gradcam.top_n=0"], "analyze"))
+    assert (trained_run / "stress.json").read_bytes() == before  # nothing recomputed
+    md = (out / "report.md").read_text()
+    assert "Stresses: adversarial, calibration." in md
+    assert "calibration, cifar10/simple_cnn: 1 run, computed by train.py (1) on cpu" in md
+    temperature = _stored(trained_run)["calibration"]["measurements"]
+    (row,) = [r for r in temperature if r["metric"] == "temperature"]
+    assert float(_rows(out)[("baseline", "calibration", "temperature", ())]["mean"]) == (
+        pytest.approx(row["value"])
+    )

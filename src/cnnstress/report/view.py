@@ -320,7 +320,8 @@ def _origin(p: Provenance) -> str:
     who = ", ".join(f"{name} ({n})" for name, n in sorted(p.computed_by.items()))
     when = p.first if p.first == p.last else f"{p.first} to {p.last}"
     return (
-        f"{p.stress}, {'/'.join(p.dataset_model)}: {p.runs} runs, computed by {who} on "
+        f"{p.stress}, {'/'.join(p.dataset_model)}: {p.runs} run{'' if p.runs == 1 else 's'}, "
+        f"computed by {who} on "
         f"{'/'.join(p.devices)}, {when}; settings {_settings_text(p.settings)} (all of them in "
         "each run's stress.json)"
     )
