@@ -177,6 +177,7 @@ def stress_numbers(settings: AnalyzeConfig, runs: Sequence[Run]) -> tuple[Stored
         for run in runs
     }  # fmt: skip
     todo = {path: names for path, names in todo.items() if names}
+    by_path = {run.path: run for run in runs}
     computed = sum(len(names) for names in todo.values())
     log.info(
         "stress: %d results reused, %d to compute", len(runs) * len(asked) - computed, computed
@@ -189,7 +190,8 @@ def stress_numbers(settings: AnalyzeConfig, runs: Sequence[Run]) -> tuple[Stored
         except UserError as err:
             notes.append(f"{path}: no stress results: {err}")
             log.warning("no stress results for %s: %s", path, err)
-        progress.step(str(path))
+        run = by_path[path]
+        progress.step(f"{run.dataset}/{run.model} {run.improvement} seed {run.seed}")
     return stored, notes
 
 

@@ -7,7 +7,7 @@ Contract (the analysis relies on it)::
     run.json              what the run was (:class:`RunRecord`), written just before metrics.json
     metrics.json          flat {"group/name": number}; only a finished run has it
     predictions.npz       index, target, probs (N x C softmax), official_index
-    stress.json           stress results (flat keys) and how each stress ran
+    stress.json           stress results (format 2: measurements, settings, provenance)
     stress_<name>.png     stress figures
     checkpoints/          last.ckpt (every epoch), best.ckpt (selected on validation)
     tensorboard/          event files

@@ -3,15 +3,14 @@ callbacks, and as parts of the report's figures)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from cnnstress.core.metrics import reliability_bins
-from cnnstress.core.plots.canvas import new_figure, save_figure
+from cnnstress.core.plots.canvas import new_figure
 
 
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
@@ -96,21 +95,3 @@ def reliability_figure(
     bottom.set_ylabel("fraction")
     fig.tight_layout()
     return fig
-
-
-def plot_reliability(
-    before: Mapping[str, np.ndarray],
-    after: Mapping[str, np.ndarray],
-    path: str | Path,
-    titles: tuple[str, str] = ("before", "after"),
-) -> Path:
-    """Two reliability diagrams side by side (:func:`draw_reliability`);
-    ``before``/``after`` from :func:`cnnstress.stress.calibration.logit_bins`."""
-    fig = new_figure(8, 4, layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, bins, title in zip(axes, (before, after), titles, strict=True):
-        draw_reliability(ax, bins, title)
-        ax.set_xlabel("confidence")
-    axes[1].set_ylabel("")
-    axes[0].legend(loc="upper left", fontsize=8)
-    return save_figure(fig, path)
