@@ -79,6 +79,7 @@ def _comparison(c: Comparison) -> dict[str, Any]:
         "seeds_verdict": None if v is None else v.seeds.value,
         "verdict": None if v is None else v.overall.outcome.value,
         "failure_threshold": c.failure_threshold,
+        "failure_threshold_recorded": int(c.failure_threshold_recorded),
         "constrained": int(c.constrained), "differs_in": describe(c.differences, limit=50),
     }  # fmt: skip
     for name in ("corrected", "worsened", "both_wrong", "both_right"):

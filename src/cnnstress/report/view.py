@@ -210,7 +210,8 @@ def _label_errors(analysis: Analysis) -> tuple[Table | None, Table | None]:
     groups = [g for g in analysis.groups if g.has_label_errors]
     if not groups:
         return None, None
-    t = analysis.failure_threshold[0]
+    t, recorded = analysis.failure_threshold
+    source = "the runs' recorded threshold" if recorded else "no threshold recorded"
     rows = []
     for g in groups:
         total = g.estimate(confident_failures(t)).mean
@@ -223,7 +224,7 @@ def _label_errors(analysis: Analysis) -> tuple[Table | None, Table | None]:
         ])  # fmt: skip
     groups_table = Table(
         ["group", "label errors in the test images", "test acc %", "clean acc %",
-         "corrected acc %", f"confident failures ≥{t:g}", "of which model errors",
+         "corrected acc %", f"confident failures ≥{t:g} ({source})", "of which model errors",
          "of which label errors"], rows,
     )  # fmt: skip
     compared = [c for c in analysis.comparisons if c.crossed_clean is not None]
