@@ -59,7 +59,7 @@ class Integer(Rule):
 
     def convert(self, value: Any) -> int:
         number = _number(value)
-        if number != int(number):
+        if not math.isfinite(number) or number != int(number):  # int(inf): OverflowError
             raise ValueError
         if (self.minimum is not None and number < self.minimum) or (
             self.maximum is not None and number > self.maximum

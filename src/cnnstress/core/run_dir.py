@@ -295,7 +295,10 @@ def run_threshold(config: Mapping[str, Any]) -> float:
     default of that time (0.8)."""
     value = config.get("confidence_threshold")
     if value is None:
-        callback = (config.get("callbacks") or {}).get("high_conf_failures") or {}
+        callbacks = config.get("callbacks") or {}  # untrusted: may be anything
+        callback = (
+            callbacks.get("high_conf_failures") or {} if isinstance(callbacks, Mapping) else None
+        )
         value = (
             callback.get("threshold", LEGACY_THRESHOLD) if isinstance(callback, Mapping) else None
         )
