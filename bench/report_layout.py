@@ -41,7 +41,7 @@ window.addEventListener("load", () => {
     viewport: width, page: document.documentElement.scrollWidth, wide: wide.slice(0, 20),
     scrolling_tables: [...document.querySelectorAll(".table-wrap")]
       .filter(w => w.scrollWidth > w.clientWidth + 1).length,
-    toc_links: document.querySelectorAll("nav.toc a, ul.toc-list a").length,
+    toc_links: document.querySelectorAll("h2#contents + ul a").length,
     broken_links: [...document.querySelectorAll('a[href^="#"]')]
       .filter(a => !document.getElementById(a.getAttribute("href").slice(1))).length,
   });
