@@ -88,6 +88,7 @@ def _rows(out: Path) -> dict[tuple, dict[str, str]]:
 EPS8 = 8 / 255
 
 
+@pytest.mark.slow
 def test_every_run_has_its_stress_json(analysed):
     sweep, _ = analysed
     for improvement in IMPROVEMENTS:
@@ -137,6 +138,7 @@ def _csv_row(rows, improvement, stress, metric, where) -> dict[str, str]:
     return row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stress", "metric", "where"), CHECKED)
 def test_summary_is_the_mean_over_seeds_of_stress_json(analysed, stress, metric, where):
     sweep, out = analysed
@@ -154,6 +156,7 @@ def test_summary_is_the_mean_over_seeds_of_stress_json(analysed, stress, metric,
     assert _csv_row(rows, "baseline", stress, metric, where)["reference"] == ""
 
 
+@pytest.mark.slow
 def test_mce_is_relative_to_the_reference_group(analysed):
     sweep, out = analysed
     rows = _rows(out)
@@ -173,6 +176,7 @@ def test_mce_is_relative_to_the_reference_group(analysed):
     assert row["seeds"] == "1;2"
 
 
+@pytest.mark.slow
 def test_report_has_the_stress_section_and_figures(analysed):
     _, out = analysed
     md = (out / "report.md").read_text()
@@ -190,6 +194,7 @@ def test_report_has_the_stress_section_and_figures(analysed):
     assert (out / "stress_corruptions.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_stored_numbers_are_reused_and_other_settings_recomputed(analysed, tmp_path):
     sweep, _ = analysed
     copies = tmp_path / "runs"  # a copy: the fixture's stress.json files stay as analysed
@@ -217,6 +222,7 @@ def test_stored_numbers_are_reused_and_other_settings_recomputed(analysed, tmp_p
         assert after["corruptions"] == before[run.name]["corruptions"]
 
 
+@pytest.mark.slow
 def test_runs_with_other_settings_are_left_out_with_a_note(analysed, tmp_path):
     sweep, _ = analysed
     copies = tmp_path / "runs"
@@ -234,12 +240,14 @@ def test_runs_with_other_settings_are_left_out_with_a_note(analysed, tmp_path):
     assert "calibration (cifar10/simple_cnn): 1 of 4 runs computed it with other settings" in md
 
 
+@pytest.mark.slow
 def test_unknown_stress_section_is_a_config_error(analysed, tmp_path):
     sweep, _ = analysed
     with pytest.raises(ConfigError, match="unknown stress 'nope'; valid: adversarial, background"):
         compose_train_config(tmp_path, [f"sweep={sweep}", "+stress.nope.x=1"], "analyze")
 
 
+@pytest.mark.slow
 def test_cli_composes_one_stress_and_rejects_unknown_names(analysed, tmp_path):
     sweep, _ = analysed
     copies = tmp_path / "runs"  # a copy: the fixture's stress.json files stay as analysed
@@ -280,6 +288,7 @@ BACKGROUND = [
 ]
 
 
+@pytest.mark.slow
 def test_background_reliance_section_with_its_statistics(analysed):
     sweep, out = analysed
     rows = _rows(out)

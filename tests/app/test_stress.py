@@ -26,6 +26,7 @@ def png_shape(path) -> tuple[int, ...]:
     return shape
 
 
+@pytest.mark.slow
 def test_end_of_training_then_stress_run_write_entries_and_figures(copied_run):
     run = copied_run  # stress=[calibration,adversarial] at the end of training
     calibration = read_stored(run)["calibration"]

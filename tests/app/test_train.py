@@ -24,6 +24,7 @@ def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path):
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "dataset.val_size=32")
     metrics = run_training(cfg)
@@ -53,6 +54,7 @@ def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path)
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_differs(make_config, tiny_cifar10_zip, tmp_path):
     runs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
@@ -64,6 +66,7 @@ def test_same_seed_same_metrics_other_seed_differs(make_config, tiny_cifar10_zip
     assert runs["a"]["test/loss"] != runs["c"]["test/loss"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cifar10_zip, tmp_path):
     common = (f"dataset.root={tiny_cifar10_zip}", "trainer.max_epochs=3", "dataset.val_size=32")
     full = model_metrics(run_training(make_config(*common, output_dir=tmp_path / "full")))
@@ -114,6 +117,7 @@ def run_train_py(*overrides: str, cwd: Path = ROOT) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_user_error_is_one_line_without_traceback(tiny_cifar10_zip, tmp_path):
     corrupt = tmp_path / "corrupt.zip"
     corrupt.write_bytes(tiny_cifar10_zip.read_bytes()[:3000])
@@ -125,6 +129,7 @@ def test_cli_user_error_is_one_line_without_traceback(tiny_cifar10_zip, tmp_path
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_unknown_option_lists_valid_choices(tmp_path):
     result = run_train_py("model=resnet1000", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
@@ -134,6 +139,7 @@ def test_cli_unknown_option_lists_valid_choices(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_unknown_option_in_a_list_lists_valid_choices(tmp_path):
     result = run_train_py("augmentation=[crop,blur]", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
@@ -143,6 +149,7 @@ def test_cli_unknown_option_in_a_list_lists_valid_choices(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_cifar100_run_leaves_every_file(tiny_cifar100_zip, tmp_path):
     run = tmp_path / "run"
     result = run_train_py(
@@ -160,6 +167,7 @@ def test_cli_cifar100_run_leaves_every_file(tiny_cifar100_zip, tmp_path):
     np.testing.assert_array_equal(preds["target"], np.arange(100))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_CIFAR10_ZIP.is_file(), reason=NO_REAL_DATA)
 def test_simple_cnn_learns_on_real_images(make_config, real_cifar10_subset_zip):
     cfg = make_config(
@@ -175,6 +183,7 @@ def test_bad_trainer_argument_is_a_config_error(make_config):
         run_training(make_config("+trainer.gradient_clip_algorithm=foo"))
 
 
+@pytest.mark.slow
 def test_run_without_logger_still_writes_run_files(make_config, tiny_cifar10_zip, tmp_path):
     run_training(make_config(f"dataset.root={tiny_cifar10_zip}", "~logger"))
     assert (tmp_path / "run" / "metrics.json").is_file()
@@ -191,6 +200,7 @@ def test_validation_split_is_on_by_default_and_in_every_recipe(tmp_path, overrid
     assert cfg.dataset.val_size == 5000 and cfg.dataset.val_seed == 0
 
 
+@pytest.mark.slow
 def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path):
     """Output to a pipe (not a terminal): no progress bar, one line per epoch, no library
     noise the user cannot act on, no line printed twice."""

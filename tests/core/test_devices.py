@@ -93,6 +93,7 @@ def test_whitening_is_computed_in_float64_on_the_host_for_a_device_without_it(mo
     assert torch.equal(filters, reference)  # the same filters as a CPU run
 
 
+@pytest.mark.slow
 def test_stresses_run_on_the_cpu_or_cuda_and_record_where(make_config, tiny_cifar10_zip, tmp_path):
     assert resolve_device("mps") == torch.device("cpu")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)

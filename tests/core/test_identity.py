@@ -36,6 +36,7 @@ def finish(process: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str
     return process.returncode, out, err
 
 
+@pytest.mark.slow
 def test_run_json_records_the_resolved_config_and_its_fingerprint(make_config, tiny_cifar10_zip,
                                                                   tmp_path):  # fmt: skip
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}")
@@ -51,6 +52,7 @@ def test_run_json_records_the_resolved_config_and_its_fingerprint(make_config, t
     assert identity["trainer.max_epochs"] == 1 and identity["augmentation.crop.padding"] == 4
 
 
+@pytest.mark.slow
 def test_rerun_into_a_finished_directory(make_config, tiny_cifar10_zip, tmp_path):
     run = tmp_path / "run"
     first = run_training(make_config(f"dataset.root={tiny_cifar10_zip}"))
@@ -85,6 +87,7 @@ def test_a_finished_run_without_a_record_is_not_reused(make_config, tiny_cifar10
         run_training(make_config(f"dataset.root={tiny_cifar10_zip}"))
 
 
+@pytest.mark.slow
 def test_no_augmentation_run(make_config, tiny_cifar10_zip, tmp_path):
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "augmentation=[]")
     augment = build_datamodule(cfg).augment
@@ -170,6 +173,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_cifar10_zip, tmp_path):
     assert "Traceback" in (sweep / "0" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_sweep_stops_it_before_any_job(tiny_cifar10_zip, tmp_path):
     sweep = tmp_path / "sweep"
     rc, _, err = finish(run_cli(f"dataset.root={tiny_cifar10_zip}", "module.optimizer.lr=1e-3,-1",
@@ -197,6 +201,7 @@ def test_one_cycle_peak_follows_the_scaled_learning_rate(tmp_path):
     assert cfg.module.optimizer.lr == 0.01  # the config is untouched
 
 
+@pytest.mark.slow
 def test_scaled_rate_is_logged(make_config, tiny_cifar10_zip, tmp_path):
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "scheduler=onecycle",
                       "module.optimizer.lr=0.01", "module.lr_scaling.rule=linear",

@@ -59,6 +59,7 @@ def test_auto_devices_with_the_slurm_launcher_need_the_gpus_per_node(tmp_path):
     assert given.hydra.launcher.gpus_per_node == 4 and given.trainer.devices == "auto"
 
 
+@pytest.mark.slow
 def test_a_sweep_with_auto_devices_on_slurm_stops_with_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
@@ -85,6 +86,7 @@ def test_only_a_requeued_job_resumes_from_its_last_checkpoint(tmp_path, monkeypa
     assert requeued_checkpoint(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_a_requeued_job_continues_where_it_stopped(
     make_config, tiny_cifar10_zip, tmp_path, monkeypatch
 ):

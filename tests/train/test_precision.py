@@ -141,6 +141,7 @@ def test_bf16_channels_last_run_callbacks_stress_and_reevaluation(
     )
 
 
+@pytest.mark.slow
 def test_bf16_same_seed_same_metrics(make_config, tiny_cifar10_zip, tmp_path):
     runs = [
         model_metrics(

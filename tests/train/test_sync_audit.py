@@ -39,6 +39,7 @@ def audited(tmp_path: Path, data: Path, *overrides: str):
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -54,6 +55,7 @@ def test_a_training_step_never_waits_for_the_device(tmp_path, tiny_cifar10_zip, 
     assert report.transfers_per_step == 3  # image, target, index: the host loader's batch
 
 
+@pytest.mark.slow
 def test_with_data_on_the_device_a_step_copies_nothing(tmp_path, tiny_cifar10_zip):
     report = audited(
         tmp_path, tiny_cifar10_zip, *FAST, "trainer.max_epochs=1", "dataset.on_device=true",

@@ -302,6 +302,7 @@ def _mix_batches(name: str, batches: int, n: int = 64, **params: object):
     return values, torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
+@pytest.mark.slow
 def test_cutmix_label_weight_is_the_exact_pasted_area():
     n, h, w = 64, 32, 32
     values, out, soft = _mix_batches("cutmix", 40, n, p=0.5)
@@ -323,6 +324,7 @@ def test_cutmix_label_weight_is_the_exact_pasted_area():
     assert (top == 0).any() and (bottom == h).any() and ((bottom - top) < (right - left)).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
 def test_mixup_lambda_follows_beta_and_mixes_images_and_labels_alike(alpha):
     n = 64

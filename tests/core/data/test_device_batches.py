@@ -82,6 +82,7 @@ def test_the_splits_are_copied_to_the_device_once(tiny_cifar10_zip):
     assert dm.test_dataloader().split is not train_split
 
 
+@pytest.mark.slow
 def test_a_run_with_data_on_the_device_equals_the_host_run(make_config, tiny_cifar10_zip, tmp_path):
     runs = [
         model_metrics(

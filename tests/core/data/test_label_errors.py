@@ -108,6 +108,7 @@ def test_clean_accuracy_of_planted_predictions():
 # -- official indices from file names -------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_CIFAR10_ZIP.is_file(), reason=NO_REAL_DATA)
 def test_shared_cifar10_zip_loads_in_official_order():
     labels = official_labels("cifar10")

@@ -196,6 +196,7 @@ def test_failed_download_is_one_line_naming_the_dataset(dataset, tmp_path, monke
     assert f"{other}-jpeg" not in message and f"/{other}" not in message
 
 
+@pytest.mark.slow
 def test_a_run_records_the_data_it_found(make_config, tiny_cifar10_zip, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()

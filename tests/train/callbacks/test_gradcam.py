@@ -193,6 +193,7 @@ def test_callback_config_defaults(make_config):
 TIMING = ("time/wall_seconds", "train/images_per_sec")
 
 
+@pytest.mark.slow
 def test_default_callbacks_end_to_end_and_gradcam_changes_no_metric(
     make_config, tiny_cifar10_zip, tmp_path
 ):
