@@ -10,6 +10,9 @@ import torch
 
 from cnnstress.analysis.failure_modes import (
     Correctness,
+    FailureModeAnalysis,
+    GroupModes,
+    analyse_failure_modes,
     cam_agreement,
     fix_sentence,
     fixes,
@@ -18,10 +21,15 @@ from cnnstress.analysis.failure_modes import (
     match_across_seeds,
     spearman_rows,
 )
+from cnnstress.analysis.runs import load_run
 from cnnstress.cam import compute_heatmaps
 from cnnstress.data.classes import CIFAR10_CLASSES
+from cnnstress.errors import ConfigError
 from cnnstress.failure_modes.modes import FailureMode, FailureModes, ModeGrouping, PairCount
 from cnnstress.models import SimpleCNN
+from cnnstress.plots.canvas import figure_to_array
+from cnnstress.plots.failure_mode_fixes import failure_mode_fixes_figure
+from cnnstress.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -241,3 +249,77 @@ def test_cam_agreement_is_one_for_identical_models_and_low_for_a_randomised_one(
     random = cam_agreement({1: maps["a"], 2: maps["r"]}, index, "gradcam", "block2")
     assert random.median < 0.4 and random.judgement == "unreliable"
     assert random.per_image.shape == (24,) and list(random.per_pair) == [(1, 2)]
+
+
+def test_the_fixes_figure_draws_the_planted_analysis():
+    reference = reference_group()
+    ref_runs = {s: correctness(set(STABLE[s])) for s in (1, 2, 3)}
+    imp_runs = {s: correctness(set(range(0, 20))) for s in (1, 2, 3)}
+    improvement = {s: run_modes(mode(0, range(0, 20))) for s in (1, 2, 3)}
+    ref_matching, imp_matching = match_across_seeds(reference), match_across_seeds(improvement)
+    result = fixes(
+        ref_matching,
+        reference,
+        ref_runs,
+        imp_matching,
+        improvement,
+        imp_runs,
+        reference_name="baseline",
+        improvement_name="cutout",
+    )
+    rng = np.random.default_rng(0)
+    maps = {s: rng.random((6, 8, 8)) for s in (1, 2, 3)}
+    agreement = cam_agreement(maps, np.arange(6), "gradcam", "block3")
+    groups = {
+        "baseline": GroupModes(
+            "baseline", (1, 2, 3), {"errors": ref_matching}, (agreement,), "", ()
+        ),
+        "cutout": GroupModes("cutout", (1, 2, 3), {"errors": imp_matching}, (), "", ()),
+    }
+    analysis = FailureModeAnalysis("baseline", groups, {"cutout": {"errors": result}}, {})
+    figure = failure_mode_fixes_figure(analysis, "errors")
+    image = figure_to_array(figure)
+    assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] > 200
+    left = figure.axes[0]
+    assert [t.get_text() for t in left.get_yticklabels()] == [
+        "ship -> airplane: bright surround (3/3\nseeds)"
+    ]
+    widths = sorted(round(p.get_width(), 6) for p in left.patches)
+    # cutout: mean of 20/60, 10/60, 0/60 right; re-run: seed 1's images under seeds 2 and 3 ...
+    assert widths[-1] == pytest.approx(100 * np.mean([40 / 60, 50 / 60, 60 / 60]))
+
+
+@pytest.mark.slow
+def test_analysis_of_tiny_runs_reads_or_computes_the_modes(make_config, tiny_cifar10_zip, tmp_path):
+    common = (
+        f"dataset.root={tiny_cifar10_zip}",
+        "callbacks.gradcam=null",
+        "callbacks.failure_modes.min_size=2",
+        "callbacks.high_conf_failures.threshold=0.1",  # a barely trained model
+    )
+    runs: dict[str, dict[int, object]] = {"baseline": {}, "cutout": {}}
+    for name in runs:
+        for seed in (1, 2):
+            extra = ["callbacks.failure_modes=null"] if (name, seed) == ("baseline", 2) else []
+            out = tmp_path / f"{name}{seed}"
+            train(
+                make_config(*common, f"improvement={name}", f"seed={seed}", *extra, output_dir=out)
+            )
+            runs[name][seed] = load_run(out)
+    assert not (tmp_path / "baseline2" / "failure_modes.json").exists()
+    result = analyse_failure_modes(runs, "baseline", cam_top_n=4)
+    baseline = result.groups["baseline"]
+    assert baseline.seeds == (1, 2) and baseline.computed == (2,)  # from its checkpoint
+    assert result.groups["cutout"].computed == ()
+    assert set(baseline.matching) == {"errors", "confident"}
+    assert [a.method for a in baseline.cam] == ["gradcam", "layercam"]
+    for agreement in baseline.cam + result.groups["cutout"].cam:
+        assert list(agreement.per_pair) == [(1, 2)] and agreement.seeds == (1, 2)
+        assert agreement.index.size == min(4, agreement.index.size) > 0
+        assert agreement.judgement in ("reliable", "partly", "unreliable")
+    np.testing.assert_array_equal(baseline.cam[0].index, result.groups["cutout"].cam[0].index)
+    assert baseline.cam_sentence.startswith("baseline: two seeds' gradcam maps")
+    assert set(result.sentences["cutout"]) == {"errors", "confident"}
+    assert result.sentences["cutout"]["errors"].startswith("cutout fixes ")
+    with pytest.raises(ConfigError, match="reference=nope is not one of the groups"):
+        analyse_failure_modes(runs, "nope")

@@ -21,7 +21,10 @@ from tests.test_callbacks_failures import ConstantLogits
 
 
 def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip, tmp_path):
-    cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null")
+    # a test double without a linear head: no failure modes either
+    cfg = make_config(
+        f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null", "callbacks.failure_modes=null"
+    )
     module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
     trainer = build_trainer(cfg, has_val=False)
     trainer.test(module, datamodule=build_datamodule(cfg))

@@ -278,6 +278,7 @@ def run_planted_test(make_config, root: Path, dataset: str, *overrides: str):
         "callbacks.gradcam.method=saliency",
         "callbacks.gradcam.target_layer=null",
         "callbacks.high_conf_failures.ncols=1",
+        "callbacks.failure_modes=null",  # PlantedNet has no linear head
         *overrides,
     )
     datamodule = build_datamodule(cfg)
@@ -397,7 +398,9 @@ def test_planted_cifar100_label_errors(make_config, tmp_path):
 
 
 def test_nothing_label_error_related_without_official_indices(make_config, tiny_cifar10_zip):
-    cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null")
+    cfg = make_config(
+        f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null", "callbacks.failure_modes=null"
+    )
     module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
     trainer = build_trainer(cfg, has_val=False)
     trainer.test(module, datamodule=build_datamodule(cfg))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
@@ -48,7 +49,7 @@ from cnnstress.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_set
 from cnnstress.checkpoints import load_backbone
 from cnnstress.data import load_split
 from cnnstress.data.normalize import Normalize
-from cnnstress.errors import DataError
+from cnnstress.errors import ConfigError, DataError
 from cnnstress.failure_modes.modes import FailureMode, FailureModes
 from cnnstress.failure_modes.run import failure_modes_of_run, read_failure_modes
 from cnnstress.metrics import find_failures
@@ -410,7 +411,7 @@ def fix_sentence(result: ImprovementModes, classes: Sequence[str], max_modes: in
             interval = f" [{100 * low:.0f}, {100 * high:.0f}]"
         reseed = float(np.nanmean(list(fix.reseed.values())))
         parts.append(
-            f"'{_short(fix.family, classes)}' in {fix.seeds_better} of {n} seeds, "
+            f"'{short_name(fix.family, classes)}' in {fix.seeds_better} of {n} seeds, "
             f"{100 * e.mean:.0f}%{interval} of its images (a re-run: {100 * reseed:.0f}%)"
         )
         if len(parts) == max_modes:
@@ -420,12 +421,12 @@ def fix_sentence(result: ImprovementModes, classes: Sequence[str], max_modes: in
         if parts
         else ("no stable failure mode of the reference beyond what a re-run fixes")
     )
-    introduced = [f"'{_short(m.family, classes)}'" for m in result.introduced]
+    introduced = [f"'{short_name(m.family, classes)}'" for m in result.introduced]
     text += "; introduces " + (", ".join(introduced) if introduced else "none")
     return text
 
 
-def _short(family: ModeFamily, classes: Sequence[str]) -> str:
+def short_name(family: ModeFamily, classes: Sequence[str]) -> str:
     """``ship -> airplane: <traits>`` (the description without counts and CAM)."""
     pair = f"{classes[family.true]} -> {classes[family.predicted]}"
     _, _, rest = family.description.partition(": ")
@@ -526,7 +527,11 @@ def agreement_sentence(group: str, agreements: Sequence[CamAgreement]) -> str:
     """One line per group, e.g. ``baseline: two seeds' gradcam maps of the same confident
     failure correlate 0.42 (median Spearman; layercam 0.51): a single-seed Grad-CAM story is
     partly reliable here: show more than one seed``."""
-    if not agreements or not agreements[0].per_pair:
+    if not agreements:
+        return f"{group}: CAM agreement across seeds not measured"
+    if agreements[0].index.size == 0:
+        return f"{group}: the reference has no confident failure to compare CAMs on"
+    if not agreements[0].per_pair:
         return f"{group}: one seed only, CAM agreement across seeds unknown"
     first = agreements[0]
     others = "; ".join(f"{a.method} {a.median:.2f}" for a in agreements[1:])
@@ -580,25 +585,33 @@ def second_method(method: str) -> str:
     return "gradcam" if method == "layercam" else "layercam"
 
 
+def reference_failures(
+    runs: Mapping[int, Run], threshold: float, top_n: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images whose CAMs are compared: the ``top_n`` most confident failures (wrong with
+    confidence ``>= threshold``) of the reference's smallest seed, ``(index, explained)``: test
+    indices and the class that seed predicted (each model explains that class)."""
+    first = runs[min(runs)]
+    rows = find_failures(first.index, first.target, first.probs, threshold)[:top_n]
+    return first.index[rows], first.pred[rows]
+
+
 def group_cam_agreement(
     runs: Mapping[int, Run],
-    threshold: float,
-    top_n: int = 32,
+    index: np.ndarray,
+    explained: np.ndarray,
     methods: Sequence[str] | None = None,
     layer: str | None = None,
     device: str = "cpu",
 ) -> list[CamAgreement]:
-    """CAM agreement across the seeds of one group (``{seed: run}``), for its smallest seed's
-    ``top_n`` most confident failures (wrong with confidence ``>= threshold``), each model
-    explaining that seed's predicted class, under ``methods`` (default: the runs' CAM method
-    and :func:`second_method`) at ``layer`` (default: the runs')."""
-    first = runs[min(runs)]
-    method, found_layer = run_cam_settings(first.config)
+    """CAM agreement across the seeds of one group (``{seed: run}``) on the images ``index``,
+    each model explaining the classes ``explained`` (:func:`reference_failures`), under
+    ``methods`` (default: the runs' CAM method and :func:`second_method`) at ``layer``
+    (default: the runs')."""
+    method, found_layer = run_cam_settings(runs[min(runs)].config)
     layer = layer or found_layer
     methods = list(methods) if methods else [method, second_method(method)]
-    rows = find_failures(first.index, first.target, first.probs, threshold)[:top_n]
-    index, explained = first.index[rows], first.pred[rows]
-    if len(runs) < 2 or rows.size == 0:
+    if len(runs) < 2 or len(index) == 0:
         return [cam_agreement({}, index, m, layer) for m in methods]
     maps = cam_maps(runs, index, explained, methods, layer, device)
     return [cam_agreement(maps[m], index, m, layer) for m in methods]
@@ -617,3 +630,112 @@ def run_failure_modes(
     if found is not None or not compute_missing:
         return found
     return failure_modes_of_run(run.path, device=device)[0]
+
+
+# -- one setting: the reference and its improvements ------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupModes:
+    """One group's failure modes across its seeds.
+
+    ``matching``: per grouping (``errors``, ``confident``); ``cam``: CAM agreement per method
+    (empty when skipped); ``computed``: seeds whose modes were computed from the checkpoint
+    because the run had no ``failure_modes.json``.
+    """
+
+    name: str
+    seeds: tuple[int, ...]
+    matching: dict[str, SeedMatching]
+    cam: tuple[CamAgreement, ...]
+    cam_sentence: str
+    computed: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FailureModeAnalysis:
+    """The failure modes of one (dataset, model) setting: every group across its seeds, and
+    each improvement against the reference (``improvements[name][grouping]``), with the
+    verdict's first-screen line per improvement and grouping (``sentences``)."""
+
+    reference: str
+    groups: dict[str, GroupModes]
+    improvements: dict[str, dict[str, ImprovementModes]]
+    sentences: dict[str, dict[str, str]]
+
+
+def analyse_failure_modes(
+    groups: Mapping[str, Mapping[int, Run]],
+    reference: str,
+    *,
+    threshold: float = MATCH_THRESHOLD,
+    cam_top_n: int = 32,
+    cam_methods: Sequence[str] | None = None,
+    compute_missing: bool = True,
+    device: str = "cpu",
+) -> FailureModeAnalysis:
+    """Failure modes of every group (``{name: {seed: run}}``, one setting) across its seeds,
+    and of every other group against ``reference``. CAM agreement (``cam_top_n`` > 0): every
+    group's seeds on the reference's ``cam_top_n`` most confident failures (its smallest seed's,
+    at its ``callbacks.high_conf_failures.threshold``), loading every checkpoint. Runs without
+    ``failure_modes.json`` get their modes computed from their checkpoints
+    (``compute_missing``) or are left out.
+
+    Raises:
+        ConfigError: ``reference`` is not one of ``groups``.
+    """
+    if reference not in groups:
+        raise ConfigError(f"reference={reference} is not one of the groups: {', '.join(groups)}")
+    modes: dict[str, dict[int, FailureModes]] = {}
+    results: dict[str, GroupModes] = {}
+    threshold_of = OmegaConf.select(
+        groups[reference][min(groups[reference])].config,
+        "callbacks.high_conf_failures.threshold",
+        default=0.8,
+    )
+    cam_index, cam_classes = reference_failures(groups[reference], float(threshold_of), cam_top_n)
+    for name, runs in groups.items():
+        found, computed = {}, []
+        for seed, run in sorted(runs.items()):
+            result = read_failure_modes(run.path)
+            if result is None and compute_missing:
+                result = failure_modes_of_run(run.path, device=device)[0]
+                computed.append(seed)
+            if result is not None:
+                found[seed] = result
+        modes[name] = found
+        matching = {g: match_across_seeds(found, g, threshold) for g in ("errors", "confident")}
+        cam: list[CamAgreement] = []
+        if cam_top_n > 0 and found:
+            cam = group_cam_agreement(
+                {s: runs[s] for s in found}, cam_index, cam_classes, cam_methods, device=device
+            )
+        results[name] = GroupModes(
+            name,
+            tuple(sorted(found)),
+            matching,
+            tuple(cam),
+            agreement_sentence(name, cam),
+            tuple(computed),
+        )
+    improvements: dict[str, dict[str, ImprovementModes]] = {}
+    sentences: dict[str, dict[str, str]] = {}
+    ref = results[reference]
+    for name in groups:
+        if name == reference:
+            continue
+        improvements[name], sentences[name] = {}, {}
+        for grouping in ("errors", "confident"):
+            result = fixes(
+                ref.matching[grouping],
+                modes[reference],
+                groups[reference],
+                results[name].matching[grouping],
+                modes[name],
+                groups[name],
+                reference_name=reference,
+                improvement_name=name,
+            )
+            improvements[name][grouping] = result
+            sentences[name][grouping] = fix_sentence(result, ref.matching[grouping].classes)
+    return FailureModeAnalysis(reference, results, improvements, sentences)
