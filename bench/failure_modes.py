@@ -56,6 +56,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
+from cnnstress.checkpoints import load_backbone
 from cnnstress.data import load_split
 from cnnstress.data.classes import CIFAR10_CLASSES
 from cnnstress.data.label_errors import load_label_errors
@@ -148,7 +149,11 @@ def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> S
 
 
 def predict(net: SimpleCNN, images: torch.Tensor) -> np.ndarray:
-    norm = Normalize(MEAN, STD)
+    return predict_with(net, Normalize(MEAN, STD), images)
+
+
+def predict_with(net: torch.nn.Module, norm: Normalize, images: torch.Tensor) -> np.ndarray:
+    """Softmax probabilities of ``images`` in batches of 1,000 (the plain reference pass)."""
     with torch.no_grad():
         return torch.cat(
             [
@@ -308,81 +313,104 @@ def recovery(args, net, xt, yt, ids, planted) -> None:
 
 
 def cost(net, xt, yt, ids, args) -> float:
-    """Seconds of the per-run step on the 10,000 test images, against a plain forward pass."""
+    """Seconds of the per-run step on the 10,000 test images (median of ``--repeats``),
+    against a plain forward pass of the test split timed alternately in the same process."""
     probs = predict(net, xt)
     norm = Normalize(MEAN, STD)
-    _, forward = timed(predict, net, xt)
-    settings = FailureModeSettings()
-    result, step = timed(
-        compute_failure_modes,
-        net,
-        xt,
-        ids,
-        yt.numpy(),
-        probs,
-        normalize=norm,
-        classes=CIFAR10_CLASSES,
-        settings=settings,
-        label_errors=load_label_errors("cifar10"),
-        cam=("gradcam", "block3"),
-    )
+    steps, forwards = [], []
+    for _ in range(args.repeats):
+        forwards.append(timed(predict, net, xt)[1])
+        result, seconds = timed(
+            compute_failure_modes,
+            net,
+            xt,
+            ids,
+            yt.numpy(),
+            probs,
+            normalize=norm,
+            classes=CIFAR10_CLASSES,
+            settings=FailureModeSettings(),
+            label_errors=load_label_errors("cifar10"),
+            cam=("gradcam", "block3"),
+        )
+        steps.append(seconds)
+    step, forward = float(np.median(steps)), float(np.median(forwards))
     cams = sum(m.cam_images for g in (result.errors, result.confident) for m in g.modes)
     print(
         f"\nper-run step on {len(yt)} test images ({result.errors.num_errors} errors, "
         f"{len(result.errors.modes)} + {len(result.confident.modes)} modes, {cams} CAMs): "
-        f"{step:.1f} s; plain forward pass of the test split: {forward:.1f} s "
-        f"(ratio {step / forward:.1f})"
+        f"{step:.1f} s (median of {args.repeats}: {', '.join(f'{s:.1f}' for s in steps)}); "
+        f"plain forward pass of the test split: {forward:.1f} s (ratio {step / forward:.1f})"
     )
     return step
 
 
-def sweep_cost(sweep: Path, step_seconds: float) -> None:
+def sweep_cost(sweep: Path) -> None:
+    """On a finished sweep: ``python analyze.py`` against the failure-mode analysis."""
     from cnnstress.analysis.failure_modes import analyse_failure_modes
     from cnnstress.analysis.groups import group_runs
     from cnnstress.analysis.runs import find_run_dirs, load_run
+    from cnnstress.failure_modes.run import failure_modes_of_run
 
-    runs = [load_run(p) for p in find_run_dirs(sweep)]
+    runs = [load_run(p) for p in find_run_dirs(sweep) if (p / "metrics.json").is_file()]
     groups = {key.name: {r.seed: r for r in members} for key, members in group_runs(runs).items()}
     reference = "baseline" if "baseline" in groups else sorted(groups)[0]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "analyze.py"),
-            f"sweep={sweep}",
-            f"hydra.run.dir={sweep}/_analysis_bench",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    analysis = time.perf_counter() - start
-    result, with_files = timed(analyse_failure_modes, groups, reference)
-    _, without_cam = timed(analyse_failure_modes, groups, reference, cam_top_n=0)
-    n_runs = sum(len(g) for g in groups.values())
-    print(f"\nsweep {sweep}: {n_runs} runs in {len(groups)} groups")
-    print(f"python analyze.py: {analysis:.1f} s")
+    out = sweep.parent / f"{sweep.name}_analysis_bench"
+    analysis = []
+    fm_with_cam, fm_without_cam, per_run = [], [], []
+    # Warm-up, untimed: decodes the test split once (cached, as analyze.py's Grad-CAM figure
+    # has it decoded before any failure-mode step would run) and loads the torch kernels.
+    analyse_failure_modes(groups, reference)
+    for _ in range(3):  # alternate: the machine's load drifts
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, str(ROOT / "analyze.py"), f"sweep={sweep}", f"hydra.run.dir={out}"],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        analysis.append(time.perf_counter() - start)
+        result, seconds = timed(analyse_failure_modes, groups, reference)
+        fm_with_cam.append(seconds)
+        fm_without_cam.append(timed(analyse_failure_modes, groups, reference, cam_top_n=0)[1])
+    forwards = []
+    for run in runs:
+        # the run's recorded knobs, with today's default CAM budget
+        default_cams = {"cam_per_mode": FailureModeSettings().cam_per_mode}
+        per_run.append(timed(failure_modes_of_run, run.path, default_cams)[1])
+        net, cfg = load_backbone(run.path)
+        split = load_split(str(cfg.dataset.root), "cifar10", "test")
+        forwards.append(timed(predict_with, net, Normalize.of(cfg.dataset), split.images)[1])
+    a, w, wo = (float(np.median(x)) for x in (analysis, fm_with_cam, fm_without_cam))
+    total = float(np.sum(per_run))
+    print(f"\nsweep {sweep}: {len(runs)} runs in {len(groups)} groups ({', '.join(groups)})")
+    print(f"python analyze.py: {a:.1f} s (runs: {', '.join(f'{x:.1f}' for x in analysis)})")
     print(
-        f"failure-mode analysis from failure_modes.json: {without_cam:.1f} s without CAM "
-        f"agreement, {with_files:.1f} s with it ({100 * with_files / analysis:.1f}% of "
-        f"analyze.py)"
+        f"failure-mode analysis from the runs' failure_modes.json: {wo:.2f} s without the CAM "
+        f"agreement ({100 * wo / a:.1f}% of analyze.py), {w:.1f} s with it ({100 * w / a:.1f}%)"
     )
     print(
-        f"per-run step from checkpoints, for runs without the file: about "
-        f"{n_runs * step_seconds:.0f} s for {n_runs} runs "
-        f"({100 * n_runs * step_seconds / analysis:.0f}% of analyze.py)"
+        f"per-run step from the checkpoints (runs trained without the callback): "
+        f"{total:.1f} s for {len(runs)} runs ({', '.join(f'{x:.1f}' for x in per_run)}; "
+        f"{100 * total / a:.0f}% of analyze.py); a plain forward pass of the test split: "
+        f"{', '.join(f'{x:.1f}' for x in forwards)} s (median ratio "
+        f"{np.median(np.array(per_run) / np.array(forwards)):.1f})"
     )
     for sentences in result.sentences.values():
         for grouping, sentence in sentences.items():
-            print(f"  [{grouping}] {sentence}")
+            print(f"  verdict line [{grouping}]: {sentence}")
     for group in result.groups.values():
         print(f"  {group.cam_sentence}")
-        matching = group.matching["errors"]
-        print(
-            f"  {group.name}: {len(matching.stable)} stable modes, "
-            f"{len(matching.seed_specific)} seed-specific (errors)"
-        )
+        for grouping, matching in group.matching.items():
+            print(
+                f"  {group.name} [{grouping}]: {len(matching.stable)} stable modes, "
+                f"{len(matching.seed_specific)} seed-specific; stable: "
+                + "; ".join(
+                    f"{f.description} (seeds {f.seeds}, median overlap {f.median_overlap:.2f})"
+                    for f in matching.stable[:5]
+                )
+            )
 
 
 def main() -> None:
@@ -392,16 +420,21 @@ def main() -> None:
     parser.add_argument("--planted", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sweep-only", action="store_true", help="skip the planted benchmark")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows in a redirected log
     print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}")
-    (x, y, xt, yt, ids, planted), load_s = timed(plant, args)
-    net, train_s = timed(train_model, x, y, args)
-    print(f"data {load_s:.0f} s; training {len(y)} images x {args.epochs} epochs: {train_s:.0f} s")
-    recovery(args, net, xt, yt, ids, planted)
-    step = cost(net, xt, yt, ids, args)
+    if not args.sweep_only:
+        (x, y, xt, yt, ids, planted), load_s = timed(plant, args)
+        net, train_s = timed(train_model, x, y, args)
+        print(
+            f"data {load_s:.0f} s; training {len(y)} images x {args.epochs} epochs: {train_s:.0f} s"
+        )
+        recovery(args, net, xt, yt, ids, planted)
+        cost(net, xt, yt, ids, args)
     if args.sweep is not None:
-        sweep_cost(args.sweep, step)
+        sweep_cost(args.sweep)
 
 
 if __name__ == "__main__":

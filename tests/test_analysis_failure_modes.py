@@ -17,6 +17,7 @@ from cnnstress.analysis.failure_modes import (
     fix_sentence,
     fixes,
     jaccard,
+    jaccard_matrix,
     judge,
     match_across_seeds,
     spearman_rows,
@@ -323,3 +324,12 @@ def test_analysis_of_tiny_runs_reads_or_computes_the_modes(make_config, tiny_cif
     assert result.sentences["cutout"]["errors"].startswith("cutout fixes ")
     with pytest.raises(ConfigError, match="reference=nope is not one of the groups"):
         analyse_failure_modes(runs, "nope")
+
+
+def test_the_jaccard_matrix_equals_the_pairwise_index():
+    rng = np.random.default_rng(1)
+    a = [frozenset(rng.choice(100, int(rng.integers(1, 30)), replace=False)) for _ in range(7)]
+    b = [frozenset(rng.choice(100, int(rng.integers(1, 30)), replace=False)) for _ in range(5)]
+    expected = np.array([[jaccard(x, y) for y in b] for x in a])
+    np.testing.assert_allclose(jaccard_matrix(a, b), expected)
+    assert jaccard_matrix([], b).shape == (0, 5)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
@@ -65,6 +66,27 @@ def jaccard(a: frozenset[int] | set[int], b: frozenset[int] | set[int]) -> float
     """``|a & b| / |a | b|`` (0 for two empty sets)."""
     union = len(a | b)
     return len(a & b) / union if union else 0.0
+
+
+def jaccard_matrix(a: Sequence[frozenset[int]], b: Sequence[frozenset[int]]) -> np.ndarray:
+    """``(len(a), len(b))`` Jaccard index of every pair of sets (:func:`jaccard`), from one
+    sparse product of their indicator matrices over the images of ``a`` (an intersection holds
+    nothing else)."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    column = {i: k for k, i in enumerate(frozenset().union(*a))}
+
+    def indicator(sets: Sequence[frozenset[int]]) -> sparse.csr_matrix:
+        kept = [[column[i] for i in x if i in column] for x in sets]
+        rows = np.repeat(np.arange(len(sets)), [len(x) for x in kept])
+        cols = np.fromiter((c for x in kept for c in x), np.int64, rows.size)
+        return sparse.csr_matrix((np.ones(rows.size), (rows, cols)), (len(sets), len(column)))
+
+    inter = (indicator(a) @ indicator(b).T).toarray()
+    sizes_a = np.array([len(x) for x in a], np.float64)[:, None]
+    sizes_b = np.array([len(x) for x in b], np.float64)[None, :]
+    union = sizes_a + sizes_b - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 # -- across seeds ---------------------------------------------------------------------------
@@ -170,7 +192,7 @@ def match_pair(
     the assignment with the largest total overlap, keeping pairs with Jaccard ``>= threshold``."""
     if not a or not b:
         return []
-    overlap = np.array([[jaccard(x.members, y.members) for y in b] for x in a])
+    overlap = jaccard_matrix([x.members for x in a], [y.members for y in b])
     rows, cols = linear_sum_assignment(overlap, maximize=True)
     return [
         (int(i), int(j), float(overlap[i, j]))
@@ -321,9 +343,8 @@ class ImprovementModes:
 def _matches_in_seed(
     members: frozenset[int], modes: FailureModes, grouping: str, threshold: float
 ) -> bool:
-    return any(
-        jaccard(members, frozenset(m.members)) >= threshold for m in modes.grouping(grouping).modes
-    )
+    others = [frozenset(m.members) for m in modes.grouping(grouping).modes]
+    return bool(others) and float(jaccard_matrix([members], others).max()) >= threshold
 
 
 def fixes(
@@ -341,6 +362,15 @@ def fixes(
     (see the module docstring). ``*_modes``/``*_runs``: per seed, the run's failure modes and
     its correctness; seeds pair by value."""
     grouping, threshold = reference.grouping, reference.threshold
+    # correctness once per run (a Run computes it from its probabilities on every access)
+    reference_runs = {
+        s: Correctness(np.asarray(r.index), np.asarray(r.correct))
+        for s, r in reference_runs.items()
+    }
+    improvement_runs = {
+        s: Correctness(np.asarray(r.index), np.asarray(r.correct))
+        for s, r in improvement_runs.items()
+    }
     found = []
     for family in reference.stable:
         fixed, reseed, persists = {}, {}, []
@@ -397,7 +427,8 @@ def fix_sentence(result: ImprovementModes, classes: Sequence[str], max_modes: in
     in 3 of 3 seeds, 38% [27, 49] of its images (a re-run: 21%); introduces none``.
 
     Names the stable modes whose fix beats a re-run in every shared seed (at most
-    ``max_modes``, largest first); otherwise says that none does.
+    ``max_modes``, in the reference's order: largest first); otherwise says that none does.
+    Introduced modes: named up to ``max_modes``, else counted with ``max_modes`` examples.
     """
     parts = []
     for fix in result.fixes:
@@ -422,6 +453,8 @@ def fix_sentence(result: ImprovementModes, classes: Sequence[str], max_modes: in
         else ("no stable failure mode of the reference beyond what a re-run fixes")
     )
     introduced = [f"'{short_name(m.family, classes)}'" for m in result.introduced]
+    if len(introduced) > max_modes:
+        introduced = [f"{len(introduced)} modes, e.g. {', '.join(introduced[:max_modes])}"]
     text += "; introduces " + (", ".join(introduced) if introduced else "none")
     return text
 
@@ -669,7 +702,7 @@ def analyse_failure_modes(
     reference: str,
     *,
     threshold: float = MATCH_THRESHOLD,
-    cam_top_n: int = 32,
+    cam_top_n: int = 16,
     cam_methods: Sequence[str] | None = None,
     compute_missing: bool = True,
     device: str = "cpu",

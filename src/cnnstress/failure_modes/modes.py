@@ -223,15 +223,15 @@ def _grouping_from_json(data: Mapping[str, Any]) -> ModeGrouping:
                 cam_outside=None if opt_cam is None else float(opt_cam),
                 cam_images=int(m["cam_images"]),
                 description=str(m["description"]),
-                members=tuple(int(i) for i in m["members"]),
-                typicality=tuple(float(p) for p in m["typicality"]),
+                members=tuple(map(int, m["members"])),
+                typicality=tuple(map(float, m["typicality"])),
             )
         )
     return ModeGrouping(
         name=str(data["name"]),
         num_errors=int(data["num_errors"]),
         modes=tuple(modes),
-        unassigned=tuple(int(i) for i in data["unassigned"]),
+        unassigned=tuple(map(int, data["unassigned"])),
         pairs=tuple(
             PairFit(
                 int(p["true"]),

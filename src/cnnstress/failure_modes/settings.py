@@ -49,7 +49,7 @@ class FailureModeSettings(Settings):
     embedding_layer: str = setting("head", Text())
     centre_size: int = setting(DEFAULT_CENTRE_SIZE, Integer(1, IMAGE_SIZE - 1))
     cam: bool = setting(True, Flag())
-    cam_per_mode: int = setting(32, Integer(1))
+    cam_per_mode: int = setting(8, Integer(1))
     cam_method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
     cam_layer: str | None = setting(None, Text(optional=True))
     images_per_mode: int = setting(8, Integer(1))
