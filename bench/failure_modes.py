@@ -312,7 +312,7 @@ def recovery(args, net, xt, yt, ids, planted) -> None:
         print(f"| {name} | {grouping} | {size} | {method} | {p:.2f} | {r:.2f} | {m} | {s:.2f} |")
 
 
-def cost(net, xt, yt, ids, args) -> float:
+def cost(net, xt, yt, ids, args, planted) -> float:
     """Seconds of the per-run step on the 10,000 test images (median of ``--repeats``),
     against a plain forward pass of the test split timed alternately in the same process."""
     probs = predict(net, xt)
@@ -335,6 +335,16 @@ def cost(net, xt, yt, ids, args) -> float:
         )
         steps.append(seconds)
     step, forward = float(np.median(steps)), float(np.median(forwards))
+    for name, rows in planted.items():
+        wanted = set(ids[rows].tolist())
+        for grouping in (result.errors, result.confident):
+            best = max(
+                grouping.modes,
+                key=lambda m: len(wanted & set(m.members)) / (len(wanted) + m.size),
+                default=None,
+            )
+            if best is not None:
+                print(f"slice {name}, {grouping.name}: best mode: {best.description}")
     cams = sum(m.cam_images for g in (result.errors, result.confident) for m in g.modes)
     print(
         f"\nper-run step on {len(yt)} test images ({result.errors.num_errors} errors, "
@@ -432,7 +442,7 @@ def main() -> None:
             f"data {load_s:.0f} s; training {len(y)} images x {args.epochs} epochs: {train_s:.0f} s"
         )
         recovery(args, net, xt, yt, ids, planted)
-        cost(net, xt, yt, ids, args)
+        cost(net, xt, yt, ids, args, planted)
     if args.sweep is not None:
         sweep_cost(args.sweep)
 

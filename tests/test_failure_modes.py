@@ -182,6 +182,16 @@ def test_clustering_splits_a_pair_only_where_the_embeddings_do():
     assert fixed.num_modes == 2
 
 
+def test_scattered_errors_form_no_mode():
+    rng = np.random.default_rng(0)
+    true, pred = np.array([0, 1, 2, 3, 0]), np.array([1, 2, 3, 4, 2])  # five pairs of one
+    fit = cluster_errors(rng.normal(size=(5, 8)), true, pred)
+    assert fit.num_modes == 0 and fit.labels.tolist() == [-1] * 5
+    assert [p.components for p in fit.pairs] == [0] * 5
+    empty = cluster_errors(np.zeros((0, 8)), np.zeros(0), np.zeros(0))
+    assert empty.num_modes == 0 and empty.labels.shape == (0,) and empty.pairs == ()
+
+
 def test_attributes_measure_what_they_say():
     grey = torch.full((1, 3, 32, 32), 100, dtype=torch.uint8)
     bright_surround = grey.clone()

@@ -233,5 +233,7 @@ def _cluster_errors(
     order = np.lexsort((np.arange(next_id), -sizes))
     number = np.empty(next_id, np.int64)
     number[order] = np.arange(next_id)
-    labels = np.where(component_of >= 0, number[component_of.clip(0)], -1)
+    labels = np.full(n, -1, np.int64)
+    assigned = component_of >= 0
+    labels[assigned] = number[component_of[assigned]]
     return Clustering(labels, probability, distance, tuple(fits))
