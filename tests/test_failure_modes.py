@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -188,6 +189,10 @@ def test_scattered_errors_form_no_mode():
     fit = cluster_errors(rng.normal(size=(5, 8)), true, pred)
     assert fit.num_modes == 0 and fit.labels.tolist() == [-1] * 5
     assert [p.components for p in fit.pairs] == [0] * 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one error: no PCA of a single row
+        single = cluster_errors(rng.normal(size=(1, 100)), true[:1], pred[:1])
+    assert single.labels.tolist() == [-1]
     empty = cluster_errors(np.zeros((0, 8)), np.zeros(0), np.zeros(0))
     assert empty.num_modes == 0 and empty.labels.shape == (0,) and empty.pairs == ()
 

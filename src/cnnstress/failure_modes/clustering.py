@@ -92,15 +92,15 @@ class Clustering:
 
 
 def unit_rows(embeddings: np.ndarray, max_dim: int = PRE_DIM, seed: int = 0) -> np.ndarray:
-    """Rows scaled to unit length, then (above ``max_dim`` columns) projected on their first
-    ``max_dim`` principal components, which keeps their distances nearly intact and makes each
-    pair's PCA cheap: ``(N, D)`` -> ``(N, min(D, max_dim, N))`` float64."""
+    """Rows scaled to unit length, then, when there are more than ``max_dim`` rows and columns,
+    projected on their first ``max_dim`` principal components, which keeps their distances
+    nearly intact and makes each pair's PCA cheap: ``(N, D)`` -> ``(N, <= max(D, max_dim))``
+    float64."""
     x = np.asarray(embeddings, dtype=np.float64)
     x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-    dim = min(max_dim, x.shape[0])
-    if x.shape[1] <= dim:
+    if x.shape[0] <= max_dim or x.shape[1] <= max_dim:
         return x
-    return PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(x)
+    return PCA(max_dim, svd_solver="randomized", random_state=seed).fit_transform(x)
 
 
 def reduce(x: np.ndarray, pca_dim: int, seed: int = 0) -> np.ndarray:
