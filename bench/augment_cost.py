@@ -29,8 +29,9 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 from omegaconf import OmegaConf
 
-from cnnstress.augment import build_augmentation
-from cnnstress.config import compose_config, instantiate
+from cnnstress.app.configs import compose_config
+from cnnstress.core.augment import build_augmentation
+from cnnstress.core.config import build
 
 IMPROVEMENTS = ["baseline", "cutout", "cutmix", "mixup", "augment", "label_smoothing"]
 
@@ -126,8 +127,8 @@ def main() -> None:
 
     # Plain-PyTorch training step: normalise, forward, backward, optimizer step.
     torch.manual_seed(0)
-    net = instantiate(cfg.model.net).to(device).train()
-    optimizer = instantiate(cfg.optimizer)(params=net.parameters())
+    net = build(cfg.model.net).to(device).train()
+    optimizer = build(cfg.module.optimizer)(params=net.parameters())
     batch = images.float().div(255)
 
     def step() -> None:

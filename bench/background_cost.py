@@ -11,7 +11,7 @@ interleaved, two references:
 
 * one plain forward pass of the same 10,000 images (a hand-written loop: uint8 -> float,
   normalise, forward, argmax), the unit of the target;
-* the Grad-CAMs of the same 1,000 images through ``cnnstress.cam.compute_heatmaps`` alone.
+* the Grad-CAMs of the same 1,000 images through ``cnnstress.core.cam.compute_heatmaps`` alone.
 
 Each round runs six plain passes back to back, the CAMs alone, then the stress, whose steps are
 timed from the inside (clean logits, the five variants, the CAMs, the figures). Target: the
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from cnnstress.cam import compute_heatmaps
-from cnnstress.config import compose_config
-from cnnstress.data.sources import load_split
-from cnnstress.models import SimpleCNN, resnet18
+from cnnstress.app.configs import compose_config
+from cnnstress.core.cam import compute_heatmaps
+from cnnstress.core.data.sources import load_split
+from cnnstress.core.models import SimpleCNN, resnet18
 from cnnstress.stress import background
 from cnnstress.stress.context import StressContext, seeded_subset
 
@@ -101,7 +101,7 @@ def stress(ctx: StressContext, settings: dict, parts: dict[str, float]) -> dict[
     start = sync(ctx.device)
     fresh.clean_logits()  # what evaluate asks first; cached, as for the other stresses
     clean = sync(ctx.device) - start
-    background.evaluate(fresh, settings)
+    background.evaluate(fresh, background.BackgroundSettings(**settings))
     total = sync(ctx.device) - start
     out = {"clean": clean, **{name: parts[name] for name in PARTS}}
     out["other"] = total - sum(out.values())

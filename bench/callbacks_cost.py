@@ -27,9 +27,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cnnstress.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
-from cnnstress.config import compose_config
-from cnnstress.training import train
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.train.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
 
 STRESS = (HighConfidenceFailures, GradCAMGrids, ConfusionCalibration)
 STRESS_KEYS = ("high_conf_failures", "gradcam", "evaluation")
@@ -95,7 +95,7 @@ TIMERS: list[StageTimer] = []  # every StageTimer the configs instantiate, in or
 def run_once(overrides: list[str], out: Path, stress: bool) -> StageTimer:
     off = [] if stress else [f"callbacks.{key}=null" for key in STRESS_KEYS]
     timer = [f"+callbacks.stage_timer._target_={__name__}.StageTimer"]
-    train(compose_config(out, [*overrides, *off, *timer]))
+    run_training(compose_config(out, [*overrides, *off, *timer]))
     return TIMERS[-1]
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from cnnstress.data.sources import load_split
-from cnnstress.models import SimpleCNN, resnet18
+from cnnstress.core.data.sources import load_split
+from cnnstress.core.models import SimpleCNN, resnet18
 from cnnstress.stress import corruption_suite
 from cnnstress.stress.context import StressContext, seeded_subset
 from cnnstress.stress.corruptions import CORRUPTIONS, SEVERITIES, corrupt
@@ -48,7 +48,7 @@ def sync(device: torch.device) -> None:
 def build_context(args: argparse.Namespace, out: Path) -> StressContext:
     device = torch.device(args.device)
     if args.run:
-        from cnnstress.checkpoints import load_backbone
+        from cnnstress.core.checkpoints import load_backbone
 
         net, cfg = load_backbone(args.run, device)
         root = args.data or cfg.dataset.root

@@ -24,7 +24,7 @@ slice gives its precision and recall (the Domino paper's evaluation, Eyuboglu et
   ``gamma = 10``, 25 components initialised on the largest confusion cells, 100 EM steps; a
   mode = the errors of one component.
 
-Cost: the whole per-run step (:func:`cnnstress.failure_modes.run.compute_failure_modes`: one
+Cost: the whole per-run step (:func:`cnnstress.core.failure_modes.run.compute_failure_modes`: one
 forward pass of the errors, attributes of the 10,000 test images, the grouping, CAMs of the
 modes' most typical members) against a plain forward pass of the test split in the same run.
 With ``--sweep DIR`` (a finished 3-seed x 2-group sweep), also ``python analyze.py sweep=DIR``
@@ -56,23 +56,24 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
-from cnnstress.checkpoints import load_backbone
-from cnnstress.data import load_split
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.data.label_errors import load_label_errors
-from cnnstress.data.normalize import Normalize
-from cnnstress.failure_modes.clustering import cluster_errors
-from cnnstress.failure_modes.embeddings import embed
-from cnnstress.failure_modes.run import compute_failure_modes
-from cnnstress.failure_modes.settings import FailureModeSettings
-from cnnstress.models import SimpleCNN
-from cnnstress.precision import cpu_has_native_bf16
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.data import load_split
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.data.label_errors import load_label_errors
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.failure_modes.clustering import cluster_errors
+from cnnstress.core.failure_modes.embeddings import embed
+from cnnstress.core.failure_modes.run import compute_failure_modes
+from cnnstress.core.failure_modes.settings import FailureModeSettings
+from cnnstress.core.models import SimpleCNN
+from cnnstress.train.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CNNSTRESS_DATA", ROOT.parent / "shared" / "datasets"))
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SHIP, AIRPLANE, CAT, DOG = 8, 0, 3, 5
 SLICES = {"tint": (SHIP, AIRPLANE), "grey": (CAT, DOG)}
+CONFIDENCE = 0.8  # the confident errors' threshold (the default confidence_threshold)
 
 
 def cpu_model() -> str:
@@ -251,7 +252,7 @@ def recovery(args, net, xt, yt, ids, planted) -> None:
     print(f"test accuracy {np.mean(pred == target):.4f}")
     norm = Normalize(MEAN, STD)
     all_embeddings = embed(net, norm(xt))
-    sets = {"errors": pred != target, "confident": (pred != target) & (conf >= 0.8)}
+    sets = {"errors": pred != target, "confident": (pred != target) & (conf >= CONFIDENCE)}
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         dom, dom_s = timed(domino, all_embeddings, target, probs)
@@ -265,7 +266,7 @@ def recovery(args, net, xt, yt, ids, planted) -> None:
                 f"slice {name}: {args.planted} planted, {as_target} predicted as "
                 f"{CIFAR10_CLASSES[wrong_as]}; natural {CIFAR10_CLASSES[source]} -> "
                 f"{CIFAR10_CLASSES[wrong_as]} errors: {int((cell & ~is_planted).sum())} "
-                f"(confident: {int((cell & ~is_planted & (conf >= 0.8)).sum())})"
+                f"(confident: {int((cell & ~is_planted & (conf >= CONFIDENCE)).sum())})"
             )
             for grouping, mask in sets.items():
                 rows = np.flatnonzero(mask)
@@ -329,7 +330,7 @@ def cost(net, xt, yt, ids, args, planted) -> float:
             probs,
             normalize=norm,
             classes=CIFAR10_CLASSES,
-            settings=FailureModeSettings(),
+            settings=FailureModeSettings(threshold=CONFIDENCE),
             label_errors=load_label_errors("cifar10"),
             cam=("gradcam", "block3"),
         )
@@ -360,7 +361,7 @@ def sweep_cost(sweep: Path) -> None:
     from cnnstress.analysis.failure_modes import analyse_failure_modes
     from cnnstress.analysis.groups import group_runs
     from cnnstress.analysis.runs import find_run_dirs, load_run
-    from cnnstress.failure_modes.run import failure_modes_of_run
+    from cnnstress.core.failure_modes.run import failure_modes_of_run
 
     runs = [load_run(p) for p in find_run_dirs(sweep) if (p / "metrics.json").is_file()]
     groups = {key.name: {r.seed: r for r in members} for key, members in group_runs(runs).items()}
@@ -387,7 +388,7 @@ def sweep_cost(sweep: Path) -> None:
     forwards = []
     for run in runs:
         # the run's recorded knobs, with today's default CAM budget
-        default_cams = {"cam_per_mode": FailureModeSettings().cam_per_mode}
+        default_cams = {"cam_per_mode": FailureModeSettings.cam_per_mode}
         per_run.append(timed(failure_modes_of_run, run.path, default_cams)[1])
         net, cfg = load_backbone(run.path)
         split = load_split(str(cfg.dataset.root), "cifar10", "test")

@@ -16,7 +16,7 @@ SimpleProfiler; prints test accuracy mean +- std, wall time per run and where it
 
     python bench/fast_recipe.py --full [--seeds 0 1 2] [--out DIR] [hydra overrides]
 
-Extra arguments are Hydra overrides (e.g. ``trainer.precision=bf16-mixed channels_last=true``
+Extra arguments are Hydra overrides (e.g. ``trainer.precision=bf16-mixed module.channels_last=true``
 where those are not the defaults yet, ``improvement=label_smoothing``).
 """
 
@@ -33,11 +33,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from cnnstress.config import compose_config, instantiate
-from cnnstress.param_groups import parameter_groups
-from cnnstress.training import build_datamodule, train
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.core.config import build
+from cnnstress.train.param_groups import parameter_groups
+from cnnstress.train.training import build_datamodule, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["experiment=fast_cifar10"]
@@ -45,25 +47,26 @@ RECIPE = ["experiment=fast_cifar10"]
 
 def plain_loop(cfg, steps: int, warmup: int = 3) -> float:
     """Images/s of a hand-written loop running the recipe's training step."""
+    resolve_config(cfg)
     torch.manual_seed(cfg.seed)
     dm = build_datamodule(cfg)
     dm.setup()
     train_set = dm.train_set
     images, labels = train_set.images[train_set.indices], train_set.labels[train_set.indices]
-    net = instantiate(cfg.model.net)
+    net = build(cfg.model.net)
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
     net.init_from_data(dm.normalize(images[order[: net.init_images].sort().values]))
-    channels_last = bool(cfg.channels_last)
+    channels_last = bool(cfg.module.channels_last)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train()
-    groups = OmegaConf.to_container(cfg.param_groups, resolve=True)
-    params = parameter_groups(net, groups, cfg.optimizer.lr, cfg.optimizer.weight_decay)
-    optimizer = instantiate(cfg.optimizer)(params=params)
-    schedule = instantiate(cfg.scheduler.schedule)
+    optim = cfg.module.optimizer
+    params = parameter_groups(net, build(cfg.module.param_groups), optim.lr, optim.weight_decay)
+    optimizer = build(cfg.module.optimizer)(params=params)
+    schedule = build(cfg.module.scheduler.schedule)
     scheduler = schedule(
         optimizer,
-        max_lr=[cfg.optimizer.lr * g["lr_scale"] for g in optimizer.param_groups],
+        max_lr=[cfg.module.optimizer.lr * g["lr_scale"] for g in optimizer.param_groups],
         total_steps=steps + warmup,
     )
     average = {k: v.clone() for k, v in net.state_dict().items()}
@@ -109,7 +112,7 @@ def framework(cfg, steps: int) -> float:
         cfg.trainer.limit_test_batches = 1
         cfg.trainer.max_epochs = 1
         cfg.trainer.enable_progress_bar = False
-    return train(cfg)["train/images_per_sec"]
+    return run_training(cfg)["train/images_per_sec"]
 
 
 def speed(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -124,8 +127,8 @@ def speed(args: argparse.Namespace, overrides: list[str]) -> None:
     plain, fw = max(p for p, _ in results), max(f for _, f in results)
     print(
         f"\nexperiment=fast_cifar10 precision={cfg.trainer.precision} "
-        f"channels_last={cfg.channels_last} batch={cfg.dataset.batch_size} steps={args.steps} "
-        f"threads={torch.get_num_threads()}"
+        f"channels_last={cfg.module.channels_last} batch={cfg.dataset.batch_size} "
+        f"steps={args.steps} threads={torch.get_num_threads()}"
     )
     print(f"plain PyTorch loop : {plain:7.1f} images/s (best of {args.repeats})")
     print(f"cnnstress framework: {fw:7.1f} images/s (best of {args.repeats})")
@@ -193,7 +196,7 @@ def full(args: argparse.Namespace, overrides: list[str]) -> None:
         rows.append((seed, metrics, wall, split))
         print(
             f"seed {seed}: test/acc {metrics['test/acc']:.4f}  val/acc {metrics['val/acc']:.4f}  "
-            f"wall {wall:.0f} s (in train(): {metrics['time/wall_seconds']:.0f} s)  "
+            f"wall {wall:.0f} s (in run_training(): {metrics['time/wall_seconds']:.0f} s)  "
             f"{metrics['train/images_per_sec']:.0f} train img/s",
             flush=True,
         )

@@ -3,10 +3,13 @@
 Both train the same model on the same uint8 data with the same batched augmentation
 (crop + flip, run on the device), in the same precision and memory format (the run's resolved
 ``trainer.precision`` and ``channels_last``: bf16 autocast + channels_last on a CPU with
-native bf16), for the same number of steps, in this one process:
+native bf16 or a GPU of compute capability >= 8.0, fp16 autocast with a gradient scaler on a
+7.x GPU), with the data where the run keeps it (``dataset.on_device``: on the GPU for CUDA),
+for the same number of steps, in this one process:
 
     python bench/train_speed.py                      # simple_cnn, CPU, 150 steps of 128
     python bench/train_speed.py model=resnet18 --device cuda --steps 300
+    python bench/train_speed.py experiment=fast_cifar10 --device cuda
 
 Prints, per repeat (plain loop, then framework), images/s of each (the framework's from its
 TrainSpeed callback, over the whole epoch) and the median and 10th-percentile step times; then a
@@ -32,11 +35,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
-from cnnstress.config import compose_config, instantiate
-from cnnstress.precision import resolve_auto
-from cnnstress.training import build_datamodule, train
+from cnnstress.app.configs import compose_config
+from cnnstress.app.train import run_training
+from cnnstress.core.config import build
+from cnnstress.train.training import build_datamodule, resolve_config
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+# The precisions the plain loop reproduces, and their autocast dtype (None: no autocast).
+AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 WARMUP = 5  # steps before timing starts (plain loop) or not counted (per-step framework times)
 
 
@@ -45,10 +51,13 @@ class PlainLoop:
     the framework, in the precision and memory format it resolves for ``cfg``."""
 
     def __init__(self, cfg, device: torch.device) -> None:
-        precision, channels_last = resolve_auto(cfg)
-        if precision not in ("32-true", "bf16-mixed"):
-            raise SystemExit(f"the plain loop supports 32-true and bf16-mixed, not {precision}")
-        self.bf16 = precision == "bf16-mixed"
+        resolve_config(cfg)
+        precision, channels_last = cfg.trainer.precision, cfg.module.channels_last
+        if precision not in AUTOCAST:
+            raise SystemExit(f"the plain loop supports {', '.join(AUTOCAST)}, not {precision}")
+        self.autocast = AUTOCAST[precision]
+        # fp16 needs a gradient scaler (Lightning's 16-mixed uses torch.amp.GradScaler too)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = device
         torch.manual_seed(cfg.seed)
@@ -56,13 +65,15 @@ class PlainLoop:
         self.dm.setup()
         self.images = self.dm.train_set.images[self.dm.train_set.indices]
         self.labels = self.dm.train_set.labels[self.dm.train_set.indices]
-        net = instantiate(cfg.model.net).to(device, memory_format=self.memory_format)
+        if cfg.dataset.get("on_device"):  # as the framework: the split lives on the device
+            self.images, self.labels = self.images.to(device), self.labels.to(device)
+        net = build(cfg.model.net).to(device, memory_format=self.memory_format)
         self.net = net.train()
-        self.optimizer = instantiate(cfg.optimizer)(params=self.net.parameters())
+        self.optimizer = build(cfg.module.optimizer)(params=self.net.parameters())
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.mean, self.std = self.dm.mean.to(device), self.dm.std.to(device)
         self.batch = cfg.dataset.batch_size
-        self.order = torch.randperm(len(self.labels))
+        self.order = torch.randperm(len(self.labels)).to(self.images.device)
         self.steps = 0
 
     def now(self) -> float:
@@ -73,7 +84,7 @@ class PlainLoop:
     def step(self) -> float:
         """One training step; returns its duration in seconds."""
         # As in a script that never imported Lightning (which sets this variable at import and
-        # so makes torch.optim's per-step CUDA check an NVML probe); cnnstress.training resets it
+        # so makes torch.optim's per-step CUDA check an NVML probe); cnnstress' training resets it
         # for CPU runs without a GPU.
         saved = os.environ.pop(NVML_CHECK, None)
         try:
@@ -90,12 +101,18 @@ class PlainLoop:
         y = self.labels.index_select(0, idx).to(self.device)
         x, _ = self.dm.augment(x, y, self.generator)
         x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+        dtype = self.autocast or torch.bfloat16
+        with torch.autocast(self.device.type, dtype, enabled=self.autocast is not None):
             logits = self.net(x)
         loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.steps += 1
         return self.now() - start
 
@@ -130,6 +147,13 @@ class StepTimes(L.Callback):
         return steps[WARMUP:]
 
 
+def build_datamodule_split(cfg) -> torch.Tensor:
+    """The training split's rows (to count the steps one framework epoch holds)."""
+    dm = build_datamodule(cfg)
+    dm.setup()
+    return dm.train_set.indices
+
+
 def plain_loop(cfg, steps: int, device: torch.device) -> tuple[float, list[float]]:
     """Images/s of the plain loop over ``steps`` timed steps, and the duration of each."""
     loop = PlainLoop(cfg, device)
@@ -144,15 +168,23 @@ def framework(cfg, steps: int, paired: PlainLoop | None = None) -> tuple[float, 
     """Images/s measured by cnnstress's TrainSpeed callback (the whole epoch, validation and
     test excluded), and the duration of each step after the first ``WARMUP``. With ``paired``,
     a plain step runs after each framework step (then the images/s are not meaningful)."""
+    train_images = len(build_datamodule_split(cfg))
+    needed = steps + (WARMUP if paired else 0)
+    if needed > train_images // cfg.dataset.batch_size:
+        raise SystemExit(
+            f"train_speed: {needed} framework steps need {needed * cfg.dataset.batch_size} "
+            f"training images in one epoch, the data has {train_images}: use fewer --steps or "
+            "--repeats, or a smaller dataset.batch_size"
+        )
     with open_dict(cfg):
-        cfg.trainer.limit_train_batches = steps + (WARMUP if paired else 0)
+        cfg.trainer.limit_train_batches = needed
         cfg.trainer.limit_test_batches = 1
         cfg.trainer.max_epochs = 1
         cfg.trainer.enable_progress_bar = False
         cfg.callbacks.step_times = {"_target_": f"{__name__}.StepTimes"}
     StepTimes.PAIRED = paired
     try:
-        speed = train(cfg)["train/images_per_sec"]
+        speed = run_training(cfg)["train/images_per_sec"]
     finally:
         StepTimes.PAIRED = None
     return speed, StepTimes.last.durations()
@@ -164,9 +196,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     args, overrides = parser.parse_known_args()
+    if args.steps <= WARMUP:
+        parser.error(f"--steps must be more than the {WARMUP} warm-up steps")
     device = torch.device(args.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    overrides = ["model=simple_cnn", f"trainer.accelerator={accelerator}", *overrides]
+    # simple_cnn unless the overrides pick a model (or a recipe, which picks one)
+    picks = any(o.split("=")[0].lstrip("+~") in ("model", "experiment") for o in overrides)
+    default_model = [] if picks else ["model=simple_cnn"]
+    overrides = [*default_model, f"trainer.accelerator={accelerator}", *overrides]
     ms = 1e3
     with tempfile.TemporaryDirectory() as tmp:
         results = []
@@ -193,7 +230,7 @@ def main() -> None:
     best += [min(r[i] for r in results) for i in (2, 3, 4, 5)]
     print(f"\nmodel={cfg.model.name} device={device} batch={cfg.dataset.batch_size} "
           f"steps={args.steps} threads={torch.get_num_threads()} "
-          f"precision={cfg.trainer.precision} channels_last={cfg.channels_last}; "
+          f"precision={cfg.trainer.precision} channels_last={cfg.module.channels_last}; "
           f"best of {args.repeats}")  # fmt: skip
     for name, i in (("plain PyTorch loop ", 0), ("cnnstress framework", 1)):
         print(f"{name}: {best[i]:7.1f} images/s, step median {best[2 + i]:.2f} ms, "

@@ -13,8 +13,8 @@ import torch
 from omegaconf import DictConfig
 from torchvision.io import encode_png
 
-from cnnstress.config import compose_config
-from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
+from cnnstress.app.configs import compose_config
+from cnnstress.core.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -108,8 +108,17 @@ def compose_train_config(
     config_name: str = "train",
     keep_hydra: bool = False,
 ) -> DictConfig:
-    """Compose the real ``conf/`` like the entry points do (see ``cnnstress.config``)."""
+    """Compose the real ``conf/`` like the entry points do (see ``cnnstress.core.config``)."""
     return compose_config(output_dir, overrides, config_name, keep_hydra)
+
+
+def prepared(cfg: DictConfig) -> DictConfig:
+    """``cfg`` after :func:`cnnstress.train.training.prepare_run` (every ``auto`` resolved), for
+    tests that build a Trainer or a module from it."""
+    from cnnstress.train.training import prepare_run
+
+    assert prepare_run(cfg) is None, "the test's run directory already holds a finished run"
+    return cfg
 
 
 @pytest.fixture

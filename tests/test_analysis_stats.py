@@ -13,36 +13,31 @@ from omegaconf import OmegaConf
 from scipy import stats
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cnnstress.analysis.compare import (
-    Analysis,
-    analyse,
-    bootstrap_difference,
+from cnnstress.analysis.compare import Analysis, compare_groups, pool_transitions, transitions
+from cnnstress.analysis.runs import Run, RunCollection
+from cnnstress.analysis.statistics import (
+    crossed_test,
     estimate,
     holm,
     mcnemar,
     paired_test,
-    pool_transitions,
-    seed_power,
     share_better,
-    transitions,
 )
-from cnnstress.analysis.report import (
-    Heading,
-    Image,
-    Paragraph,
-    Table,
-    label_error_blocks,
-    to_html,
-    to_markdown,
-    verdict,
+from cnnstress.core.cam import run_cam_settings
+from cnnstress.core.data.label_errors import load_label_errors
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.identity import run_identity
+from cnnstress.core.metrics import (
+    binned_calibration_error,
+    expected_calibration_error,
+    high_conf_errors,
+    per_class_accuracy,
+    reliability_bins,
 )
-from cnnstress.analysis.runs import Run, RunCollection
-from cnnstress.cam import run_cam_settings
-from cnnstress.data.label_errors import load_label_errors
-from cnnstress.errors import ConfigError
-from cnnstress.identity import run_identity
-from cnnstress.metrics import expected_calibration_error, high_conf_errors, per_class_accuracy
-from cnnstress.plots.comparison import per_class_selection
+from cnnstress.report.figures.comparison import per_class_selection
+from cnnstress.report.sentences import verdict
+from cnnstress.report.view import build_view
+from cnnstress.report.write import render
 from tests.conftest import TINY_RUN, compose_train_config
 
 
@@ -120,6 +115,23 @@ def test_ece_is_torchmetrics_ece():
     )
 
 
+def test_reliability_bins_put_a_confidence_on_an_edge_where_torchmetrics_does():
+    """torchmetrics bins on float32 edges: the edge 8/15 is 0.53333330 there, below the float64
+    8/15 (0.53333333), so a float32 confidence on it belongs to bin 8, not bin 7."""
+    edge = float(torch.linspace(0, 1, 16, dtype=torch.float32)[8])
+    assert edge < 8 / 15
+    conf = np.array([edge] * 3 + [0.52] * 3, np.float32)
+    correct = np.array([True] * 3 + [False] * 3)
+    bins = reliability_bins(conf, correct)
+    assert bins["count"][7] == 3 and bins["count"][8] == 3
+    assert bins["edges"].dtype == np.float32 and bins["edges"][8] == np.float32(edge)
+    probs = np.stack([conf, 1 - conf], axis=1)  # top-1 is class 0
+    target = np.where(correct, 0, 1)
+    assert binned_calibration_error(bins) == pytest.approx(
+        expected_calibration_error(probs, target), abs=1e-6
+    )
+
+
 def test_per_class_selection_keeps_100_classes_readable():
     delta = np.zeros(100)
     delta[[3, 50, 70]] = [-0.2, 0.1, 0.3]
@@ -142,69 +154,50 @@ def test_cam_settings_follow_the_run_config(tmp_path):
 
 
 def test_report_renders_markdown_and_self_contained_html(tmp_path):
-    png = tmp_path / "a.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    blocks = [Heading(1, "T <x>"), Paragraph("a & b"), Table(["g", "v|w"], [["1", "2"]]),
-              Image("a.png", "cap")]  # fmt: skip
-    md = to_markdown(blocks)
-    assert "# T <x>" in md and "| g | v\\|w |" in md and "![cap](a.png)" in md
-    html = to_html(blocks, tmp_path, "t")
-    assert "T &lt;x&gt;" in html and "a &amp; b" in html
-    (src,) = re.findall(r'src="([^"]+)"', html)
+    """Text from run directories is untrusted: Markdown keeps it (table pipes escaped), the page
+    escapes it, and figures are embedded so the page stands alone."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    view = build_view(planted_analysis([0.05, 0.06, 0.055]), {"confidence": ["a.png"]},
+                      ["runs <b>x</b> | y & z"])  # fmt: skip
+    summary, md, html = render(view, tmp_path)
+    assert "runs <b>x</b> \\| y & z" in md and "runs <b>x</b>" in summary
+    assert "](a.png)" in md and "| group |" in md
+    assert "runs &lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+    assert "&amp; z" in html and "<table>" in html
+    (src,) = re.findall(r'<img[^>]* src="([^"]+)"', html)
     assert src == "data:image/png;base64,iVBORw0KGgpmYWtl"
 
 
-def test_bootstrap_keeps_an_image_one_unit_across_seeds():
+def test_crossed_test_keeps_an_image_one_unit_across_seeds():
     rng = np.random.default_rng(0)
-    ref = rng.random(2000) < 0.7
+    ref = rng.random((3, 2000)) < 0.7
     other = ref.copy()
-    flip = rng.choice(2000, 120, replace=False)
-    other[flip] = ~other[flip]  # some images corrected, some worsened
-    one = bootstrap_difference(ref[None], other[None], resamples=4000)
+    for seed in range(3):  # each seed corrects and worsens its own images
+        flip = rng.choice(2000, 120, replace=False)
+        other[seed, flip] = ~other[seed, flip]
+    test = crossed_test(ref, other)
     diff = other.astype(float) - ref
-    assert one.delta == pytest.approx(diff.mean())
-    # One seed: the image bootstrap's interval is the usual normal one, within resampling noise.
-    half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size)
-    assert (one.ci_high - one.ci_low) / 2 == pytest.approx(half, rel=0.1)
-    # Three seeds that agree image for image carry no more evidence than one: summing their
-    # McNemar tables would triple the counts, the bootstrap interval stays as wide.
-    three = bootstrap_difference(np.stack([ref] * 3), np.stack([other] * 3), resamples=4000)
-    assert three.delta == pytest.approx(one.delta)
-    assert three.ci_high - three.ci_low == pytest.approx(one.ci_high - one.ci_low, rel=0.1)
-    tripled = mcnemar(3 * int((~ref & other).sum()), 3 * int((ref & ~other).sum()))
-    assert tripled.pvalue < three.pvalue
+    assert test.delta == pytest.approx(diff.mean())
+    # Summing the three McNemar tables counts every image three times as if independent; the
+    # crossed test does not.
+    pooled = mcnemar(int((~ref & other).sum()), int((ref & ~other).sum()))
+    assert test.pvalue > pooled.pvalue or test.pvalue > 0.05
+    # Three seeds that agree image for image carry no spread to test: no interval, not a zero.
+    same = crossed_test(np.stack([ref[0]] * 3), np.stack([other[0]] * 3))
+    assert same.pvalue is None and same.identical
 
 
-def test_bootstrap_of_identical_and_of_clearly_better_models():
+def test_crossed_test_of_identical_and_of_one_seed():
     ref = np.zeros((2, 50), bool)
-    same = bootstrap_difference(ref, ref, resamples=500)
-    assert (same.delta, same.ci_low, same.ci_high, same.pvalue) == (0, 0, 0, 1)
-    better = bootstrap_difference(ref, np.ones((2, 50), bool), resamples=500)
-    assert better.ci_low == better.ci_high == better.delta == 1
-    assert better.pvalue == pytest.approx(2 / 501)  # add-one: never exactly 0
+    same = crossed_test(ref, ref)
+    assert (same.delta, same.pvalue, same.ci_low) == (0, None, None) and same.identical
+    one = crossed_test(ref[:1], np.ones((1, 50), bool))
+    assert one.delta == 1 and one.pvalue is None and "one seed" in one.reason
 
 
 def test_share_better_counts_ties_half():
     assert share_better([0.01, -0.02, 0.0, 0.03]) == pytest.approx(2.5 / 4)
     assert share_better([]) is None
-
-
-def test_seed_power_matches_the_noncentral_t_by_hand():
-    diffs = [0.004, 0.010, 0.001]
-    power = seed_power(diffs)
-    sd = np.std(diffs, ddof=1)
-    assert power.spread == pytest.approx(sd)
-
-    def t_power(effect: float, n: int) -> float:  # two-sided one-sample t-test, alpha 0.05
-        df, crit = n - 1, stats.t.ppf(0.975, n - 1)
-        nc = effect * np.sqrt(n)
-        return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
-
-    assert t_power(power.detectable / sd, 3) == pytest.approx(0.8, abs=1e-4)
-    effect = np.mean(diffs) / sd
-    assert t_power(effect, power.needed) >= 0.8 > t_power(effect, power.needed - 1)
-    assert seed_power([0.01]).detectable is None  # one seed: no spread
-    assert seed_power([0.01, 0.01]).needed is None  # no spread either
 
 
 def test_holm_by_hand():
@@ -228,8 +221,9 @@ def planted_run(
     pred = np.where(correct, target, (target + 1) % 10)
     probs = np.full((n, 10), 0.01, np.float32)
     probs[np.arange(n), pred] = 0.91
+    smoothing = 0.1 if name != "baseline" else 0.0
     config = {"dataset": {"name": "cifar10"}, "model": {"name": "net"}, "seed": seed,
-              "loss": {"label_smoothing": 0.1 if name != "baseline" else 0.0}}  # fmt: skip
+              "module": {"loss": {"label_smoothing": smoothing}}}  # fmt: skip
     return Run(Path("/planted") / f"{name}_{seed}", OmegaConf.create(config),
                run_identity(config), seed, name, (), {"test/acc": float(correct.mean())},
                index, target, probs, official)  # fmt: skip
@@ -244,22 +238,27 @@ def planted_analysis(gains: list[float], n: int = 2000) -> Analysis:
         pool = np.flatnonzero(~base if gain > 0 else base)
         better[rng.choice(pool, round(abs(gain) * n), replace=False)] = gain > 0
         runs += [planted_run("baseline", seed, base), planted_run("smooth", seed, better)]
-    return analyse(RunCollection(runs=runs), "baseline", (0.5, 0.8))
+    return compare_groups(RunCollection(runs=runs), "baseline", (0.5, 0.8))
 
 
 def test_verdict_of_a_clear_gain_and_of_too_few_seeds():
-    (clear,) = planted_analysis([0.05, 0.06, 0.055]).comparisons
-    text = verdict(clear, 1, 0.8)
-    assert text.startswith("smooth vs baseline (cifar10/net): accuracy +5.50 pp")
-    assert ": a clear gain." in text and "suffice for this one" in text
-    (unsure,) = planted_analysis([0.004, -0.002, 0.003]).comparisons
-    text = verdict(unsure, 1, 0.8)
-    assert "no clear difference" in text
-    assert f"needs about {unsure.power.needed} seeds" in text and unsure.power.needed > 3
+    analysis = planted_analysis([0.05, 0.06, 0.055])
+    (clear,) = analysis.comparisons
+    text = verdict(clear, analysis)
+    assert text.startswith("smooth vs baseline (cifar10/net): accuracy +5.50 pp (95% CI ")
+    assert ": a clear gain." in text and "The 3 seeds suffice (power " in text
+    assert clear.plan.power >= 0.8
+    analysis = planted_analysis([0.004, -0.002, 0.003])
+    (unsure,) = analysis.comparisons
+    text = verdict(unsure, analysis)
+    assert ": no clear difference." in text
+    assert f"about {unsure.plan.needed} seeds on this test set would give 80%" in text
+    assert unsure.plan.needed > 3 and unsure.plan.power < 0.8
     # Every wrong prediction is confident (0.91): the counts are the wrong images per run.
     ref = np.mean([(~r.correct).sum() for r in unsure.reference.runs])
     other = np.mean([(~r.correct).sum() for r in unsure.other.runs])
-    assert f"Confident failures (≥ 0.8): {ref:.1f} -> {other:.1f} per run" in text
+    expected = f"(≥ 0.8): {ref:.1f} -> {other:.1f} per run"
+    assert f"Confident failures {expected}" in text
 
 
 def test_label_errors_in_the_analysis_of_planted_runs():
@@ -279,7 +278,7 @@ def test_label_errors_in_the_analysis_of_planted_runs():
         better = base | is_error  # the same, plus every label error's given label
         runs += [planted_run("baseline", seed, base, index, target),
                  planted_run("smooth", seed, better, index, target)]  # fmt: skip
-    analysis = analyse(RunCollection(runs=runs), "baseline", (0.5, 0.8))
+    analysis = compare_groups(RunCollection(runs=runs), "baseline", (0.5, 0.8))
     ref, other = analysis.groups
     assert ref.has_label_errors and other.has_label_errors
     for group in (ref, other):
@@ -291,10 +290,9 @@ def test_label_errors_in_the_analysis_of_planted_runs():
     assert other.high_conf_label_errors[:, 1].tolist() == [0, 0, 0]
     (c,) = analysis.comparisons
     assert all(t.corrected_label_errors == 40 == t.corrected for t in c.transitions.values())
-    assert c.bootstrap.delta == pytest.approx(40 / 2000)
-    assert c.bootstrap_clean.delta == 0 and c.bootstrap_clean.images == 1960
-    text = verdict(c, 1, 0.8)
+    assert c.crossed.delta == pytest.approx(40 / 2000)
+    assert c.crossed_clean.delta == 0 and c.crossed_clean.images == 1960
+    text = verdict(c, analysis)
     assert "Without the 40 known label errors: +0.00 pp" in text
-    blocks = label_error_blocks(analysis)
-    rendered = to_markdown(blocks)
-    assert "Known label errors" in rendered and "| 40 |" in rendered
+    _, rendered, _ = render(build_view(analysis, {}, ["planted"]), Path("."))
+    assert "## Known label errors" in rendered and "| 40 |" in rendered

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 from scipy import stats
 
-from cnnstress.analysis import analyze
-from cnnstress.errors import ConfigError
+from cnnstress.analysis.runs import GroupKey
+from cnnstress.analysis.statistics import holm
+from cnnstress.analysis.stress import StressGroup, holm_families
+from cnnstress.app.analyze import analyze
+from cnnstress.core.errors import ConfigError
 from tests.conftest import ROOT, compose_train_config
 from tests.test_analysis_end_to_end import _train_run, noisy_zip
 
@@ -138,11 +140,8 @@ def test_report_has_the_stress_section_and_figures(analysed):
 
 def test_unknown_stress_section_is_a_config_error(analysed, tmp_path):
     sweep, _ = analysed
-    cfg = compose_train_config(tmp_path, [f"sweep={sweep}", "stress=[calibration]"], "analyze")
-    with open_dict(cfg):
-        cfg.stress["nope"] = {}
-    with pytest.raises(ConfigError, match="unknown stress 'nope'; valid stresses: corruptions"):
-        analyze(cfg)
+    with pytest.raises(ConfigError, match="unknown stress 'nope'; valid: adversarial, background"):
+        compose_train_config(tmp_path, [f"sweep={sweep}", "+stress.nope.x=1"], "analyze")
 
 
 def test_cli_composes_one_stress_and_rejects_unknown_names(analysed, tmp_path):
@@ -187,9 +186,13 @@ def test_background_reliance_section_with_its_statistics(analysed):
             row = rows[(improvement, metric)]
             assert float(row["mean"]) == pytest.approx(np.mean(values[improvement]))
         paired = stats.ttest_rel(values["label_smoothing"], values["baseline"])
-        p = rows[("label_smoothing", metric)]["paired_p"]
+        row = rows[("label_smoothing", metric)]
         if np.ptp(np.subtract(values["label_smoothing"], values["baseline"])) > 1e-12:
-            assert float(p) == pytest.approx(paired.pvalue)
+            assert float(row["paired_p_unadjusted"]) == pytest.approx(paired.pvalue)
+            assert float(row["paired_p_holm"]) >= float(row["paired_p_unadjusted"])
+            assert row["holm_family"].startswith(
+                "background headline vs cifar10/simple_cnn/baseline ("
+            )
     assert any(m.startswith("background/class/") for _, m in rows)
     report = (out / "report.md").read_text()
     section = report.split("## Background reliance", 1)[1].split("\n## ", 1)[0]
@@ -201,3 +204,27 @@ def test_background_reliance_section_with_its_statistics(analysed):
     assert "proxy" in section and "![" in section  # the figure next to accuracy
     assert (out / "background.png").stat().st_size > 0
     assert "## Background reliance" in (out / "summary.md").read_text()
+
+
+def test_stress_p_values_are_holm_adjusted_per_stress_and_reference():
+    def group(name: str, shift: float, reference: StressGroup | None = None) -> StressGroup:
+        values = {
+            metric: {s: base + shift * (1 + 0.1 * s) for s in range(3)}
+            for metric, base in (("corruptions/mean_acc", 0.8), ("corruptions/mce", 1.0),
+                                 ("background/bg_gap", 0.7), ("corruptions/fog/1/acc", 0.9))
+        }  # fmt: skip
+        return StressGroup(GroupKey("cifar10", "net", name), values, reference)
+
+    ref = group("baseline", 0.0)
+    others = [group("cutout", 0.01, ref), group("mixup", -0.02, ref)]
+    adjusted, sizes = holm_families([ref, *others])
+    corruptions = [(g.key, m) for g in others for m in ("corruptions/mean_acc", "corruptions/mce")]
+    raw = [others[0].paired(m).pvalue for m in ("corruptions/mean_acc", "corruptions/mce")]
+    raw += [others[1].paired(m).pvalue for m in ("corruptions/mean_acc", "corruptions/mce")]
+    assert [adjusted[k] for k in corruptions] == pytest.approx(holm(raw))
+    assert {sizes[k] for k in corruptions} == {4}
+    background = [(g.key, "background/bg_gap") for g in others]
+    assert [adjusted[k] for k in background] == pytest.approx(
+        holm([g.paired("background/bg_gap").pvalue for g in others])
+    )
+    assert (others[0].key, "corruptions/fog/1/acc") not in adjusted  # a detail: unadjusted

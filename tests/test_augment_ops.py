@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
-import yaml
 from scipy import stats
 from torchvision.transforms import InterpolationMode
 
-from cnnstress.augment import IMAGE_OPS, MIX_OPS, build_augmentation, sample_beta
-from cnnstress.augment.ops import jitter_colors, rotate
-from cnnstress.errors import ConfigError
-from tests.conftest import CONF_DIR
+from cnnstress.core.augment import IMAGE_OPS, MIX_OPS, build_augmentation, sample_beta
+from cnnstress.core.augment.ops import jitter_colors, rotate
+from cnnstress.core.config import build
+from cnnstress.core.errors import ConfigError
 
 # Every op with parameters that make it act on every image (flip keeps its 0.5).
 ALWAYS = {
@@ -110,9 +107,13 @@ def test_mix_op_weights_differ_across_the_batch(name):
     assert torch.unique(own[own < 1]).numel() >= 20
 
 
+def ops(names) -> dict:
+    """The ops of ``names`` with their :data:`ALWAYS` parameters."""
+    return {name: {**IMAGE_OPS, **MIX_OPS}[name](**ALWAYS[name]) for name in names}
+
+
 def test_pipeline_is_seeded_and_leaves_the_global_rng_alone():
-    config = {name: ALWAYS[name] for name in [*IMAGE_OPS, "mixup"]}
-    augment = build_augmentation(config, num_classes=10)
+    augment = build_augmentation(ops([*IMAGE_OPS, "mixup"]), num_classes=10)
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=gen(5))
     targets = torch.arange(32) % 10
     state = torch.get_rng_state()
@@ -126,7 +127,7 @@ def test_pipeline_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_ops_apply_in_registry_order_whatever_the_config_order():
-    forward = {name: ALWAYS[name] for name in IMAGE_OPS}
+    forward = ops(IMAGE_OPS)
     backward = dict(reversed(forward.items()))
     a, b = build_augmentation(forward, 10), build_augmentation(backward, 10)
     assert [type(op) for op in b.image_ops] == list(IMAGE_OPS.values())
@@ -336,56 +337,68 @@ def test_mixup_lambda_follows_beta_and_mixes_images_and_labels_alike(alpha):
 
 # -- config errors -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("config", "message"),
+    ("overrides", "message"),
     [
         (
-            {"blur": {}},
-            r"unknown augmentation op\(s\) \['blur'\]; valid: crop, flip, rotation, "
+            ["+augmentation.blur.x=1"],
+            r"unknown augmentation op 'blur'; valid: crop, flip, rotation, "
             r"color_jitter, cutout, erasing, cutmix, mixup",
         ),
+        (["augmentation=[cutout]", "augmentation.cutout.radius=3"], r"unknown key augmentation"),
         (
-            {"cutout": {"radius": 3}},
-            r"unknown key augmentation.cutout.radius; valid keys of "
-            r"augmentation.cutout: size, p, fill",
+            ["augmentation=[cutout]", "augmentation.cutout.p=1.5"],
+            r"augmentation.cutout.p must be a probability in \[0, 1\], got 1.5",
         ),
-        ({"cutout": {"p": 1.5}}, r"augmentation.cutout.p must be a probability in \[0, 1\]"),
-        ({"flip": {"p": -0.1}}, r"augmentation.flip.p must be a probability"),
-        ({"cutout": {"size": 0}}, r"augmentation.cutout.size must be an integer >= 1, got 0"),
-        ({"cutout": {"size": 2.5}}, r"augmentation.cutout.size must be an integer"),
-        ({"crop": {"padding": -1}}, r"augmentation.crop.padding must be an integer >= 0"),
-        ({"cutmix": {"alpha": 0}}, r"augmentation.cutmix.alpha must be a number > 0, got 0"),
-        ({"mixup": {"alpha": -1.0}}, r"augmentation.mixup.alpha must be a number > 0"),
-        ({"cutmix": {}, "mixup": {}}, r"at most one batch-mixing op of cutmix, mixup"),
-        ({"rotation": {"degrees": "lots"}}, r"augmentation.rotation.degrees must be a number"),
+        (["augmentation.flip.p=-0.1"], r"augmentation.flip.p must be a probability"),
         (
-            {"rotation": {"degrees": 270}},
-            r"augmentation.rotation.degrees must be a number in "
-            r"\[0, 180\], got 270",
+            ["augmentation=[cutout]", "augmentation.cutout.size=0"],
+            r"augmentation.cutout.size must be an integer >= 1, got 0",
         ),
         (
-            {"color_jitter": {"contrast": -0.2}},
+            ["augmentation=[cutout]", "augmentation.cutout.size=2.5"],
+            r"augmentation.cutout.size must be an integer",
+        ),
+        (["augmentation.crop.padding=-1"], r"augmentation.crop.padding must be an integer >= 0"),
+        (
+            ["augmentation=[cutmix]", "augmentation.cutmix.alpha=0"],
+            r"augmentation.cutmix.alpha must be a number > 0, got 0",
+        ),
+        (["augmentation=[cutmix,mixup]"], r"at most one batch-mixing op of cutmix, mixup"),
+        (
+            ["augmentation=[rotation]", "augmentation.rotation.degrees=lots"],
+            r"augmentation.rotation.degrees must be a number",
+        ),
+        (
+            ["augmentation=[rotation]", "augmentation.rotation.degrees=270"],
+            r"augmentation.rotation.degrees must be a number in \[0, 180\], got 270",
+        ),
+        (
+            ["augmentation=[color_jitter]", "augmentation.color_jitter.contrast=-0.2"],
             r"augmentation.color_jitter.contrast must be a number >= 0, got -0.2",
         ),
         (
-            {"erasing": {"scale": [0.5, 0.1]}},
+            ["augmentation=[erasing]", "augmentation.erasing.scale=[0.5,0.1]"],
             r"augmentation.erasing.scale must be a pair \[min, max\] with 0 < min <= max <= 1",
         ),
-        ({"erasing": {"ratio": 2.0}}, r"augmentation.erasing.ratio must be a pair"),
-        ({"crop": 5}, r"augmentation.crop must be a mapping of settings"),
         (
-            {"crop": {"padding_mode": "wrap"}},
+            ["augmentation.crop.padding_mode=wrap"],
             r"augmentation.crop.padding_mode must be one of constant, reflect, got 'wrap'",
+        ),
+        (
+            ["augmentation.crop.padding_mode=reflect", "augmentation.crop.padding=32"],
+            r"augmentation.crop.padding must be < 32 \(the image size\) with padding_mode=reflect",
         ),
     ],
 )
-def test_bad_augmentation_config_raises_config_error(config, message):
-    with pytest.raises(ConfigError, match=message):
-        build_augmentation(config, num_classes=10)
+def test_bad_augmentation_config_is_one_config_error_line(make_config, overrides, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        make_config(*overrides)
+    assert "\n" not in str(caught.value)
 
 
-def test_every_op_has_a_config_file_with_exactly_its_parameters():
-    for name, cls in {**IMAGE_OPS, **MIX_OPS}.items():
-        content = yaml.safe_load((CONF_DIR / "augmentation" / f"{name}.yaml").read_text())
-        params = list(inspect.signature(cls).parameters)
-        assert list(content) == [name] and list(content[name]) == params, name
-        build_augmentation(content, num_classes=10)  # the shipped defaults are valid
+@pytest.mark.parametrize("name", [*IMAGE_OPS, *MIX_OPS])
+def test_every_op_config_file_composes_into_its_op(make_config, name):
+    cfg = make_config(f"augmentation=[{name}]")
+    op = build(cfg.augmentation[name])
+    assert type(op) is {**IMAGE_OPS, **MIX_OPS}[name]
+    assert op == type(op)()  # the file adds nothing to the op's defaults

@@ -11,22 +11,25 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import multiclass_calibration_error
 from torchvision.io import read_image
 
-from cnnstress.config import instantiate
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.metrics import binned_calibration_error, reliability_bins
-from cnnstress.module import ClassifierModule
-from cnnstress.training import build_datamodule, build_trainer
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.metrics import binned_calibration_error, reliability_bins
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
+from tests.conftest import prepared
 from tests.test_callbacks_failures import ConstantLogits
 
 
 def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip, tmp_path):
     # a test double without a linear head: no failure modes either
-    cfg = make_config(
-        f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null", "callbacks.failure_modes=null"
+    cfg = prepared(
+        make_config(
+            f"dataset.root={tiny_cifar10_zip}",
+            "callbacks.gradcam=null",
+            "callbacks.failure_modes=null",
+        )
     )
-    module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
-    trainer = build_trainer(cfg, has_val=False)
+    module = build_module(cfg, ConstantLogits())
+    trainer = build_trainer(cfg)
     trainer.test(module, datamodule=build_datamodule(cfg))
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
     # Every image is called "airplane" with probability 0.99; 8 test images per class.
@@ -89,4 +92,4 @@ def test_saturated_confidences_are_binned_as_torchmetrics_bins_them():
 
 def test_bad_bin_count_is_a_config_error(make_config):
     with pytest.raises(ConfigError, match=r"callbacks.evaluation.n_bins must be an integer >= 1"):
-        build_trainer(make_config("callbacks.evaluation.n_bins=0"), has_val=False)
+        make_config("callbacks.evaluation.n_bins=0")

@@ -12,13 +12,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torchvision.io import read_image
 
-from cnnstress.callbacks import HighConfidenceFailures
-from cnnstress.config import instantiate
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.metrics import find_failures
-from cnnstress.module import ClassifierModule
-from cnnstress.training import build_datamodule, build_trainer
+from cnnstress.core.config import build
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.metrics import find_failures
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
+from tests.conftest import prepared
 
 
 class ConstantLogits(nn.Module):
@@ -59,15 +58,17 @@ def test_find_failures_threshold_is_inclusive_and_order_is_exact():
 
 
 def run_test_stage(make_config, zip_path, *overrides):
-    cfg = make_config(
-        f"dataset.root={zip_path}",
-        "callbacks.gradcam=null",
-        "callbacks.failure_modes=null",
-        *overrides,
+    cfg = prepared(
+        make_config(
+            f"dataset.root={zip_path}",
+            "callbacks.gradcam=null",
+            "callbacks.failure_modes=null",
+            *overrides,
+        )
     )
     datamodule = build_datamodule(cfg)
-    module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
-    trainer = build_trainer(cfg, has_val=False)
+    module = build_module(cfg, ConstantLogits())
+    trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     return trainer, module
 
@@ -114,17 +115,20 @@ def test_threshold_above_every_confidence_finds_nothing(make_config, tiny_cifar1
     assert (tmp_path / "run" / "failures" / "failures_grid.png").is_file()
 
 
-@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
-def test_threshold_outside_unit_interval_is_a_config_error(make_config, value):
-    cfg = make_config(f"callbacks.high_conf_failures.threshold={value}")
-    with pytest.raises(
-        ConfigError, match=r"callbacks.high_conf_failures.threshold must be a number in \[0, 1\]"
-    ):
-        build_trainer(cfg, has_val=False)
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("confidence_threshold=1.5", "confidence_threshold"),
+        ("confidence_threshold=nan", "confidence_threshold"),
+        ("callbacks.high_conf_failures.threshold=-0.1", "callbacks.high_conf_failures.threshold"),
+    ],
+)
+def test_threshold_outside_unit_interval_is_a_config_error(make_config, override, key):
+    with pytest.raises(ConfigError, match=rf"^{key} must be a probability in \[0, 1\]"):
+        make_config(override)
 
 
-def test_callback_defaults_match_the_config(make_config):
-    cfg = make_config()
-    callback = instantiate(cfg.callbacks.high_conf_failures)
-    assert isinstance(callback, HighConfidenceFailures)
-    assert (callback.threshold, callback.top_n) == (0.8, 16)
+def test_one_threshold_for_the_failures_and_their_cams(make_config):
+    cfg = make_config("confidence_threshold=0.9")
+    assert build(cfg.callbacks.high_conf_failures).threshold == 0.9
+    assert build(cfg.callbacks.gradcam).threshold == 0.9

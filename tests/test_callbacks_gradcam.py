@@ -9,13 +9,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cnnstress.callbacks import GradCAMGrids
-from cnnstress.cam import METHODS, compute_heatmaps, hook_snapshot, predict_probs
-from cnnstress.config import instantiate
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.run_files import read_metrics
-from cnnstress.training import build_datamodule, build_module, build_trainer, train
+from cnnstress.app.train import run_training
+from cnnstress.core.cam import METHODS, compute_heatmaps, hook_snapshot, predict_probs
+from cnnstress.core.config import build
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import read_metrics
+from cnnstress.train.callbacks import GradCAMGrids
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
+from tests.conftest import prepared
 
 
 class LeftHalf(nn.Module):
@@ -139,18 +141,18 @@ def test_unknown_layer_and_method_are_config_errors(left_model_and_images):
 
 def test_bad_callback_settings_fail_at_start_up(make_config, tiny_cifar10_zip, tmp_path):
     with pytest.raises(ConfigError, match=r"callbacks.gradcam.method must be one of gradcam"):
-        build_trainer(make_config("callbacks.gradcam.method=nope"), has_val=False)
+        make_config("callbacks.gradcam.method=nope")
     with pytest.raises(
-        ConfigError, match=r"callbacks.gradcam.threshold must be a number in \[0, 1\]"
+        ConfigError, match=r"callbacks.gradcam.threshold must be a probability in \[0, 1\]"
     ):
-        build_trainer(make_config("callbacks.gradcam.threshold=2"), has_val=False)
+        make_config("callbacks.gradcam.threshold=2")
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam.target_layer=block9")
     with pytest.raises(ConfigError, match="children are: block1, block2, block3, fc"):
-        train(cfg)
+        run_training(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists(), "must fail before training"
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam.indices=[80]")
     with pytest.raises(ConfigError, match=r"indices \[80\] out of range.*valid 0\.\.79"):
-        train(cfg)
+        run_training(cfg)
 
 
 def test_callback_leaves_the_trained_module_as_found(make_config, tiny_cifar10_zip, tmp_path):
@@ -162,8 +164,9 @@ def test_callback_leaves_the_trained_module_as_found(make_config, tiny_cifar10_z
         "callbacks.gradcam.every_n_epochs=0",
         "trainer.limit_train_batches=2",
     )
+    prepared(cfg)
     datamodule, module = build_datamodule(cfg), build_module(cfg)
-    trainer = build_trainer(cfg, has_val=True)
+    trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule)
     callback = next(c for c in trainer.callbacks if isinstance(c, GradCAMGrids))
     assert [p.split("/")[-1] for p in callback.written] == ["epoch_000.png"]
@@ -181,7 +184,7 @@ def test_callback_leaves_the_trained_module_as_found(make_config, tiny_cifar10_z
 
 
 def test_callback_config_defaults(make_config):
-    callback = instantiate(make_config().callbacks.gradcam)
+    callback = build(make_config().callbacks.gradcam)
     assert isinstance(callback, GradCAMGrids)
     assert (callback.method, callback.target_layer) == ("gradcam", "block3")  # simple_cnn's
 
@@ -202,7 +205,7 @@ def test_default_callbacks_end_to_end_and_gradcam_changes_no_metric(
         "callbacks.gradcam.every_n_epochs=1",
         "callbacks.gradcam.indices=[3]",
     )
-    with_cam = train(make_config(*common, output_dir=tmp_path / "cam"))
+    with_cam = run_training(make_config(*common, output_dir=tmp_path / "cam"))
     run = tmp_path / "cam"
     for name in (
         "failures/failures.json",
@@ -237,7 +240,9 @@ def test_default_callbacks_end_to_end_and_gradcam_changes_no_metric(
     } <= images
     assert len(events.Images("val/gradcam")) == 2  # epochs 0 and 1; not again at train end
 
-    without = train(make_config(*common, "callbacks.gradcam=null", output_dir=tmp_path / "plain"))
+    without = run_training(
+        make_config(*common, "callbacks.gradcam=null", output_dir=tmp_path / "plain")
+    )
     assert not (tmp_path / "plain" / "gradcam").exists()
     drop = lambda m: {k: v for k, v in m.items() if k not in TIMING}  # noqa: E731
     assert drop(with_cam) == drop(without)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -14,12 +15,14 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 
-from cnnstress.data import CIFARDataModule, load_split
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.data.sources import detect_root_kind, resolve_root
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_files import read_run_record
-from cnnstress.training import train
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import RandomCrop, RandomHorizontalFlip, build_augmentation
+from cnnstress.core.data import CIFARDataModule, load_split
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.data.datamodule import DatasetConfig
+from cnnstress.core.data.sources import detect_root_kind, resolve_root
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.run_dir import read_record
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP
 
 
@@ -86,11 +89,13 @@ def test_wrong_class_folders_are_named(tiny_cifar10_zip):
         load_split(tiny_cifar10_zip, "cifar100", "train")
 
 
-def make_datamodule(root: Path, **kwargs) -> CIFARDataModule:
-    return CIFARDataModule(
-        name="cifar10", root=str(root), num_classes=10, mean=[0.5] * 3, std=[0.25] * 3,
-        augmentation={"crop": {"padding": 4}, "flip": {"p": 0.5}}, **kwargs,
-    )  # fmt: skip
+def make_datamodule(root: Path, seed: int = 42, **settings) -> CIFARDataModule:
+    config = DatasetConfig(name="cifar10", root=str(root), num_classes=10, mean=[0.5] * 3,
+                           std=[0.25] * 3, **{"val_size": 0, **settings})  # fmt: skip
+    augment = build_augmentation(
+        {"crop": RandomCrop(padding=4), "flip": RandomHorizontalFlip()}, 10
+    )
+    return CIFARDataModule(config, seed, augment)
 
 
 def test_validation_split_is_fixed_by_val_seed_not_run_seed(tiny_cifar10_zip):
@@ -116,16 +121,24 @@ def test_batches_are_uint8_on_the_host_and_normalised_after_transfer(tiny_cifar1
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("override", "message"),
     [
-        ({"batch_size": 0}, "dataset.batch_size"),
-        ({"batch_size": -8}, "dataset.batch_size"),
-        ({"val_size": -1}, "dataset.val_size"),
+        ("dataset.batch_size=0", "dataset.batch_size must be an integer >= 1, got 0"),
+        ("dataset.batch_size=-8", "dataset.batch_size must be an integer >= 1, got -8"),
+        ("dataset.val_size=-1", "dataset.val_size must be an integer >= 0, got -1"),
+        ("dataset.num_classes=7", "dataset.num_classes must be 10 for cifar10, got 7"),
+        ("dataset.mean=[0.5,0.5]", "dataset.mean must be a list of 3"),
     ],
 )
-def test_bad_datamodule_values_are_config_errors(tiny_cifar10_zip, kwargs, message):
-    with pytest.raises(ConfigError, match=message):
-        make_datamodule(tiny_cifar10_zip, **kwargs)
+def test_bad_dataset_values_are_config_errors(make_config, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_config(override)
+
+
+def test_a_batch_larger_than_the_training_split(tiny_cifar10_zip):
+    dm = make_datamodule(tiny_cifar10_zip, batch_size=200)
+    with pytest.raises(ConfigError, match="batch_size=200 is larger than the training split"):
+        dm.setup()
 
 
 def test_val_size_larger_than_train_split(tiny_cifar10_zip):
@@ -189,8 +202,8 @@ def test_a_run_records_the_data_it_found(make_config, tiny_cifar10_zip, tmp_path
     shutil.copy(tiny_cifar10_zip, shared / "cifar10.zip")
     cfg = make_config(f"paths.data_dir={shared}", f"paths.download_dir={tmp_path / 'data'}")
     assert cfg.dataset.root is None
-    train(cfg)
-    record = read_run_record(tmp_path / "run")
-    assert record["config"]["dataset"]["root"] == str(shared / "cifar10.zip")
-    assert record["config"]["dataset"]["download"] is False
+    run_training(cfg)
+    record = read_record(tmp_path / "run")
+    assert record.config["dataset"]["root"] == str(shared / "cifar10.zip")
+    assert record.config["dataset"]["download"] is False
     assert not (tmp_path / "data").exists()

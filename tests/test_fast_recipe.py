@@ -11,20 +11,26 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf, open_dict
 
-from cnnstress.augment import RandomCrop, drop_unlisted_ops
-from cnnstress.callbacks import WeightAverage
-from cnnstress.checkpoints import load_backbone
-from cnnstress.config import instantiate
-from cnnstress.data.sources import load_split
-from cnnstress.errors import ConfigError
-from cnnstress.identity import run_identity
-from cnnstress.models import FastNet, fast_net
-from cnnstress.models.airbench import BN_EPS, BN_MOMENTUM, WHITEN_EPS, patches, whitening_filters
-from cnnstress.param_groups import parameter_groups
-from cnnstress.run_files import read_metrics, read_predictions
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import RandomCrop, drop_unlisted_ops
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.config import build
+from cnnstress.core.data.sources import load_split
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.identity import run_identity
+from cnnstress.core.models import FastNet, fast_net
+from cnnstress.core.models.airbench import (
+    BN_EPS,
+    BN_MOMENTUM,
+    WHITEN_EPS,
+    patches,
+    whitening_filters,
+)
+from cnnstress.core.run_dir import read_metrics, read_predictions
 from cnnstress.stress.faithfulness import cascade_units
-from cnnstress.training import build_datamodule, build_module, train
-from cnnstress.tta import tta_logits
+from cnnstress.train.callbacks import WeightAverage
+from cnnstress.train.training import build_datamodule, build_module
+from cnnstress.train.tta import tta_logits
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, compose_train_config
 from tests.test_training import model_metrics
 
@@ -39,7 +45,7 @@ FAST_TINY = (
     "model.net.whiten_bias_epochs=1",
     "trainer=cpu",
     "trainer.precision=bf16-mixed",
-    "channels_last=true",
+    "module.channels_last=true",
     "trainer.max_epochs=3",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -96,7 +102,11 @@ def test_whitening_bias_trains_only_in_its_first_epochs():
     net = fast_net(whiten_bias_epochs=3)
     for epoch, trains in [(0, True), (2, True), (3, False), (9, False)]:
         net.on_train_epoch_start(epoch)
-        assert net.whiten.bias.requires_grad is trains
+        # frozen through the optimizer (tests/test_ddp_fast_recipe.py): it keeps its gradient
+        assert net.whiten.bias.requires_grad
+        assert any(p is net.whiten.bias for p in net.frozen_parameters()) is not trains
+    assert fast_net(whiten_bias_epochs=0).frozen_parameters() == []
+    assert not fast_net(whiten_bias_epochs=0).whiten.bias.requires_grad
 
 
 @pytest.mark.skipif(not REAL_CIFAR10_ZIP.is_file(), reason=NO_REAL_DATA)
@@ -167,9 +177,7 @@ def test_tta_is_the_weighted_mean_of_the_views():
     # a one-pixel shift of a ramp moves it by one, the border reflected
     ramp = torch.arange(5.0).expand(1, 1, 5, 5)
     assert by_hand_shift(ramp, 0, 1)[0, 0, 0].tolist() == [1, 0, 1, 2, 3]
-    with pytest.raises(
-        ConfigError, match="tta must be one of flip, flip_translate or null, got 'mirror'"
-    ):
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'mirror'"):
         tta_logits(model, images, "mirror")
 
 
@@ -178,16 +186,18 @@ def test_recipe_settings_and_improvements_compose(tmp_path):
     base = compose_train_config(tmp_path, ["experiment=fast_cifar10"])
     assert base.model.name == "fast_net" and base.dataset.batch_size == 1024
     assert base.dataset.val_size == 5000 and base.trainer.max_epochs == 10
-    assert base.optimizer.lr == 1.5 and base.optimizer.momentum == 0.85
-    assert base.optimizer.nesterov is True
+    module = base.module
+    assert module.optimizer.lr == 1.5 and module.optimizer.momentum == 0.85
+    assert module.optimizer.nesterov is True
     # airbench's per-1024-example summed-loss values translated to the mean loss
-    assert base.optimizer.lr == pytest.approx(11.5 / (1 + 1 / (1 - 0.85)))
-    assert base.optimizer.weight_decay == pytest.approx(0.0153 / 11.5, rel=1e-4)
-    assert base.param_groups.norm_bias == {"lr_scale": 64.0, "weight_decay_scale": 1 / 64}
+    assert module.optimizer.lr == pytest.approx(11.5 / (1 + 1 / (1 - 0.85)))
+    assert module.optimizer.weight_decay == pytest.approx(0.0153 / 11.5, rel=1e-4)
+    assert module.param_groups.norm_bias == {"lr_scale": 64.0, "weight_decay_scale": 1 / 64}
     assert base.augmentation.crop == {"padding": 2, "p": 1.0, "padding_mode": "reflect"}
-    assert base.loss.label_smoothing == 0.0 and base.tta == "flip_translate"
-    assert base.tta_val is False  # validation with 6 views would cost a quarter of the training
-    assert base.callbacks.weight_averaging._target_ == "cnnstress.callbacks.WeightAverage"
+    assert module.loss.label_smoothing == 0.0 and module.tta == "flip_translate"
+    assert module.tta_val is False  # validation with 6 views would cost a quarter of training
+    averaging = build(base.callbacks.weight_averaging)
+    assert isinstance(averaging, WeightAverage) and averaging.decay == 0.7737809375
 
     cutout = compose_train_config(tmp_path, ["experiment=fast_cifar10", "improvement=cutout"])
     assert set(cutout.augmentation) == {"crop", "flip", "cutout"}
@@ -195,17 +205,17 @@ def test_recipe_settings_and_improvements_compose(tmp_path):
     smoothing = compose_train_config(
         tmp_path, ["experiment=fast_cifar10", "improvement=label_smoothing"]
     )
-    assert smoothing.loss.label_smoothing == 0.1
+    assert smoothing.module.loss.label_smoothing == 0.1
     for improved in (cutout, smoothing):  # the recipe's training choices stay
-        for key in ("optimizer", "scheduler", "param_groups", "tta", "dataset", "trainer"):
-            assert improved[key] == base[key], key
+        for key in ("optimizer", "scheduler", "param_groups", "tta"):
+            assert improved.module[key] == base.module[key], key
+        assert improved.dataset == base.dataset and improved.trainer == base.trainer
     c100 = compose_train_config(tmp_path, ["experiment=fast_cifar100"])
-    assert c100.dataset.name == "cifar100" and instantiate(c100.model.net).head.out_features == 100
-    # neutral defaults stay out of a run's identity; the averaging callback is part of it
-    plain = run_identity(OmegaConf.to_container(compose_train_config(tmp_path, []), resolve=True))
-    assert not {"tta", "tta_val", "param_groups", "augmentation.crop.padding_mode"} & set(plain)
+    assert c100.dataset.name == "cifar100" and build(c100.model.net).head.out_features == 100
+    # the averaging callback is part of a run's identity
     fast = run_identity(OmegaConf.to_container(base, resolve=True))
-    assert fast["tta"] == "flip_translate" and fast["callbacks.weight_averaging.lookahead"] is True
+    assert fast["module.tta"] == "flip_translate"
+    assert fast["callbacks.weight_averaging.lookahead"] is True
 
 
 def test_recipe_crop_settings_do_not_add_a_crop_to_other_lists(tmp_path):
@@ -222,13 +232,13 @@ def test_tta_applies_to_test_and_optionally_to_validation(tmp_path):
     module = build_module(cfg)
     assert (module.tta_mode("test"), module.tta_mode("val")) == ("flip_translate", None)
     with open_dict(cfg):
-        cfg.tta_val = True
+        cfg.module.tta_val = True
     assert build_module(cfg).tta_mode("val") == "flip_translate"
 
 
 def test_norm_biases_get_scaled_rates_also_under_one_cycle(tmp_path):
     cfg = compose_train_config(tmp_path, ["experiment=fast_cifar10", "model.net.widths=[8,8,8]"])
-    module = build_module(cfg, lr=cfg.optimizer.lr)
+    module = build_module(cfg)
     module._trainer = SimpleNamespace(estimated_stepping_batches=100)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
@@ -249,14 +259,21 @@ def test_norm_biases_get_scaled_rates_also_under_one_cycle(tmp_path):
     assert rates[:, 0].max() == pytest.approx(1.5) and rates[:, 0].argmax() == 22
     assert rates[-1, 0] == pytest.approx(0.07 * 1.5, rel=0.05)
     assert optimizer.param_groups[0]["momentum"] == 0.85  # OneCycle leaves the momentum alone
-    with pytest.raises(
-        ConfigError, match=r"unknown key param_groups\.conv; valid keys of param_groups: norm_bias"
-    ):
-        parameter_groups(module, {"conv": {"lr_scale": 2.0}}, 0.1, 0.0)
-    with pytest.raises(
-        ConfigError, match=r"param_groups\.norm_bias\.lr_scale must be a number > 0"
-    ):
-        parameter_groups(module, {"norm_bias": {"lr_scale": 0}}, 0.1, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+module.param_groups.conv.lr_scale=2", r"unknown key module\.param_groups\.conv"),
+        (
+            "module.param_groups.norm_bias.lr_scale=0",
+            r"module\.param_groups\.norm_bias\.lr_scale must be a number > 0, got 0",
+        ),
+    ],
+)
+def test_bad_parameter_groups_are_config_errors(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_train_config(tmp_path, ["experiment=fast_cifar10", override])
 
 
 def test_reflect_crop_moves_images_without_zero_borders():
@@ -271,8 +288,6 @@ def test_reflect_crop_moves_images_without_zero_borders():
     )
     matches = (shifts == out[:, None]).flatten(2).all(-1)
     assert matches.any(1).all() and matches.float().argmax(1).unique().numel() > 10
-    with pytest.raises(ConfigError, match="padding_mode must be one of constant, reflect"):
-        RandomCrop(padding_mode="wrap")
     with pytest.raises(ConfigError, match="must be < the image size"):
         RandomCrop(padding=8, padding_mode="reflect")(images, generator)
 
@@ -283,14 +298,14 @@ def test_averaged_weights_are_what_is_evaluated_and_checkpointed(tiny_cifar10_zi
     cfg = fast_config(
         run,
         f"dataset.root={tiny_cifar10_zip}",
-        "tta=null",
+        "module.tta=null",
         "trainer.precision=32-true",  # float32, so predictions can be compared closely
         "callbacks.weight_averaging.lookahead=false",
         "callbacks.weight_averaging.every_n_steps=1",
         "callbacks.weight_averaging.decay_power=0",
         "callbacks.weight_averaging.decay=0.8",
     )
-    metrics = train(cfg)
+    metrics = run_training(cfg)
     assert metrics["test/tta_views"] == 1
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     averaged, current = best["state_dict"], best["current_model_state"]
@@ -312,34 +327,42 @@ def test_averaged_weights_are_what_is_evaluated_and_checkpointed(tiny_cifar10_zi
 
 
 def test_recipe_is_deterministic_and_resumes_exactly_with_lookahead(tiny_cifar10_zip, tmp_path):
-    common = (f"dataset.root={tiny_cifar10_zip}", "tta=flip")
-    full = model_metrics(train(fast_config(tmp_path / "full", *common)))
-    again = model_metrics(train(fast_config(tmp_path / "again", *common)))
+    common = (f"dataset.root={tiny_cifar10_zip}", "module.tta=flip")
+    full = model_metrics(run_training(fast_config(tmp_path / "full", *common)))
+    again = model_metrics(run_training(fast_config(tmp_path / "again", *common)))
     assert full == again
     assert full["test/tta_views"] == 2 and full["val/tta_views"] == 1  # the recipe: tta_val=false
 
     crashed = tmp_path / "crashed"
     crash = ("+callbacks.crash._target_=tests.helpers.CrashAtEpoch", "+callbacks.crash.epoch=2")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(fast_config(crashed, *common, *crash))
+        run_training(fast_config(crashed, *common, *crash))
     last = crashed / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
     assert {"current_model_state", "averaging_state"} <= set(state)
     assert state["global_step"] == 16  # after epoch 1: 8 steps per epoch, an update every 2
     assert state["callbacks"]["WeightAverage"]["latest_update_step"] == state["global_step"]
     assert int(state["averaging_state"]["n_averaged"]) == state["global_step"] // 2
-    resumed = model_metrics(train(fast_config(crashed, *common, f"ckpt_path={last}")))
+    resumed = model_metrics(run_training(fast_config(crashed, *common, f"ckpt_path={last}")))
     assert resumed == full
     np.testing.assert_array_equal(
         read_predictions(crashed)["probs"], read_predictions(tmp_path / "full")["probs"]
     )
 
 
-def test_weight_average_rejects_bad_settings():
-    with pytest.raises(ConfigError, match=r"callbacks\.weight_averaging\.decay must be"):
-        WeightAverage(decay=1.5)
-    with pytest.raises(ConfigError, match="every_n_steps must be an integer >= 1"):
-        WeightAverage(every_n_steps=0)
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("callbacks.weight_averaging.decay=1.5", r"callbacks\.weight_averaging\.decay must be"),
+        (
+            "callbacks.weight_averaging.every_n_steps=0",
+            r"callbacks\.weight_averaging\.every_n_steps must be an integer >= 1",
+        ),
+    ],
+)
+def test_weight_average_rejects_bad_settings(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        compose_train_config(tmp_path, ["experiment=fast_cifar10", override])
 
 
 # -- it learns -------------------------------------------------------------------------------------
@@ -355,7 +378,7 @@ def test_fast_recipe_learns_on_real_images(real_cifar10_subset_zip, tmp_path):
         "callbacks.weight_averaging.every_n_steps=5",
         "callbacks.gradcam=null",
     )
-    metrics = train(cfg)
+    metrics = run_training(cfg)
     # 2,500 real training images, 3 epochs of 9 steps: chance is 0.10.
     assert metrics["test/acc"] > 0.3, metrics
     assert read_metrics(tmp_path / "run")["test/tta_views"] == 6

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -13,11 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnstress.augment import Cutout, RandomCrop, RandomHorizontalFlip
-from cnnstress.errors import ConfigError
-from cnnstress.module import ClassifierModule
-from cnnstress.run_files import read_metrics
-from cnnstress.training import build_datamodule, train
+from cnnstress.app.train import run_training
+from cnnstress.core.augment import Cutout, RandomCrop, RandomHorizontalFlip
+from cnnstress.core.config import build
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import read_metrics
+from cnnstress.train.module import ClassifierModule, LossConfig, ModuleConfig
+from cnnstress.train.training import build_datamodule
 from tests.conftest import CONF_DIR, compose_train_config
 
 IMPROVEMENTS = ["baseline", "cutout", "cutmix", "mixup", "augment", "label_smoothing"]
@@ -56,19 +57,17 @@ def test_improvement_differs_from_baseline_only_in_augmentation_and_loss(name, t
     baseline = flat(compose_train_config(tmp_path, ["improvement=baseline"]))
     improved = flat(compose_train_config(tmp_path, [f"improvement={name}"]))
     changed = {k for k in baseline.keys() | improved.keys() if baseline.get(k) != improved.get(k)}
-    assert all(k.startswith(("augmentation.", "loss.")) or k == "improvement" for k in changed)
+    allowed = ("augmentation.", "module.loss.")
+    assert all(k.startswith(allowed) or k == "improvement" for k in changed)
     assert improved["improvement"] == name
     ops, smoothing = CHANGES[name]
     assert {k.split(".")[1] for k in changed if k.startswith("augmentation.")} == set(ops)
-    assert improved["loss.label_smoothing"] == smoothing
+    assert improved["module.loss.label_smoothing"] == smoothing
     assert baseline["augmentation.crop.padding"] == 4 and baseline["augmentation.flip.p"] == 0.5
-    # Each added op comes with the parameters of its conf/augmentation file.
+    # Each added op comes with its own defaults.
+    config = compose_train_config(tmp_path, [f"improvement={name}"])
     for op in ops:
-        op_file = OmegaConf.load(CONF_DIR / "augmentation" / f"{op}.yaml")
-        assert {k: v for k, v in improved.items() if k.startswith(f"augmentation.{op}.")} == {
-            f"augmentation.{op}.{k}": v
-            for k, v in OmegaConf.to_container(op_file[op], resolve=True).items()
-        }
+        assert build(config.augmentation[op]) == type(build(config.augmentation[op]))()
 
 
 def test_published_recipes(tmp_path):
@@ -94,19 +93,16 @@ def test_augmentation_list_and_parameters_from_the_command_line(make_config, tin
 
 
 def test_bad_augmentation_value_from_the_command_line_is_a_config_error(make_config):
-    cfg = make_config("improvement=cutout", "augmentation.cutout.size=0")
     with pytest.raises(ConfigError, match=r"augmentation.cutout.size must be an integer >= 1"):
-        build_datamodule(cfg)
+        make_config("improvement=cutout", "augmentation.cutout.size=0")
 
 
 # -- soft targets in the loss, hard targets in the accuracy ------------------------------------
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_soft_target_loss_equals_hand_computed_value(smoothing):
     # nn.Flatten as the backbone makes the (2, 3, 1, 1) "images" the logits themselves.
-    module = ClassifierModule(
-        net=nn.Flatten(), optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=3,
-        label_smoothing=smoothing,
-    )  # fmt: skip
+    config = ModuleConfig(channels_last=False, loss=LossConfig(label_smoothing=smoothing))
+    module = ClassifierModule(nn.Flatten(), config, num_classes=3)
     logits = [[0.0, math.log(2), math.log(5)], [0.0, 0.0, 0.0]]  # softmax 1/8 2/8 5/8; 1/3 each
     soft = [[0.25, 0.75, 0.0], [0.0, 0.4, 0.6]]
     batch = {
@@ -175,7 +171,7 @@ def test_tiny_run_of_each_improvement_writes_metrics(name, make_config, tiny_cif
     cfg = make_config(
         f"improvement={name}", f"dataset.root={tiny_cifar10_zip}", "trainer.limit_train_batches=4"
     )
-    train(cfg)
+    run_training(cfg)
     metrics = read_metrics(tmp_path / "run")
     for key in ("train/loss", "train/acc", "test/acc", "test/loss"):
         assert math.isfinite(metrics[key]), key

@@ -16,16 +16,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torchvision.io import decode_image, encode_png, read_image
 
-from cnnstress.callbacks import GradCAMGrids, HighConfidenceFailures
-from cnnstress.config import instantiate
-from cnnstress.data import CIFARDataModule, load_label_errors, load_split
-from cnnstress.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CLASSES
-from cnnstress.errors import ConfigError
-from cnnstress.module import ClassifierModule
-from cnnstress.plots.images import FRAME_COLOR
-from cnnstress.run_files import read_metrics, read_predictions, write_predictions
-from cnnstress.training import build_datamodule, build_trainer, train
-from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image
+from cnnstress.app.train import run_training
+from cnnstress.core.data import CIFARDataModule
+from cnnstress.core.data.classes import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASET_CLASSES
+from cnnstress.core.data.datamodule import DatasetConfig, load_label_errors, load_split
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.plots.images import FRAME_COLOR
+from cnnstress.core.run_dir import read_metrics, read_predictions, write_predictions
+from cnnstress.train.callbacks import GradCAMGrids, HighConfidenceFailures
+from cnnstress.train.training import build_datamodule, build_module, build_trainer
+from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image, prepared
 from tests.test_callbacks_failures import ConstantLogits
 
 LABELS_DIR = DATA_DIR / "label-errors"
@@ -216,7 +216,7 @@ def test_files_not_named_by_official_indices_are_positions(tmp_path, caplog, fil
         for label_name, stems in files.items():
             for stem in stems:
                 archive.writestr(f"test/{label_name}/{stem}.png", png)
-    with caplog.at_level(logging.WARNING, logger="cnnstress.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="cnnstress.core.data.sources"):
         test = load_split(path, "cifar10", "test")
         load_split(path, "cifar10", "test")  # cached: no second message
     assert test.ids is None
@@ -229,7 +229,9 @@ def test_files_not_named_by_official_indices_are_positions(tmp_path, caplog, fil
 
 def test_test_batches_carry_official_indices_validation_positions(tmp_path):
     root = make_official_zip(tmp_path / "o.zip", "cifar10", PLANTED10)
-    dm = CIFARDataModule("cifar10", str(root), 10, [0.5] * 3, [0.25] * 3, val_size=4)
+    config = DatasetConfig(name="cifar10", root=str(root), num_classes=10, mean=[0.5] * 3,
+                           std=[0.25] * 3, val_size=4, batch_size=2)  # fmt: skip
+    dm = CIFARDataModule(config)
     dm.setup()
     assert dm.official_test_index and dm.test_set.official_index
     batch = next(iter(dm.test_dataloader()))
@@ -281,12 +283,11 @@ def run_planted_test(make_config, root: Path, dataset: str, *overrides: str):
         "callbacks.failure_modes=null",  # PlantedNet has no linear head
         *overrides,
     )
+    prepared(cfg)
     datamodule = build_datamodule(cfg)
     net = PlantedNet(cfg.dataset.num_classes, cfg.dataset.mean[0], cfg.dataset.std[0])
-    module = ClassifierModule(
-        net=net, optimizer=instantiate(cfg.optimizer), num_classes=cfg.dataset.num_classes
-    )
-    trainer = build_trainer(cfg, has_val=False)
+    module = build_module(cfg, net)
+    trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule)
     return trainer
 
@@ -305,7 +306,7 @@ def test_planted_label_errors_in_failures_grids_and_clean_accuracy(
 ):
     root = make_official_zip(tmp_path / "planted10.zip", "cifar10", PLANTED10)
     cam_targets = []
-    import cnnstress.callbacks.gradcam as gradcam_module
+    import cnnstress.train.callbacks.gradcam as gradcam_module
 
     real = gradcam_module.compute_heatmaps
 
@@ -398,11 +399,15 @@ def test_planted_cifar100_label_errors(make_config, tmp_path):
 
 
 def test_nothing_label_error_related_without_official_indices(make_config, tiny_cifar10_zip):
-    cfg = make_config(
-        f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null", "callbacks.failure_modes=null"
+    cfg = prepared(
+        make_config(
+            f"dataset.root={tiny_cifar10_zip}",
+            "callbacks.gradcam=null",
+            "callbacks.failure_modes=null",
+        )
     )
-    module = ClassifierModule(net=ConstantLogits(), optimizer=instantiate(cfg.optimizer))
-    trainer = build_trainer(cfg, has_val=False)
+    module = build_module(cfg, ConstantLogits())
+    trainer = build_trainer(cfg)
     trainer.test(module, datamodule=build_datamodule(cfg))
     assert not [k for k in trainer.callback_metrics if "clean" in k or "label_error" in k]
     assert "test/acc_corrected" not in trainer.callback_metrics
@@ -420,7 +425,7 @@ def test_gradcam_indices_are_checked_against_the_official_indices(make_config, t
 
 def test_training_run_records_official_indices_and_clean_accuracy(make_config, tmp_path):
     root = make_official_zip(tmp_path / "o.zip", "cifar10", PLANTED10)
-    metrics = train(make_config(f"dataset.root={root}", "callbacks.gradcam=null"))
+    metrics = run_training(make_config(f"dataset.root={root}", "callbacks.gradcam=null"))
     run = tmp_path / "run"
     preds = read_predictions(run)
     assert preds["official_index"].item() is True

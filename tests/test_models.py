@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnstress.config import instantiate
-from cnnstress.models import SimpleCNN, preact_resnet18, resnet18, wide_resnet
+from cnnstress.core.config import build
+from cnnstress.core.models import SimpleCNN, preact_resnet18, resnet18, wide_resnet
 from tests.conftest import compose_train_config
 
 
@@ -50,5 +50,5 @@ def test_class_count_follows_the_dataset(tmp_path, model):
     cfg = compose_train_config(tmp_path, [f"model={model}", "dataset=cifar100"])
     if model == "wide_resnet":  # WRN-28-10 is slow to build; the head is what matters here
         cfg.model.net.depth, cfg.model.net.widen = 10, 1
-    net = instantiate(cfg.model.net)
+    net = build(cfg.model.net)
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 100)

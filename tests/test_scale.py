@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cnnstress.analysis import analyze
-from cnnstress.run_files import read_metrics, read_predictions
-from cnnstress.training import train
+from cnnstress.app.analyze import analyze
+from cnnstress.app.train import run_training
+from cnnstress.core.run_dir import read_metrics, read_predictions
 from tests.conftest import ROOT, TINY_RUN, compose_train_config
 
 
@@ -61,7 +61,7 @@ def test_ddp_job_in_a_multirun_equals_single_process_evaluation(
     val = json.loads((run / "failures" / "val_failures.json").read_text())
     assert val["num_images"] == 33  # not 34: the padded duplicate is dropped
     evaluation = tmp_path / "eval"
-    single = train(
+    single = run_training(
         make_config(
             f"dataset.root={data}", "train=false", "dataset.val_size=33",
             f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", output_dir=evaluation,
@@ -101,8 +101,8 @@ def test_multirun_sweep_runs_every_job_and_resumes(tiny_cifar10_zip, tmp_path):
     assert (runs[2] / "metrics.json").is_file()
     assert {run: (run / "metrics.json").stat().st_mtime_ns for run in before} == before
     assert (
-        result.stderr.count("skipping this completed run")
-        + result.stdout.count("skipping this completed run")
+        result.stderr.count("already holds this finished run: skipping it")
+        + result.stdout.count("already holds this finished run: skipping it")
         == 3
     )
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnstress.errors import ConfigError
-from cnnstress.stress.adversarial import AdversarialSettings, eps_key, fgsm, parse_eps, pgd
+from cnnstress.core.errors import ConfigError
+from cnnstress.stress.adversarial import eps_key, fgsm, parse_eps, pgd
 from cnnstress.stress.calibration import (
     calibration_error,
     fit_temperature,
@@ -80,22 +80,32 @@ def test_pgd_stays_in_the_eps_ball_and_in_pixel_range_and_hurts_more_than_clean(
         assert torch.equal(adv, again)
 
 
-def test_adversarial_settings_parse_fractions_and_name_bad_keys():
-    s = AdversarialSettings.parse({"eps": ["8/255", 0.01]})
-    assert s.eps == [pytest.approx(8 / 255), 0.01]
-    assert [eps_key(e) for e in s.eps] == ["eps8", "eps2.55"]
+def test_adversarial_radii_are_numbers_or_fractions():
+    assert [parse_eps(e) for e in ["8/255", 0.01]] == [pytest.approx(8 / 255), 0.01]
+    assert [eps_key(parse_eps(e)) for e in ["8/255", 0.01]] == ["eps8", "eps2.55"]
     assert parse_eps("1/255") == pytest.approx(1 / 255)
-    with pytest.raises(ConfigError, match=r"unknown key stress\.adversarial\.epsilon; valid keys"):
-        AdversarialSettings.parse({"epsilon": [1]})
-    with pytest.raises(
-        ConfigError,
-        match=r"adversarial.eps must be a non-empty list, each item a number in \[0, 1\] or",
-    ):
-        AdversarialSettings.parse({"eps": [8]})
-    with pytest.raises(
-        ConfigError, match=r"attacks must be a non-empty list, each item one of fgsm, pgd"
-    ):
-        AdversarialSettings.parse({"attacks": ["cw"]})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+stress.adversarial.epsilon=[1]",
+            r"unknown key stress\.adversarial\.epsilon; valid keys",
+        ),
+        (
+            "stress.adversarial.eps=[8]",
+            r"adversarial.eps must be a non-empty list, each item a number in \[0, 1\] or",
+        ),
+        (
+            "stress.adversarial.attacks=[cw]",
+            r"attacks must be a non-empty list, each item one of fgsm, pgd",
+        ),
+    ],
+)
+def test_bad_adversarial_settings_are_config_errors(make_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config("stress=[adversarial]", override)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])

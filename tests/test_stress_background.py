@@ -3,6 +3,7 @@ expected numbers; composites pixel by pixel; partners; determinism; config error
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from cnnstress.data.classes import CIFAR10_CLASSES
-from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.models import SimpleCNN
+from cnnstress.app.train import run_training
+from cnnstress.core.config import build
+from cnnstress.core.data.classes import CIFAR10_CLASSES
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.models import SimpleCNN
 from cnnstress.stress import read_stress, run_stress
 from cnnstress.stress.background import (
     CLASSES_FILE,
@@ -28,7 +31,6 @@ from cnnstress.stress.background import (
     outside_share,
 )
 from cnnstress.stress.context import StressContext, to_unit
-from cnnstress.training import train
 from tests.conftest import compose_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -97,7 +99,7 @@ def test_planted_nets_get_the_numbers_their_region_decides(sees, tmp_path):
     net = RegionNet(~CENTRE if sees == "surround" else CENTRE)
     ctx = context(net, test, tmp_path / sees)
     settings = {"fill": 0.5, "batch_size": 16, "seed": 3}
-    out = evaluate(ctx, settings)
+    out = evaluate(ctx, BackgroundSettings(**settings))
 
     clean = ctx.clean_logits().argmax(1)
     assert torch.equal(clean, torch.arange(60) // 6)  # the colour class: mislabelled ones fail
@@ -159,7 +161,7 @@ def test_planted_nets_get_the_numbers_their_region_decides(sees, tmp_path):
     if sees == "surround":
         assert 0.85 < out["background/surround_share"] <= 1.0
         # The per-image mean fill reveals a colour-coded class: both partial images classify.
-        mean_fill = evaluate(ctx, {**settings, "fill": "mean"})
+        mean_fill = evaluate(ctx, BackgroundSettings(**{**settings, "fill": "mean"}))
         assert mean_fill["background/only_surround/acc"] == pytest.approx(clean_acc)
     else:
         assert out["background/surround_share"] < 0.15
@@ -242,13 +244,9 @@ def test_same_seed_same_numbers_and_a_subset(tmp_path):
     torch.manual_seed(0)
     net = SimpleCNN(width=4)
     test = colour_images(per_class=4)
-    settings = {
-        "max_images": 30,
-        "cam_images": 12,
-        "batch_size": 7,
-        "seed": 2,
-        "fill": "dataset_mean",
-    }
+    settings = BackgroundSettings(
+        max_images=30, cam_images=12, batch_size=7, seed=2, fill="dataset_mean"
+    )
     first = evaluate(context(net, test, tmp_path / "a" / "run", layer="block3"), settings)
     again = evaluate(context(net, test, tmp_path / "b" / "run", layer="block3"), settings)
     assert first.keys() == again.keys()
@@ -258,24 +256,26 @@ def test_same_seed_same_numbers_and_a_subset(tmp_path):
         assert (tmp_path / "a" / "run" / name).read_bytes() == (
             tmp_path / "b" / "run" / name
         ).read_bytes()
-    other = evaluate(context(net, test, tmp_path / "c", layer="block3"), {**settings, "seed": 9})
+    reseeded = dataclasses.replace(settings, seed=9)
+    other = evaluate(context(net, test, tmp_path / "c", layer="block3"), reseeded)
     assert other["background/surround_share"] != first["background/surround_share"]
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("override", "message"),
     [
-        ({"fill": "black"}, r"stress.background.fill must be one of mean, dataset_mean or a "),
-        ({"fill": 1.5}, r"stress.background.fill must be .* or a number in \[0, 1\], got 1.5"),
-        ({"threshold": -0.1}, r"stress.background.threshold must be a number in \[0, 1\]"),
-        ({"method": "gradcan"}, r"stress.background.method must be one of gradcam, gradcam"),
-        ({"cam_images": -1}, r"stress.background.cam_images must be an integer >= 0"),
-        ({"centre": 8}, r"unknown key stress.background.centre; valid keys"),
+        ("fill=black", r"stress.background.fill must be one of mean, dataset_mean or a "),
+        ("fill=1.5", r"stress.background.fill must be .* or a number in \[0, 1\], got 1.5"),
+        ("threshold=-0.1", r"stress.background.threshold must be a probability in \[0, 1\]"),
+        ("method=gradcan", r"stress.background.method must be one of gradcam, gradcam"),
+        ("cam_images=-1", r"stress.background.cam_images must be an integer >= 0"),
+        ("+stress.background.centre=8", r"unknown key stress.background.centre; valid keys"),
     ],
 )
-def test_bad_settings_are_one_config_error(settings, message):
+def test_bad_settings_are_one_config_error(make_config, override, message):
+    key = override if override.startswith("+") else f"stress.background.{override}"
     with pytest.raises(ConfigError, match=message):
-        BackgroundSettings.parse(settings)
+        make_config("stress=[background]", key)
 
 
 @pytest.mark.parametrize(
@@ -288,7 +288,7 @@ def test_bad_settings_are_one_config_error(settings, message):
 def test_settings_checked_against_the_run_are_config_errors(settings, message, tmp_path):
     ctx = context(SimpleCNN(width=4), colour_images(per_class=2), tmp_path, layer="block3")
     with pytest.raises(ConfigError, match=message):
-        evaluate(ctx, {"cam_images": 4, **settings})
+        evaluate(ctx, BackgroundSettings(**{"cam_images": 4, **settings}))
 
 
 def test_train_py_logs_the_figures_and_the_checkpoint_reproduces_them(
@@ -298,7 +298,7 @@ def test_train_py_logs_the_figures_and_the_checkpoint_reproduces_them(
         f"dataset.root={tiny_cifar10_zip}", "stress=[background]",
         "stress.background.cam_images=20", "stress.background.batch_size=32",
     )  # fmt: skip
-    train(cfg)
+    run_training(cfg)
     run = tmp_path / "run"
     stress = read_stress(run)
     assert stress["background/num_images"] == 80 and stress["background/cam/num_images"] == 20
@@ -314,7 +314,7 @@ def test_train_py_logs_the_figures_and_the_checkpoint_reproduces_them(
     # analyze.py's path: the run's last.ckpt (no validation split: the tested weights).
     (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml", resolve=True)
-    again = run_stress(run, ["background"], cfg.stress)
+    again = run_stress(run, ["background"], build(cfg.stress))
     # equal up to float rounding: training's net is in channels_last (the CPU's auto format)
     numbers = {k for k, v in stress.items() if isinstance(v, float)}
     assert {k: v for k, v in again.items() if k not in numbers} == {

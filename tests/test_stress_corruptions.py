@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnstress.errors import ConfigError, DataError
+from cnnstress.core.errors import ConfigError, DataError
 from cnnstress.stress import corruptions as C
 from cnnstress.stress.corruption_suite import (
     corruption_errors,

@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnstress.data.sources import LabeledImages
-from cnnstress.models import SimpleCNN, resnet18
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.models import SimpleCNN, resnet18
 from cnnstress.stress import adversarial, calibration, faithfulness
 from cnnstress.stress.context import StressContext, accuracy
 from cnnstress.stress.faithfulness import cascade, cascade_units, heatmaps, randomized_copy
@@ -56,8 +56,10 @@ def context(net: nn.Module, n: int = 64, tmp: Path | None = None, seed: int = 1)
 def test_road_removing_the_most_relevant_pixels_hurts_more(seed, tmp_path):
     torch.manual_seed(seed)
     ctx = context(LeftHalfNet(), tmp=tmp_path)
-    out = faithfulness.evaluate(ctx, {"num_failures": 16, "num_images": 16,
-                                      "road_percentiles": [20, 40]})  # fmt: skip
+    settings = faithfulness.FaithfulnessSettings(
+        num_failures=16, num_images=16, road_percentiles=[20, 40]
+    )
+    out = faithfulness.evaluate(ctx, settings)
     assert out["faithfulness/num_failures"] == 16
     # Grad-CAM of this net is 0 on the right half, which the net ignores: removing the least
     # relevant pixels first barely moves the prediction, the most relevant first does.
@@ -89,7 +91,9 @@ def test_cascade_correlation_falls_from_one_once_weights_are_randomised(tmp_path
     torch.manual_seed(0)
     net = LeftHalfNet()
     ctx = context(net, tmp=tmp_path)
-    out = faithfulness.evaluate(ctx, {"num_failures": 0, "num_images": 32})
+    out = faithfulness.evaluate(
+        ctx, faithfulness.FaithfulnessSettings(num_failures=0, num_images=32)
+    )
     assert out["faithfulness/cascade_steps"] == 2
     steps = [out["faithfulness/cascade/01/fc/spearman"],
              out["faithfulness/cascade/02/features/spearman"]]  # fmt: skip
@@ -133,7 +137,7 @@ def test_temperature_scaling_fixes_an_over_confident_model(tmp_path):
     ctx.test = LabeledImages(ctx.test.images, labels)
     net.scale *= 4.0  # the same predictions, four times too sharp: temperature 4 undoes it
     ctx._clean_logits = None
-    out = calibration.evaluate(ctx, {})
+    out = calibration.evaluate(ctx)
     assert out["calibration/fit_split"] == "test_half"
     assert out["calibration/temperature"] == pytest.approx(4.0, rel=0.15)
     assert out["calibration/nll_after"] < out["calibration/nll_before"] - 0.5
@@ -155,7 +159,9 @@ def test_attacks_stay_in_the_eps_ball_and_eps_zero_is_clean(tmp_path):
         ):
             assert adv.min() >= 0 and adv.max() <= 1
             assert (adv - x).abs().max() <= eps + 1e-6
-    out = adversarial.evaluate(ctx, {"eps": [0], "max_images": None, "pgd_steps": 2})
+    out = adversarial.evaluate(
+        ctx, adversarial.AdversarialSettings(eps=[0], max_images=None, pgd_steps=2)
+    )
     clean = accuracy(ctx.clean_logits(), y)
     assert out["adversarial/fgsm/eps0/acc"] == clean == out["adversarial/pgd/eps0/acc"]
     assert out["adversarial/clean_acc"] == clean

@@ -11,9 +11,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.run_files import read_metrics, read_predictions, read_run_record
-from cnnstress.training import train
+from cnnstress.app.train import run_training
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.run_dir import read_metrics, read_predictions, read_record
 from tests.conftest import NO_REAL_DATA, REAL_CIFAR10_ZIP, ROOT, TINY_RUN, compose_train_config
 
 # Metrics that measure the machine, not the model.
@@ -26,7 +26,7 @@ def model_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path):
     cfg = make_config(f"dataset.root={tiny_cifar10_zip}", "dataset.val_size=32")
-    metrics = train(cfg)
+    metrics = run_training(cfg)
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "checkpoints" / "best.ckpt").is_file()
@@ -49,7 +49,7 @@ def test_tiny_run_writes_every_run_file(make_config, tiny_cifar10_zip, tmp_path)
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/acc", "val/acc", "val/loss", "test/acc", "test/loss"} <= scalars
     assert "train/lr" in scalars and not any(tag.startswith("lr-") for tag in scalars)
-    assert on_disk["train/lr"] == pytest.approx(on_disk["train/base_lr"]) == cfg.optimizer.lr
+    assert on_disk["train/lr"] == pytest.approx(on_disk["train/base_lr"]) == cfg.module.optimizer.lr
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 
@@ -59,25 +59,27 @@ def test_same_seed_same_metrics_other_seed_differs(make_config, tiny_cifar10_zip
         cfg = make_config(
             f"dataset.root={tiny_cifar10_zip}", f"seed={seed}", output_dir=tmp_path / name
         )
-        runs[name] = model_metrics(train(cfg))
+        runs[name] = model_metrics(run_training(cfg))
     assert runs["a"] == runs["b"]
     assert runs["a"]["test/loss"] != runs["c"]["test/loss"]
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cifar10_zip, tmp_path):
     common = (f"dataset.root={tiny_cifar10_zip}", "trainer.max_epochs=3", "dataset.val_size=32")
-    full = model_metrics(train(make_config(*common, output_dir=tmp_path / "full")))
+    full = model_metrics(run_training(make_config(*common, output_dir=tmp_path / "full")))
 
     crashed = tmp_path / "crashed"
     crash = ("+callbacks.crash._target_=tests.helpers.CrashAtEpoch", "+callbacks.crash.epoch=2")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(make_config(*common, *crash, output_dir=crashed))
+        run_training(make_config(*common, *crash, output_dir=crashed))
     assert not (crashed / "metrics.json").exists(), "a failed run must not claim success"
     last = crashed / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 1  # the latest epoch, best or not
 
     # Resuming continues in the crashed run's directory (see conf/hydra/default.yaml).
-    resumed = model_metrics(train(make_config(*common, f"ckpt_path={last}", output_dir=crashed)))
+    resumed = model_metrics(
+        run_training(make_config(*common, f"ckpt_path={last}", output_dir=crashed))
+    )
     assert resumed == full
     np.testing.assert_array_equal(
         read_predictions(crashed)["probs"], read_predictions(tmp_path / "full")["probs"]
@@ -87,9 +89,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cif
 @pytest.mark.parametrize(
     ("override", "error", "message"),
     [
-        ("optimizer.lr=-0.1", ConfigError, "optimizer.lr must be a number > 0, got -0.1"),
+        ("module.optimizer.lr=-0.1", ConfigError, "optimizer.lr must be a number > 0, got -0.1"),
         ("dataset.batch_size=-4", ConfigError, "dataset.batch_size must be an integer >= 1"),
-        ("loss.label_smoothing=1.5", ConfigError, "loss.label_smoothing"),
+        ("module.loss.label_smoothing=1.5", ConfigError, "module.loss.label_smoothing"),
         ("augmentation.flip.p=1.5", ConfigError, "augmentation.flip.p must be a probability"),
         ("ckpt_path=/no/such.ckpt", ConfigError, "ckpt_path=/no/such.ckpt does not exist"),
         (
@@ -100,9 +102,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(make_config, tiny_cif
     ],
 )
 def test_user_mistakes_raise_clear_errors(make_config, tmp_path, override, error, message):
-    cfg = make_config(override)
-    with pytest.raises(error, match=message):
-        train(cfg)
+    with pytest.raises(error, match=message):  # composing, or running, the config
+        run_training(make_config(override))
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -164,18 +165,18 @@ def test_simple_cnn_learns_on_real_images(make_config, real_cifar10_subset_zip):
     cfg = make_config(
         f"dataset.root={real_cifar10_subset_zip}", "model.net.width=32", "dataset.batch_size=64"
     )
-    metrics = train(cfg)
+    metrics = run_training(cfg)
     # 3,000 real training images, one epoch: chance is 0.10.
     assert metrics["test/acc"] > 0.25, metrics
 
 
 def test_bad_trainer_argument_is_a_config_error(make_config):
     with pytest.raises(ConfigError, match=r"^bad trainer setting: .*gradient_clip_algorithm"):
-        train(make_config("+trainer.gradient_clip_algorithm=foo"))
+        run_training(make_config("+trainer.gradient_clip_algorithm=foo"))
 
 
 def test_run_without_logger_still_writes_run_files(make_config, tiny_cifar10_zip, tmp_path):
-    train(make_config(f"dataset.root={tiny_cifar10_zip}", "~logger"))
+    run_training(make_config(f"dataset.root={tiny_cifar10_zip}", "~logger"))
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert not (tmp_path / "run" / "tensorboard").exists()
 
@@ -202,7 +203,7 @@ def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout + result.stderr
     assert "\r" not in out and "it/s" not in out
-    epochs = [line for line in out.splitlines() if "cnnstress.callbacks.progress" in line]
+    epochs = [line for line in out.splitlines() if "cnnstress.train.callbacks.progress" in line]
     assert [line.split("] - ")[1].split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
     assert all("img/s" in line and "val loss" in line and "ETA" in line for line in epochs)
     for noise in ("litlogger", "LeafSpec", "does not have many workers", "Test metric"):
@@ -210,5 +211,5 @@ def test_a_redirected_log_is_a_short_readable_record(tiny_cifar10_zip, tmp_path)
     assert out.count("GPU available") == 1
     assert "test: acc " in out
     log = (tmp_path / "run" / "train.log").read_text()
-    assert log.count("cnnstress.callbacks.progress") == 2 and "\r" not in log
-    assert read_run_record(tmp_path / "run")["config"]["trainer"]["enable_progress_bar"] is False
+    assert log.count("cnnstress.train.callbacks.progress") == 2 and "\r" not in log
+    assert read_record(tmp_path / "run").config["trainer"]["enable_progress_bar"] is False

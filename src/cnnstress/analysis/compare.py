@@ -1,100 +1,52 @@
-"""Statistics over run groups: seed aggregates, paired tests, transitions, McNemar, calibration.
+"""Groups compared with their reference: seed aggregates, transitions, the crossed test, the
+verdict.
 
 Every number here is computed from ``predictions.npz`` (not copied from ``metrics.json``), so
 all groups are measured the same way. Groups are only compared within one (dataset, model)
-setting; seeds are paired by their value.
+setting; seeds are paired by their value. The statistics themselves live in
+:mod:`cnnstress.analysis.statistics`, the verdict's rules in :mod:`cnnstress.analysis.verdict`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
+from omegaconf import OmegaConf
 
 from cnnstress.analysis.groups import group_runs, improvement_keys, other_keys
 from cnnstress.analysis.runs import GroupKey, Run, RunCollection, SkippedRun
-from cnnstress.errors import ConfigError
-from cnnstress.identity import describe, differences
-from cnnstress.metrics import (
+from cnnstress.analysis.statistics import (
+    CrossedTest,
+    Estimate,
+    McNemar,
+    PairedTest,
+    SeedPlan,
+    crossed_test,
+    estimate,
+    holm,
+    mcnemar,
+    paired_test,
+    seed_plan,
+    share_better,
+)
+from cnnstress.analysis.verdict import Verdict, decide, judge
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.identity import describe, differences
+from cnnstress.core.metrics import (
     expected_calibration_error,
     high_conf_errors,
     per_class_accuracy,
 )
+from cnnstress.core.run_dir import run_threshold
 
-# Below this many discordant pairs McNemar's test uses the exact binomial distribution; from
-# it on, the chi-square approximation with continuity correction (Edwards 1948). 25 is the
-# usual rule of thumb (the approximation is poor for few discordant pairs).
-MCNEMAR_EXACT_BELOW = 25
-BOOTSTRAP_RESAMPLES = 2000
-ALPHA = 0.05
-POWER = 0.8
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Mean over seeds with the sample standard deviation (ddof=1) and a 95% t-interval.
-
-    ``std``, ``ci_low`` and ``ci_high`` are ``None`` when fewer than two values exist: one
-    seed says nothing about seed-to-seed spread.
-    """
-
-    mean: float
-    std: float | None
-    ci_low: float | None
-    ci_high: float | None
-    n: int
-
-
-def estimate(values: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """Aggregate per-seed ``values`` into an :class:`Estimate`."""
-    data = np.asarray(values, dtype=np.float64)
-    n = int(data.size)
-    if n == 0:
-        return Estimate(math.nan, None, None, None, 0)
-    mean = float(data.mean())
-    if n < 2:
-        return Estimate(mean, None, None, None, n)
-    std = float(data.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
-    return Estimate(mean, std, mean - half, mean + half, n)
-
-
-@dataclass(frozen=True)
-class McNemar:
-    """McNemar's test on the discordant pairs of two classifiers on the same images.
-
-    Attributes:
-        corrected: images the reference got wrong and the other model right (b).
-        worsened: images the reference got right and the other model wrong (c).
-        method: ``"exact"`` (two-sided binomial test of b ~ Bin(b + c, 1/2); ``statistic`` is
-            min(b, c)) or ``"chi2-cc"`` (chi-square with continuity correction, 1 dof;
-            ``statistic`` is (|b - c| - 1)^2 / (b + c)).
-    """
-
-    corrected: int
-    worsened: int
-    method: str
-    statistic: float
-    pvalue: float
-
-
-def mcnemar(corrected: int, worsened: int, exact_below: int = MCNEMAR_EXACT_BELOW) -> McNemar:
-    """McNemar's test: exact when ``corrected + worsened < exact_below``, else chi-square (cc)."""
-    b, c = int(corrected), int(worsened)
-    n = b + c
-    if n < exact_below:
-        pvalue = 1.0 if n == 0 else float(stats.binomtest(b, n, 0.5).pvalue)
-        return McNemar(b, c, "exact", float(min(b, c)), pvalue)
-    statistic = (abs(b - c) - 1) ** 2 / n
-    return McNemar(b, c, "chi2-cc", float(statistic), float(stats.chi2.sf(statistic, df=1)))
+# The confident-failure threshold used when no run of a comparison recorded one.
+DEFAULT_FAILURE_THRESHOLD = 0.8
 
 
 @dataclass(frozen=True)
@@ -148,7 +100,7 @@ def transitions(
 
 def pool_transitions(tables: Sequence[Transitions]) -> Transitions:
     """Sum per-seed tables (counts only: see :class:`Transitions`; the pooled test is
-    :func:`bootstrap_difference`)."""
+    :func:`cnnstress.analysis.statistics.crossed_test`)."""
     known = all(t.corrected_label_errors is not None for t in tables)
     return Transitions(
         corrected=sum(t.corrected for t in tables),
@@ -161,156 +113,25 @@ def pool_transitions(tables: Sequence[Transitions]) -> Transitions:
     )
 
 
-@dataclass(frozen=True)
-class BootstrapTest:
-    """Accuracy difference (other - reference) over seeds and images, resampled together.
-
-    Attributes:
-        delta: observed mean over seeds of the per-seed accuracy difference.
-        ci_low, ci_high: percentile interval of the resampled differences.
-        pvalue: two-sided bootstrap p-value, ``2 * min(P*(delta <= 0), P*(delta >= 0))`` with
-            the add-one correction (never 0).
-        resamples, seeds, images: sizes.
-    """
-
-    delta: float
-    ci_low: float
-    ci_high: float
-    pvalue: float
-    resamples: int
-    seeds: int
-    images: int
-
-
-def bootstrap_difference(
-    reference_correct: np.ndarray,
-    other_correct: np.ndarray,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> BootstrapTest:
-    """Two-way bootstrap of the accuracy difference, respecting the pairing across seeds.
-
-    Each resample draws the seeds and the test images with replacement, *the same images for
-    every seed* (an image is one unit whatever the seed), and takes the mean over the drawn
-    seeds of each seed's accuracy difference on the drawn images. Written by hand: scipy's
-    ``stats.bootstrap`` resamples along one axis only.
-
-    Args:
-        reference_correct, other_correct: ``(S, N)`` bool, seed ``s`` of both groups on the same
-            ``N`` images.
-    """
-    ref = np.asarray(reference_correct, dtype=np.float64)
-    oth = np.asarray(other_correct, dtype=np.float64)
-    if ref.shape != oth.shape or ref.ndim != 2 or ref.size == 0:
-        raise ValueError(f"need two (S, N) arrays of one shape, got {ref.shape}, {oth.shape}")
-    diff = oth - ref  # (S, N) in {-1, 0, 1}
-    n_seeds, n_images = diff.shape
-    rng = np.random.default_rng(seed)
-    out = np.empty(resamples)
-    chunk = max(1, 2_000_000 // max(n_images * n_seeds, 1))
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        images = rng.integers(0, n_images, (size, n_images))
-        seeds = rng.integers(0, n_seeds, (size, n_seeds))
-        per_seed = diff[:, images].mean(axis=2)  # (S, size): each seed on the drawn images
-        out[start : start + size] = np.take_along_axis(per_seed.T, seeds, axis=1).mean(1)
-    alpha = 1 - confidence
-    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
-    tail = min(int((out <= 0).sum()), int((out >= 0).sum()))
-    pvalue = min(1.0, 2 * (tail + 1) / (resamples + 1))
-    return BootstrapTest(
-        float(diff.mean()), float(low), float(high), pvalue, resamples, n_seeds, n_images
-    )
-
-
-def share_better(differences: Sequence[float], tolerance: float = 1e-12) -> float | None:
-    """The share of seeds on which the difference is positive (a tie counts half): the chance
-    that the improvement beats the reference on a random seed. ``None`` without seeds."""
-    d = np.asarray(differences, dtype=np.float64)
-    if d.size == 0:
+def recorded_threshold(run: Run) -> float | None:
+    """The confident-failure threshold ``run`` recorded (its ``confidence_threshold``;
+    :func:`cnnstress.core.run_dir.run_threshold`), ``None`` when it is no number in [0, 1]."""
+    try:
+        return run_threshold(OmegaConf.to_container(run.config))
+    except DataError:
         return None
-    return float(((d > tolerance).sum() + 0.5 * (np.abs(d) <= tolerance).sum()) / d.size)
 
 
-@dataclass(frozen=True)
-class SeedPower:
-    """How many seeds a paired comparison needs (paired t-test, two-sided alpha 0.05, 80% power).
-
-    Attributes:
-        spread: sample standard deviation (ddof=1) of the per-seed differences.
-        detectable: the smallest absolute mean difference the current seeds detect.
-        needed: the seeds needed to detect the observed mean difference (``None`` when it is
-            zero, or the spread is unknown).
-    """
-
-    seeds: int
-    spread: float | None
-    detectable: float | None
-    needed: int | None
+def most_recorded_threshold(runs: Sequence[Run]) -> float | None:
+    """The threshold most of ``runs`` recorded (the smaller on a tie; ``None``: none did)."""
+    counts = Counter(t for r in runs if (t := recorded_threshold(r)) is not None)
+    return min(counts, key=lambda t: (-counts[t], t)) if counts else None
 
 
-def seed_power(
-    differences: Sequence[float], alpha: float = ALPHA, power: float = POWER
-) -> SeedPower:
-    """Power analysis of the paired t-test from the seed-to-seed spread of the differences
-    (statsmodels ``TTestPower``: a paired test is a one-sample test on the differences)."""
-    d = np.asarray(differences, dtype=np.float64)
-    n = int(d.size)
-    if n < 2 or np.ptp(d) <= 1e-12:
-        return SeedPower(n, None, None, None)
-    spread = float(d.std(ddof=1))
-    analysis = TTestPower()
-    effect = float(analysis.solve_power(nobs=n, alpha=alpha, power=power))
-    observed = abs(float(d.mean())) / spread
-    needed = None
-    if observed > 1e-9:
-        with warnings.catch_warnings():  # tiny effects: the solver warns and still converges
-            warnings.simplefilter("ignore")
-            raw = float(analysis.solve_power(effect_size=observed, alpha=alpha, power=power))
-        needed = max(2, math.ceil(raw)) if math.isfinite(raw) else None
-    return SeedPower(n, spread, effect * spread, needed)
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm-adjusted p-values of one family of tests (``None`` entries stay ``None``)."""
-    present = [i for i, p in enumerate(pvalues) if p is not None]
-    adjusted: list[float | None] = [None] * len(pvalues)
-    if present:
-        values = multipletests([pvalues[i] for i in present], method="holm")[1]
-        for i, value in zip(present, values, strict=True):
-            adjusted[i] = float(value)
-    return adjusted
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """Accuracy difference (other - reference) over the seeds both groups have.
-
-    ``delta`` aggregates the per-seed differences; ``t`` and ``pvalue`` come from a paired
-    t-test (:func:`scipy.stats.ttest_rel`) and are ``None`` with fewer than two shared seeds
-    or when the differences have no spread.
-    """
-
-    seeds: tuple[int, ...]
-    delta: Estimate
-    t: float | None
-    pvalue: float | None
-    differences: tuple[float, ...] = ()
-
-
-def paired_test(reference: Mapping[int, float], other: Mapping[int, float]) -> PairedTest:
-    """Pair per-seed values by seed and test whether their mean difference is zero."""
-    seeds = tuple(sorted(set(reference) & set(other)))
-    ref = np.array([reference[s] for s in seeds], dtype=np.float64)
-    oth = np.array([other[s] for s in seeds], dtype=np.float64)
-    delta = estimate(oth - ref)
-    t = p = None
-    # Differences that agree to rounding error have no spread to test (t would be noise).
-    if len(seeds) >= 2 and np.ptp(oth - ref) > 1e-12:
-        result = stats.ttest_rel(oth, ref)
-        t, p = float(result.statistic), float(result.pvalue)
-    return PairedTest(seeds, delta, t, p, tuple(float(x) for x in oth - ref))
+def closest_to_default(thresholds: Sequence[float]) -> float:
+    """The analysis threshold closest to the failures callback's default (the higher on a tie):
+    the confident-failure threshold when no run recorded one."""
+    return min(thresholds, key=lambda t: (abs(t - DEFAULT_FAILURE_THRESHOLD), -t))
 
 
 @dataclass
@@ -374,6 +195,16 @@ class GroupResult:
         """High-confidence error count at threshold number ``i`` over seeds."""
         return estimate(self.high_conf[:, i].tolist())
 
+    @property
+    def recorded_thresholds(self) -> list[float]:
+        """The distinct confident-failure thresholds the group's runs recorded, sorted."""
+        return sorted({t for r in self.runs if (t := recorded_threshold(r)) is not None})
+
+    @property
+    def failure_threshold(self) -> float | None:
+        """The threshold most of the group's runs recorded (:func:`most_recorded_threshold`)."""
+        return most_recorded_threshold(self.runs)
+
     def run(self, seed: int) -> Run:
         """The run of ``seed``."""
         return next(r for r in self.runs if r.seed == seed)
@@ -386,11 +217,21 @@ class Comparison:
     Attributes:
         transitions: seed -> 2x2 table for every seed both groups have and evaluated on the
             same test images; ``pooled`` sums them (``None`` without any).
-        bootstrap: the pooled test over those seeds (:func:`bootstrap_difference`).
-        power: how many seeds the paired comparison needs (:func:`seed_power`).
+        crossed: the test over those seeds and the test images
+            (:func:`~cnnstress.analysis.statistics.crossed_test`), ``plan`` its power and
+            seeds needed; ``crossed_clean`` / ``paired_clean``: the same on the clean test set
+            (known label errors left out), when known.
         per_class_delta: ``(C,)`` seed-averaged per-class accuracy, other minus reference.
         differences: ``{key: (reference value, other value)}`` for every identity key in
             which the two groups differ (the seed aside).
+        failure_threshold: the confident-failure threshold of the verdict: the one the
+            reference's runs recorded (else the other group's); when none did, the analysis
+            threshold closest to the callback's default 0.8 (``failure_threshold_recorded``
+            False).
+        *_p_holm, *_family: Holm-adjusted p-values and their family sizes (set by
+            :func:`compare_groups`): the accuracy comparisons with one reference are one family, the
+            clean-set comparisons with it another.
+        verdict: what the comparison may claim (set by :func:`compare_groups`).
     """
 
     reference: GroupResult
@@ -399,16 +240,21 @@ class Comparison:
     transitions: dict[int, Transitions]
     pooled: Transitions | None
     per_class_delta: np.ndarray
-    bootstrap: BootstrapTest | None = None
-    power: SeedPower | None = None
-    # the same on the clean test set (known label errors left out), when known
+    crossed: CrossedTest | None = None
+    plan: SeedPlan | None = None
     paired_clean: PairedTest | None = None
-    bootstrap_clean: BootstrapTest | None = None
+    crossed_clean: CrossedTest | None = None
     differences: dict[str, tuple[object, object]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # Holm-adjusted over the comparisons against the same reference (set by ``analyse``).
+    failure_threshold: float = DEFAULT_FAILURE_THRESHOLD
+    failure_threshold_recorded: bool = False
+    crossed_p_holm: float | None = None
     paired_p_holm: float | None = None
-    bootstrap_p_holm: float | None = None
+    family: int = 1
+    clean_p_holm: float | None = None
+    paired_clean_p_holm: float | None = None
+    clean_family: int = 1
+    verdict: Verdict | None = None
 
     @property
     def share_better(self) -> float | None:
@@ -448,6 +294,16 @@ class Analysis:
     reference_keys: set[GroupKey]
     skipped: list[SkippedRun]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def failure_threshold(self) -> tuple[float, bool]:
+        """``(threshold, recorded)``: the confident-failure threshold most analysed runs
+        recorded (the smaller on a tie), else the analysis threshold closest to the callback's
+        default 0.8 and ``False``."""
+        recorded = most_recorded_threshold(self.runs)
+        if recorded is not None:
+            return recorded, True
+        return closest_to_default(self.thresholds), False
 
     def comparison_for(self, key: GroupKey) -> Comparison | None:
         """The comparison of group ``key`` against its reference, if any."""
@@ -522,40 +378,95 @@ def compare(reference: GroupResult, other: GroupResult) -> Comparison:
         tables[seed] = transitions(ref_run.correct, other_run.correct, ref_run.is_label_error)
     if not tables:
         notes.append("no seed shared with the reference on the same test images: no transitions")
-    boot = None
+    crossed = crossed_clean = paired_clean = None
     seeds = list(tables)
     if seeds and all(
         np.array_equal(reference.run(s).index, reference.run(seeds[0]).index) for s in seeds
     ):
-        boot = bootstrap_difference(
+        crossed = crossed_test(
             np.stack([reference.run(s).correct for s in seeds]),
             np.stack([other.run(s).correct for s in seeds]),
         )
     elif seeds:
-        notes.append("the seeds were tested on different images: no bootstrap over seeds")
-    clean_paired = clean_boot = None
-    if boot is not None and reference.has_label_errors and other.has_label_errors:
-        clean_paired = paired_test(reference.clean_by_seed, other.clean_by_seed)
+        notes.append("the seeds were tested on different images: no test over seeds and images")
+    if crossed is not None and reference.has_label_errors and other.has_label_errors:
+        paired_clean = paired_test(reference.clean_by_seed, other.clean_by_seed)
         keep = ~reference.run(seeds[0]).is_label_error
-        clean_boot = bootstrap_difference(
+        crossed_clean = crossed_test(
             np.stack([reference.run(s).correct[keep] for s in seeds]),
             np.stack([other.run(s).correct[keep] for s in seeds]),
         )
-    paired = paired_test(reference.accuracy_by_seed, other.accuracy_by_seed)
     return Comparison(
         reference=reference,
         other=other,
-        paired=paired,
+        paired=paired_test(reference.accuracy_by_seed, other.accuracy_by_seed),
         transitions=tables,
         pooled=pool_transitions(list(tables.values())) if tables else None,
         per_class_delta=other.per_class - reference.per_class,
-        bootstrap=boot,
-        power=seed_power(paired.differences),
-        paired_clean=clean_paired,
-        bootstrap_clean=clean_boot,
+        crossed=crossed,
+        plan=None if crossed is None else seed_plan(crossed),
+        paired_clean=paired_clean,
+        crossed_clean=crossed_clean,
         differences=differences(reference.identity, other.identity),
         notes=notes,
     )
+
+
+def _threshold_text(threshold: float) -> str:
+    return f"{threshold:g}"
+
+
+def set_failure_threshold(c: Comparison, thresholds: Sequence[float]) -> None:
+    """Pick the verdict's confident-failure threshold of ``c`` (see :class:`Comparison`) and
+    warn in ``c.notes`` when its groups recorded different ones."""
+    recorded_one = c.reference.failure_threshold
+    if recorded_one is None:
+        recorded_one = c.other.failure_threshold
+    c.failure_threshold_recorded = recorded_one is not None
+    chosen = closest_to_default(thresholds) if recorded_one is None else recorded_one
+    c.failure_threshold = chosen
+    recorded = {g.key.name: g.recorded_thresholds for g in (c.reference, c.other)}
+    if len({t for ts in recorded.values() for t in ts}) > 1:
+        listed = "; ".join(
+            f"{name}: {', '.join(map(_threshold_text, ts)) or 'none'}"
+            for name, ts in recorded.items()
+        )
+        c.notes.append(
+            f"the runs recorded different confident-failure thresholds ({listed}): the verdict "
+            f"counts both groups at >= {_threshold_text(chosen)}"
+        )
+
+
+def _holm_family(comparisons: Sequence[Comparison]) -> None:
+    """Holm-adjust the p-values of the comparisons with one reference and decide each verdict.
+
+    Families: the crossed tests of the whole test set; the paired t-tests; the crossed tests of
+    the clean test set; the clean paired t-tests.
+    """
+
+    def p(test: CrossedTest | PairedTest | None) -> float | None:
+        return None if test is None else test.pvalue
+
+    crossed = holm([p(c.crossed) for c in comparisons])
+    paired = holm([p(c.paired) for c in comparisons])
+    clean = holm([p(c.crossed_clean) for c in comparisons])
+    paired_clean = holm([p(c.paired_clean) for c in comparisons])
+    family = sum(x is not None for x in crossed)
+    clean_family = sum(x is not None for x in clean)
+    for i, c in enumerate(comparisons):
+        c.crossed_p_holm, c.paired_p_holm, c.family = crossed[i], paired[i], family
+        c.clean_p_holm, c.paired_clean_p_holm = clean[i], paired_clean[i]
+        c.clean_family = clean_family
+        clean_judgement = None
+        if c.crossed_clean is not None:
+            clean_judgement = judge(c.crossed_clean, c.clean_p_holm, clean_family)
+        c.verdict = decide(
+            judge(c.crossed, c.crossed_p_holm, family),
+            c.paired,
+            c.paired_p_holm,
+            c.plan,
+            clean_judgement,
+        )
 
 
 # Splits "a=1, b=[x, y]" into its key=value items (a comma inside a value is not a split).
@@ -592,12 +503,14 @@ def _closest(group: GroupResult, candidates: Sequence[GroupResult]) -> GroupResu
     return min(candidates, key=distance)
 
 
-def analyse(
+def compare_groups(
     collection: RunCollection, reference: str = "baseline", thresholds: Sequence[float] = (0.5,)
 ) -> Analysis:
     """Group the runs by what they ran (:mod:`cnnstress.analysis.groups`) and compare each group
     with a reference group of its (dataset, model) setting.
 
+    ``thresholds`` are the confident-failure thresholds counted; every threshold a run
+    recorded (its failures callback's) is added, so the verdict can use it.
     ``reference`` is a group name (``baseline``, ``augmentation=[]``) or a full group label
     ``dataset/model/name``. When several groups of a setting match it, each other group is
     compared with the one it differs from least. A comparison whose groups also differ outside
@@ -606,7 +519,8 @@ def analyse(
     Raises:
         ConfigError: ``reference`` names no group while some setting has groups to compare.
     """
-    thresholds = tuple(float(t) for t in thresholds)
+    recorded = {t for r in collection.runs if (t := recorded_threshold(r)) is not None}
+    thresholds = tuple(sorted({float(t) for t in thresholds} | recorded))
     groups = [group_result(k, runs, thresholds) for k, runs in group_runs(collection.runs).items()]
     candidates = [g for g in groups if _matches(g, reference)]
     settings = sorted({g.key.setting for g in groups})
@@ -648,12 +562,10 @@ def analyse(
                     f"comparison, the groups also differ in "
                     f"{describe(comparison.differences, keys=comparison.unconstrained_keys)}"
                 )
+    for c in comparisons:
+        set_failure_threshold(c, thresholds)
     for ref_key in {c.reference.key for c in comparisons}:
-        family = [c for c in comparisons if c.reference.key == ref_key]
-        paired_p = holm([c.paired.pvalue for c in family])
-        boot_p = holm([None if c.bootstrap is None else c.bootstrap.pvalue for c in family])
-        for c, p, q in zip(family, paired_p, boot_p, strict=True):
-            c.paired_p_holm, c.bootstrap_p_holm = p, q
+        _holm_family([c for c in comparisons if c.reference.key == ref_key])
     return Analysis(
         groups=groups,
         comparisons=comparisons,

@@ -1,6 +1,6 @@
 """Failure modes across seeds and improvements, and how far one seed's Grad-CAM can be trusted.
 
-Pure functions over the per-run failure modes (:class:`cnnstress.failure_modes.FailureModes`,
+Pure functions over the per-run failure modes (:class:`cnnstress.core.failure_modes.FailureModes`,
 each run's ``failure_modes.json``) and predictions; results are dataclasses the report renders.
 
 * :func:`match_across_seeds`: the modes of one group's seeds are matched by the overlap of their
@@ -16,7 +16,7 @@ each run's ``failure_modes.json``) and predictions; results are dataclasses the 
   run with seed ``s``), against the share that *another seed of the reference* gets right (the
   same errors are not all repeated by a re-run: selecting a seed's errors and re-testing them
   regresses to the mean), with the paired t-test and t-interval over seeds of the difference
-  (:func:`cnnstress.analysis.compare.paired_test` / ``estimate``); and the stable families of
+  (:func:`cnnstress.analysis.statistics.paired_test` / ``estimate``); and the stable families of
   the improvement that match no mode of the reference in most of their seeds (what it breaks).
 * :func:`cam_agreement`: for the reference's confident failures, the Spearman correlation of
   the CAMs of the same image under different seeds (each pair of seeds), per CAM method, with a
@@ -44,16 +44,17 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-from cnnstress.analysis.compare import Estimate, PairedTest, estimate, paired_test
 from cnnstress.analysis.runs import Run
-from cnnstress.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.checkpoints import load_backbone
-from cnnstress.data import load_split
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.failure_modes.modes import FailureMode, FailureModes
-from cnnstress.failure_modes.run import failure_modes_of_run, read_failure_modes
-from cnnstress.metrics import find_failures
+from cnnstress.analysis.statistics import Estimate, PairedTest, estimate, paired_test
+from cnnstress.core.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.data import load_split
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.failure_modes.modes import FailureMode, FailureModes
+from cnnstress.core.failure_modes.run import failure_modes_of_run, read_failure_modes
+from cnnstress.core.metrics import find_failures
+from cnnstress.core.run_dir import run_threshold
 
 MATCH_THRESHOLD = 0.2
 # Median Spearman correlation of two seeds' CAMs of the same image from which one seed's CAM
@@ -710,7 +711,7 @@ def analyse_failure_modes(
     """Failure modes of every group (``{name: {seed: run}}``, one setting) across its seeds,
     and of every other group against ``reference``. CAM agreement (``cam_top_n`` > 0): every
     group's seeds on the reference's ``cam_top_n`` most confident failures (its smallest seed's,
-    at its ``callbacks.high_conf_failures.threshold``), loading every checkpoint. Runs without
+    at its ``confidence_threshold``), loading every checkpoint. Runs without
     ``failure_modes.json`` get their modes computed from their checkpoints
     (``compute_missing``) or are left out.
 
@@ -721,12 +722,9 @@ def analyse_failure_modes(
         raise ConfigError(f"reference={reference} is not one of the groups: {', '.join(groups)}")
     modes: dict[str, dict[int, FailureModes]] = {}
     results: dict[str, GroupModes] = {}
-    threshold_of = OmegaConf.select(
-        groups[reference][min(groups[reference])].config,
-        "callbacks.high_conf_failures.threshold",
-        default=0.8,
-    )
-    cam_index, cam_classes = reference_failures(groups[reference], float(threshold_of), cam_top_n)
+    first = groups[reference][min(groups[reference])]
+    threshold_of = run_threshold(OmegaConf.to_container(first.config))
+    cam_index, cam_classes = reference_failures(groups[reference], threshold_of, cam_top_n)
     for name, runs in groups.items():
         found, computed = {}, []
         for seed, run in sorted(runs.items()):

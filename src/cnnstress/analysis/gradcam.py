@@ -1,25 +1,25 @@
 """The reference's top test failures, explained by the reference and by each improvement.
 
-Models are rebuilt from their checkpoints (:func:`cnnstress.checkpoints.load_backbone`,
-``weights_only=True``); heatmaps come from :func:`cnnstress.cam.compute_heatmaps`, the same
+Models are rebuilt from their checkpoints (:func:`cnnstress.core.checkpoints.load_backbone`,
+``weights_only=True``); heatmaps come from :func:`cnnstress.core.cam.compute_heatmaps`, the same
 code and, unless overridden, the same method and target layer as the run's Grad-CAM callback.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from cnnstress.analysis.compare import Comparison, GroupResult
 from cnnstress.analysis.runs import Run
-from cnnstress.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.checkpoints import load_backbone
-from cnnstress.data import LabeledImages, class_names, load_split
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import DataError
-from cnnstress.metrics import find_failures
+from cnnstress.core.cam import SALIENCY, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.checkpoints import load_backbone
+from cnnstress.core.data import LabeledImages, class_names, load_split
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.metrics import find_failures
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class SideBySide:
     images: np.ndarray
     columns: list[CamColumn]
     likely_true: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _test_split(run: Run) -> LabeledImages:
@@ -81,9 +82,12 @@ def _column(
     layer: str | None,
 ) -> CamColumn:
     net, cfg = load_backbone(run.path, device=device)
-    key = "gradcam.target_layer" if layer else f"the target layer of {run.path}"
-    method, layer = run_cam_settings(cfg, method, layer, key="gradcam.method")
-    module = None if method == SALIENCY else resolve_layer(net, layer, key)
+    key = "gradcam.target_layer" if layer else "the run's target layer"
+    try:  # the run's recorded CAM settings are untrusted data, not the analyst's config
+        method, layer = run_cam_settings(cfg, method, layer, key="gradcam.method")
+        module = None if method == SALIENCY else resolve_layer(net, layer, key)
+    except ConfigError as err:
+        raise DataError(str(err)) from None
     pred, conf = run.pred[positions], run.confidence[positions]
     maps = compute_heatmaps(
         net, Normalize.of(cfg.dataset)(images).to(device), torch.from_numpy(pred), method, module
@@ -130,14 +134,18 @@ def side_by_side(
     columns = [
         _column(reference.key.name, ref_run, positions, images, device, method, target_layer)
     ]
+    notes = []
     for comparison in comparisons:
         group = comparison.other
         run = group.run(seed) if seed in group.seeds else group.runs[0]
-        if not np.array_equal(run.index, ref_run.index):
-            raise DataError(f"{run.path} was tested on other images than {ref_run.path}")
-        columns.append(
-            _column(group.key.name, run, positions, images, device, method, target_layer)
-        )
+        try:
+            if not np.array_equal(run.index, ref_run.index):
+                raise DataError(f"tested on other images than {ref_run.path}")
+            columns.append(
+                _column(group.key.name, run, positions, images, device, method, target_layer)
+            )
+        except DataError as err:  # one unreadable run loses its column, not the figure
+            notes.append(f"{group.key.label} (seed {run.seed}): no CAM column: {run.path}: {err}")
     errors = ref_run.label_errors
     likely = None
     if errors is not None:
@@ -150,6 +158,7 @@ def side_by_side(
         images=images.numpy(),
         columns=columns,
         likely_true=likely,
+        notes=notes,
     )
 
 

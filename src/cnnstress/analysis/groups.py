@@ -1,6 +1,6 @@
 """Group runs by what they ran, and name the groups.
 
-A group is the set of runs whose identities (:mod:`cnnstress.identity`) differ only in the
+A group is the set of runs whose identities (:mod:`cnnstress.core.identity`) differ only in the
 seed, whatever their labels say. Its name is:
 
 * the improvement it ran under, when its augmentation and loss are exactly that improvement's
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cnnstress.analysis.runs import GroupKey, Run
-from cnnstress.identity import IMPROVEMENT_KEYS, differences, under
+from cnnstress.core.identity import IMPROVEMENT_KEYS, differences, under
 
 DEFAULT_IMPROVEMENT = "baseline"
 # Keys shown in a name's [key=value] part before the rest is only counted.

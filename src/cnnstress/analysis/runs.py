@@ -2,7 +2,7 @@
 
 A run directory holds ``.hydra/config.yaml``; a finished one also holds ``run.json`` (the
 config it ran with, which Hydra's ``.hydra/`` may no longer say), ``metrics.json`` and
-``predictions.npz`` (see :mod:`cnnstress.run_files`). Nothing here imports training code.
+``predictions.npz`` (see :mod:`cnnstress.core.run_dir`). Nothing here imports training code.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cnnstress.data import class_names
-from cnnstress.data.label_errors import LabelErrors, load_label_errors
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.identity import SEED_KEYS, fingerprint, run_identity
-from cnnstress.run_files import (
-    METRICS_FILE,
-    PREDICTIONS_FILE,
-    RUN_FILE,
-    read_metrics,
-    read_predictions,
-    read_run_record,
-)
+from cnnstress.core.data import class_names
+from cnnstress.core.data.label_errors import LabelErrors, load_label_errors
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.identity import SEED_KEYS, fingerprint, run_identity
+from cnnstress.core.run_dir import RunDir, RunRecord, read_metrics, read_predictions, read_record
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +30,13 @@ HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
 @dataclass(frozen=True, order=True)
 class GroupKey:
-    """A group: runs whose identities (:mod:`cnnstress.identity`) differ only in the seed.
+    """A group: runs whose identities (:mod:`cnnstress.core.identity`) differ only in the seed.
 
     Attributes:
         dataset, model: ``dataset.name`` and ``model.name``.
         name: the improvement the group's augmentation and loss are, or the overrides that
             made them differ from it (e.g. ``augmentation=[]``), plus ``[key=value]`` for what
-            tells it apart from another group of the same name (see ``analyse``).
+            tells it apart from another group of the same name (see ``compare_groups``).
         config_id: the fingerprint of the identity without the seed.
     """
 
@@ -70,7 +63,7 @@ class Run:
     Attributes:
         path: the run directory.
         config: the resolved config it ran with.
-        identity: its flat identity (:func:`cnnstress.identity.run_identity`).
+        identity: its flat identity (:func:`cnnstress.core.identity.run_identity`).
         seed: ``config.seed``.
         improvement: the ``improvement`` label it ran under.
         changed_by: the command-line overrides that changed that improvement's augmentation or
@@ -93,6 +86,7 @@ class Run:
     target: np.ndarray
     probs: np.ndarray
     official_index: bool = False
+    record: RunRecord | None = None
 
     @property
     def label_errors(self) -> LabelErrors | None:
@@ -164,7 +158,7 @@ class RunCollection:
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` is a run directory (it has ``run.json`` or ``.hydra/config.yaml``)."""
-    return (path / RUN_FILE).is_file() or (path / HYDRA_CONFIG).is_file()
+    return RunDir(path).record.is_file() or (path / HYDRA_CONFIG).is_file()
 
 
 def find_run_dirs(sweep: str | Path) -> list[Path]:
@@ -181,7 +175,7 @@ def find_run_dirs(sweep: str | Path) -> list[Path]:
 
 def latest_multirun(log_dir: str | Path, latest: int = 1) -> Path:
     """The ``latest``-th most recent sweep directory ``<log_dir>/multiruns/<date>/<time>``
-    (1 = the most recent), by its date and time of start.
+    that holds any run directory (1 = the most recent), by its date and time of start.
 
     Raises:
         ConfigError: ``latest`` is not a positive integer, or there are fewer sweeps.
@@ -194,9 +188,11 @@ def latest_multirun(log_dir: str | Path, latest: int = 1) -> Path:
         time, _, n = path.name[:8], path.name[8:9], path.name[9:]
         return (path.parent.name, time, int(n) if n.isdigit() else 0)
 
-    sweeps = sorted((p for p in root.glob("*/*") if p.is_dir()), key=started)
+    # A folder without any run directory (a sweep that never started a job) is no multirun.
+    candidates = sorted((p for p in root.glob("*/*") if p.is_dir()), key=started)
+    sweeps = [p for p in candidates if find_run_dirs(p)]
     if len(sweeps) < latest:
-        found = f"only {len(sweeps)} multirun(s)" if sweeps else "no multirun"
+        found = f"only {len(sweeps)} multirun(s) with runs" if sweeps else "no multirun with runs"
         raise ConfigError(
             f"{found} under {root} (latest={latest}): run `python train.py -m ...` first, "
             "or give sweep=DIR or runs=[DIR,...]"
@@ -207,61 +203,82 @@ def latest_multirun(log_dir: str | Path, latest: int = 1) -> Path:
 def _number(metrics: dict[str, Any], key: str) -> None:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DataError(f"{METRICS_FILE} has no number {key} (got {value!r})")
+        raise DataError(f"metrics.json has no number {key} (got {value!r})")
+
+
+def _text(config: dict[str, Any], key: str) -> str:
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, str) or not node:
+        raise DataError(f"run.json config has no {key} string (got {node!r}): not a training run")
+    return node
+
+
+def _seed(config: dict[str, Any]) -> int:
+    seed = config.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise DataError(f"run.json config seed {seed!r} is not an integer in [0, 2^32)")
+    return seed
+
+
+def _checked_predictions(arrays: dict[str, np.ndarray], num_classes: int, dataset: str) -> None:
+    index, target, probs = arrays["index"], arrays["target"], arrays["probs"]
+    if probs.ndim != 2 or index.ndim != 1 or not len(index) == len(target) == len(probs):
+        raise DataError("predictions.npz arrays have inconsistent shapes")
+    if probs.shape[1] != num_classes:
+        raise DataError(
+            f"predictions.npz has {probs.shape[1]} classes, {dataset} has {num_classes}"
+        )
+    for name, array in (("index", index), ("target", target)):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise DataError(f"predictions.npz {name} is not an integer array")
+    if target.size and (target.min() < 0 or target.max() >= num_classes):
+        raise DataError(f"predictions.npz targets lie outside the {num_classes} classes")
+    if index.size and (index.min() < 0 or np.unique(index).size != index.size):
+        raise DataError("predictions.npz indices are negative or repeat")
+    if not np.issubdtype(probs.dtype, np.floating) or not np.isfinite(probs).all():
+        raise DataError("predictions.npz probabilities are not finite numbers")
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a finished run.
+    """Load a finished run, checking everything it holds (run directories are untrusted).
 
     Raises:
-        DataError: not finished (no ``metrics.json``), no or a broken ``run.json``, not a
-            CIFAR training run, or run files that are missing, unreadable or inconsistent.
+        DataError: not finished (no ``metrics.json``), no or a malformed ``run.json`` (see
+            :func:`cnnstress.core.run_dir.read_record`), not a CIFAR training run, or run files that
+            are missing, unreadable or inconsistent.
     """
     path = Path(path)
-    if not (path / METRICS_FILE).is_file():
-        raise DataError(f"no {METRICS_FILE} (failed or unfinished run)")
-    if not (path / RUN_FILE).is_file():
-        raise DataError(f"no {RUN_FILE} (a run of an older cnnstress, or not a cnnstress run)")
-    try:
-        record = read_run_record(path)
-        config = OmegaConf.create(record["config"])
-        metrics = read_metrics(path)
-        preds = read_predictions(path)
-        index, target, probs = preds["index"], preds["target"], preds["probs"]
-    except DataError:
-        raise
-    except Exception as err:  # truncated zip, bad JSON or YAML, missing array, ...
-        raise DataError(f"unreadable run files: {type(err).__name__}: {err}") from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{METRICS_FILE} is not a mapping")
+    if not RunDir(path).finished:
+        raise DataError("no metrics.json (failed or unfinished run)")
+    if not RunDir(path).record.is_file():
+        raise DataError("no run.json (a run of an older cnnstress, or not a cnnstress run)")
+    record = read_record(path)
+    metrics = read_metrics(path)
     _number(metrics, "test/acc")
-    for key in ("dataset.name", "model.name", "seed"):
-        if OmegaConf.select(config, key, default=None) is None:
-            raise DataError(f"{RUN_FILE} config has no {key}: not a training run")
-    dataset = str(config.dataset.name)
+    dataset = _text(record.config, "dataset.name")
+    _text(record.config, "model.name")
+    seed = _seed(record.config)
     try:
         num_classes = len(class_names(dataset))
     except ConfigError:
         raise DataError(f"dataset {dataset!r} is not one cnnstress analyses") from None
-    if probs.ndim != 2 or len(index) != len(target) or len(target) != len(probs):
-        raise DataError(f"{PREDICTIONS_FILE} arrays have inconsistent shapes")
-    if probs.shape[1] != num_classes:
-        raise DataError(
-            f"{PREDICTIONS_FILE} has {probs.shape[1]} classes, {dataset} has {num_classes}"
-        )
-    improvement = record.get("improvement") or {}
+    preds = read_predictions(path)
+    _checked_predictions(preds, num_classes, dataset)
     return Run(
         path=path,
-        config=config,
-        identity=run_identity(record["config"]),
-        seed=int(config.seed),
-        improvement=str(improvement.get("name") or config.get("improvement") or "unnamed"),
-        changed_by=tuple(improvement.get("changed_by") or ()),
+        config=OmegaConf.create(record.config),
+        identity=run_identity(record.config),
+        seed=seed,
+        improvement=record.improvement or str(record.config.get("improvement") or "unnamed"),
+        changed_by=record.changed_by,
         metrics=metrics,
-        index=index,
-        target=target,
-        probs=probs.astype(np.float32),
-        official_index=bool(preds.get("official_index", False)),
+        index=preds["index"].astype(np.int64),
+        target=preds["target"].astype(np.int64),
+        probs=preds["probs"].astype(np.float32),
+        official_index=bool(preds["official_index"]),
+        record=record,
     )
 
 
@@ -275,7 +292,7 @@ def _resolve_dirs(
             raise ConfigError(f"runs[{i}]={entry} is not a directory")
         if not is_run_dir(path):
             raise ConfigError(
-                f"runs[{i}]={entry} is not a run directory (no {RUN_FILE} or {HYDRA_CONFIG}); "
+                f"runs[{i}]={entry} is not a run directory (no run.json or {HYDRA_CONFIG}); "
                 f"use sweep={entry} to analyse every run below it"
             )
         dirs.append(path)
@@ -285,7 +302,7 @@ def _resolve_dirs(
             raise ConfigError(f"sweep={sweep} is not a directory")
         below = find_run_dirs(root)
         if not below:
-            raise DataError(f"no run directories (with {RUN_FILE}) below sweep={sweep}")
+            raise DataError(f"no run directories (with run.json) below sweep={sweep}")
         dirs.extend(below)
     excluded = {p.resolve() for p in exclude}
     unique: dict[Path, Path] = {}
@@ -312,15 +329,16 @@ def collect_runs(
         DataError: no finished run was found.
     """
     if not runs and sweep is None:
-        raise ConfigError("nothing to analyse: give runs=[DIR,...] or sweep=DIR")
+        raise ConfigError("nothing to compare_groups: give runs=[DIR,...] or sweep=DIR")
     collection = RunCollection()
     seen: dict[tuple[tuple[str, str, str], int], Path] = {}
     for path in _resolve_dirs(runs, sweep, exclude):
         try:
             run = load_run(path)
-        except DataError as err:
-            collection.skipped.append(SkippedRun(path, str(err)))
-            log.warning("skipping %s: %s", path, err)
+        except Exception as err:  # whatever a run directory holds, the others are analysed
+            reason = str(err) if isinstance(err, DataError) else f"{type(err).__name__}: {err}"
+            collection.skipped.append(SkippedRun(path, " ".join(reason.split())))
+            log.warning("skipping %s: %s", path, reason)
             continue
         first = seen.setdefault((run.group_id, run.seed), path)
         if first != path:

@@ -3,8 +3,9 @@
 ``analyze.py stress=[corruptions,adversarial,...]`` calls :func:`cnnstress.stress.run_stress`
 on each finished run (results land in the run's ``stress.json``), then
 :func:`summarise_stress` aggregates the per-run numbers per group (mean ± std over seeds) and
-against the reference group (difference of means, paired over shared seeds), and adds mCE
-relative to the reference (:func:`cnnstress.stress.mce`).
+against the reference group (difference of means, paired over shared seeds; the paired p-values
+Holm-adjusted per metric family: the headline numbers of one stress against one reference), and
+adds mCE relative to the reference (:func:`cnnstress.stress.mce`).
 
 The stresses are always recomputed: reusing a ``stress.json`` would need its knobs recorded
 and compared, and a tiny-to-moderate stress costs seconds per run; the run's ``stress.json``
@@ -20,16 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-from cnnstress.analysis.compare import Analysis, Estimate, GroupResult, PairedTest, estimate
-from cnnstress.analysis.compare import paired_test as paired
+from cnnstress.analysis.compare import Analysis, GroupResult
 from cnnstress.analysis.runs import GroupKey
-from cnnstress.console import Progress
-from cnnstress.errors import ConfigError, UserError
+from cnnstress.analysis.statistics import Estimate, PairedTest, estimate, holm
+from cnnstress.analysis.statistics import paired_test as paired
+from cnnstress.core.console import Progress
+from cnnstress.core.errors import UserError
 from cnnstress.stress import corruption_accuracies, corruption_errors, mce, run_stress
 from cnnstress.stress.corruptions import BENCHMARK_TYPES
-from cnnstress.stress.runner import STRESSES, check_names
+from cnnstress.stress.runner import STRESSES
 
 log = logging.getLogger(__name__)
 
@@ -67,28 +68,16 @@ def _kept(metric: str) -> bool:
     return is_headline(metric) or any(p.fullmatch(metric) for p in _DETAIL)
 
 
-def stress_names(cfg: DictConfig) -> list[str]:
-    """The stresses asked for by ``stress=[...]`` (the sections composed under ``cfg.stress``).
-
-    Raises:
-        ConfigError: a section that is no stress (e.g. ``+stress.nope={}``).
-    """
-    section = cfg.get("stress")
-    if not section:
-        return []
-    return check_names(list(section.keys()))
-
-
 def run_stresses(
-    cfg: DictConfig, analysis: Analysis, device: str
+    settings: Mapping[str, Any], analysis: Analysis, device: str
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Run ``cfg.stress`` on every analysed run; return (run path -> stress.json, notes).
+    """Run the stresses of ``settings`` (name -> settings object) on every analysed run; return
+    (run path -> stress.json, notes).
 
-    A run that cannot be stressed (e.g. no checkpoint, moved dataset) is noted and left out;
-    a bad stress setting (:class:`ConfigError`) stops the analysis.
+    A run that cannot be stressed (no readable checkpoint, moved dataset, a stress that does
+    not apply to it) is noted and left out; the other runs go on.
     """
-    names = stress_names(cfg)
-    settings = OmegaConf.to_container(cfg.stress, resolve=True)
+    names = list(settings)
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     progress = Progress(f"stress {'+'.join(names)}: run", len(analysis.runs), log)
@@ -96,8 +85,6 @@ def run_stresses(
         for run in group.runs:
             try:
                 results[str(run.path)] = run_stress(run.path, names, settings, device)
-            except ConfigError:
-                raise
             except UserError as err:
                 notes.append(f"{run.path}: no stress results: {err}")
                 log.warning("no stress results for %s: %s", run.path, err)
@@ -144,6 +131,9 @@ class StressSummary:
     reference_keys: set[GroupKey]
     metrics: list[str]
     notes: list[str] = field(default_factory=list)
+    # (group key, metric) -> the paired p Holm-adjusted within its family (see holm_families)
+    p_holm: dict[tuple[GroupKey, str], float | None] = field(default_factory=dict)
+    family_size: dict[tuple[GroupKey, str], int] = field(default_factory=dict)
 
     @property
     def headline(self) -> list[str]:
@@ -153,6 +143,35 @@ class StressSummary:
     def group(self, key: GroupKey) -> StressGroup | None:
         """The stress numbers of group ``key``."""
         return next((g for g in self.groups if g.key == key), None)
+
+
+def family(metric: str) -> str:
+    """The Holm family of a headline metric: its stress (``corruptions``, ``background``...)."""
+    return metric.split("/", 1)[0]
+
+
+def holm_families(
+    groups: Sequence[StressGroup],
+) -> tuple[dict[tuple[GroupKey, str], float | None], dict[tuple[GroupKey, str], int]]:
+    """Holm-adjust the paired p-values of the headline metrics per family: one stress's
+    headline numbers of every group against one reference. Detail metrics (stress.csv only)
+    stay unadjusted. Returns (p_holm, family size) keyed by (group key, metric)."""
+    members: dict[tuple[GroupKey, str], list[tuple[GroupKey, str, float | None]]] = {}
+    for g in groups:
+        if g.reference is None:
+            continue
+        for metric in g.values:
+            test = g.paired(metric)
+            if is_headline(metric) and test is not None:
+                key = (g.reference.key, family(metric))
+                members.setdefault(key, []).append((g.key, metric, test.pvalue))
+    adjusted: dict[tuple[GroupKey, str], float | None] = {}
+    sizes: dict[tuple[GroupKey, str], int] = {}
+    for tests in members.values():
+        size = sum(p is not None for *_, p in tests)
+        for (key, metric, _), value in zip(tests, holm([p for *_, p in tests]), strict=True):
+            adjusted[(key, metric)], sizes[(key, metric)] = value, size
+    return adjusted, sizes
 
 
 def _mean_errors(
@@ -252,10 +271,13 @@ def summarise_stress(
             group.reference = groups.get(ref_key)
     order = {name: i for i, name in enumerate(STRESSES)}
     ordered = sorted(metrics, key=lambda m: (order.get(m.split("/", 1)[0], 99),))
+    p_holm, sizes = holm_families(list(groups.values()))
     return StressSummary(
         names=list(names),
         groups=list(groups.values()),
         reference_keys=set(analysis.reference_keys),
         metrics=ordered,
         notes=notes,
+        p_holm=p_holm,
+        family_size=sizes,
     )

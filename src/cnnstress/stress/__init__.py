@@ -6,12 +6,12 @@
 
 from cnnstress.stress.corruption_suite import corruption_accuracies, corruption_errors, mce
 from cnnstress.stress.corruptions import CORRUPTIONS, corrupt
-from cnnstress.stress.runner import STRESS_FILE, STRESSES, read_stress, run_stress
+from cnnstress.stress.runner import STRESS_SETTINGS, STRESSES, read_stress, run_stress
 
 __all__ = [
     "CORRUPTIONS",
     "STRESSES",
-    "STRESS_FILE",
+    "STRESS_SETTINGS",
     "corrupt",
     "corruption_accuracies",
     "corruption_errors",

@@ -13,15 +13,14 @@ Keys written (``<k>`` = eps in units of 1/255, formatted with ``%g``, e.g. ``eps
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnstress.settings import Flag, Integer, ListOf, OneOf, Rule, Settings, check, setting
+from cnnstress.core.rules import Flag, Integer, ListOf, OneOf, Rule, check
 from cnnstress.stress.context import (
     StressContext,
     accuracy,
@@ -61,22 +60,25 @@ class Radius(Rule):
 
 
 @dataclasses.dataclass
-class AdversarialSettings(Settings):
+class AdversarialSettings:
     """Knobs of ``stress.adversarial`` (conf/stress/adversarial.yaml)."""
 
-    KEY: ClassVar[str] = "stress.adversarial"
-    attacks: list[str] = setting(rule=ListOf(OneOf(ATTACKS), 1), factory=lambda: list(ATTACKS))
+    attacks: Annotated[list[str], ListOf(OneOf(ATTACKS), 1)] = dataclasses.field(
+        default_factory=lambda: list(ATTACKS)
+    )
     # L-inf radii in pixel units: numbers or fractions such as "8/255"
-    eps: list[Any] = setting(rule=ListOf(Radius(), 1), factory=lambda: ["1/255", "2/255", "8/255"])
-    pgd_steps: int = setting(10, Integer(1))
+    eps: Annotated[list[Any], ListOf(Radius(), 1)] = dataclasses.field(
+        default_factory=lambda: ["1/255", "2/255", "8/255"]
+    )
+    pgd_steps: Annotated[int, Integer(1)] = 10
     # null: 2.5 * eps / pgd_steps (Madry et al.); else a number or fraction in pixel units
-    pgd_step_size: Any = setting(None, Radius(optional=True))
-    random_start: bool = setting(True, Flag())
+    pgd_step_size: Annotated[Any, Radius(optional=True)] = None
+    random_start: Annotated[bool, Flag()] = True
     # a fixed random subset of the test split; null: all of it
-    max_images: int | None = setting(1000, Integer(1, optional=True))
-    batch_size: int = setting(250, Integer(1))
+    max_images: Annotated[int | None, Integer(1, optional=True)] = 1000
+    batch_size: Annotated[int, Integer(1)] = 250
     # random start draws (fixed across runs)
-    seed: int = setting(0, Integer(0))
+    seed: Annotated[int, Integer(0)] = 0
 
 
 def _input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -134,14 +136,16 @@ def pgd(
         return x
 
 
-def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: AdversarialSettings | None = None) -> dict[str, Any]:
     """Robust accuracy under FGSM and PGD at every radius, on a fixed subset of the test split."""
-    s = AdversarialSettings.parse(settings)
+    s = settings or AdversarialSettings()
     subset = seeded_subset(len(ctx.test), s.max_images, s.seed)
     images, labels = ctx.test.images[subset], ctx.test.labels[subset]
     model = ctx.model.eval()
     generator = torch.Generator(device=ctx.device).manual_seed(s.seed)
-    correct = {(attack, eps): 0 for attack in s.attacks for eps in s.eps}
+    radii = [parse_eps(eps) for eps in s.eps]  # "8/255" -> 0.0314
+    step_size = None if s.pgd_step_size is None else parse_eps(s.pgd_step_size)
+    correct = {(attack, eps): 0 for attack in s.attacks for eps in radii}
     for start in range(0, len(labels), s.batch_size):
         x = to_unit(images[start : start + s.batch_size].to(ctx.device))
         y = labels[start : start + s.batch_size].to(ctx.device)
@@ -149,7 +153,7 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
             if attack == "fgsm":
                 adv = fgsm(model, x, y, eps)
             else:
-                adv = pgd(model, x, y, eps, s.pgd_steps, s.pgd_step_size, s.random_start, generator)
+                adv = pgd(model, x, y, eps, s.pgd_steps, step_size, s.random_start, generator)
             with torch.no_grad():
                 correct[attack, eps] += (model(adv).argmax(1) == y).sum().item()
     out: dict[str, Any] = {

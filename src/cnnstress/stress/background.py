@@ -64,29 +64,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.data.classes import class_names
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.plots.canvas import save_png, to_hwc
-from cnnstress.plots.images import image_grid
-from cnnstress.plots.stress import plot_classes
-from cnnstress.regions import centre_mask, outside_share
-from cnnstress.settings import (
-    Either,
-    Integer,
-    Number,
-    OneOf,
-    Settings,
-    Text,
-    check,
-    setting,
-)
+from cnnstress.core.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.data.classes import class_names
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.plots.canvas import save_png, to_hwc
+from cnnstress.core.plots.images import image_grid
+from cnnstress.core.regions import centre_mask, outside_share
+from cnnstress.core.rules import Either, Integer, Number, OneOf, Probability, Text, check
+from cnnstress.core.run_dir import run_threshold
+from cnnstress.report.figures.stress import plot_classes
 from cnnstress.stress.context import StressContext, seeded_subset, to_unit
 
 EXAMPLES_FILE = "stress_background_examples.png"
@@ -99,29 +91,29 @@ PARTNERS = ("conflict", "mixed_same", "mixed_rand")
 
 
 @dataclasses.dataclass
-class BackgroundSettings(Settings):
+class BackgroundSettings:
     """Knobs of ``stress.background`` (conf/stress/background.yaml)."""
 
-    KEY: ClassVar[str] = "stress.background"
     # side in pixels of the centred square standing in for the object
-    centre_size: int = setting(16, Integer(1))
+    centre_size: Annotated[int, Integer(1)] = 16
     # what replaces the removed region: mean, dataset_mean, or a grey level in [0, 1]
-    fill: Any = setting("mean", FILL_RULE)
+    fill: Annotated[Any, FILL_RULE] = "mean"
     # a fixed random subset of the test split; null: all of it
-    max_images: int | None = setting(None, Integer(1, optional=True))
+    max_images: Annotated[int | None, Integer(1, optional=True)] = None
     # images whose CAM is measured (a fixed subset of the evaluated images)
-    cam_images: int = setting(1000, Integer(0))
-    # confident failures: wrong with softmax confidence >= threshold
-    threshold: float = setting(0.8, Number(0.0, 1.0))
+    cam_images: Annotated[int, Integer(0)] = 1000
+    # confident failures: wrong with softmax confidence >= threshold; null: the run's own
+    # confidence_threshold
+    threshold: Annotated[float | None, Probability(optional=True)] = None
     # null: the run's callbacks.gradcam.method, else gradcam
-    method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
+    method: Annotated[str | None, OneOf(METHODS, optional=True, casefold=True)] = None
     # null: the run's callbacks.gradcam.target_layer, else model.target_layer
-    target_layer: str | None = setting(None, Text(optional=True))
+    target_layer: Annotated[str | None, Text(optional=True)] = None
     # rows of the examples figure
-    examples: int = setting(8, Integer(1))
-    batch_size: int = setting(500, Integer(1))
+    examples: Annotated[int, Integer(1)] = 8
+    batch_size: Annotated[int, Integer(1)] = 500
     # subset, partners and CAM images (fixed across runs)
-    seed: int = setting(0, Integer(0))
+    seed: Annotated[int, Integer(0)] = 0
 
 
 def parse_fill(value: Any, key: str = "fill") -> str | float:
@@ -306,9 +298,9 @@ def _cam_outside(
     return positions, outside_share(maps, mask.cpu())
 
 
-def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: BackgroundSettings | None = None) -> dict[str, Any]:
     """Run every background test on a run; draw the two ``stress_background_*.png`` figures."""
-    s = BackgroundSettings.parse(settings)
+    s = settings or BackgroundSettings()
     method, layer = _cam_settings(ctx, s)  # setting errors before any work
     height, width = ctx.test.images.shape[2:]
     mask = centre_mask(height, width, s.centre_size, ctx.device)
@@ -352,11 +344,12 @@ def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> d
 
     cam_positions, shares = _cam_outside(ctx, s, images, predicted, mask, method, layer)
     cam_correct = predicted[cam_positions] == labels[cam_positions]
-    cam_failure = ~cam_correct & (confidence[cam_positions] >= s.threshold)
+    threshold = s.threshold if s.threshold is not None else run_threshold(ctx.cfg)
+    cam_failure = ~cam_correct & (confidence[cam_positions] >= threshold)
     out.update({
         "background/cam/method": method,
         "background/cam/target_layer": layer,
-        "background/cam/threshold": s.threshold,
+        "background/cam/threshold": threshold,
         "background/cam/num_images": len(cam_positions),
         "background/cam/num_correct": int(cam_correct.sum()),
         "background/cam/num_confident_failures": int(cam_failure.sum()),

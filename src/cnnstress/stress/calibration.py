@@ -12,37 +12,35 @@ Keys written: ``calibration/temperature``, ``calibration/ece_before``,
 ``calibration/acc`` (reported images), ``calibration/fit_images``,
 ``calibration/eval_images``, and the string ``calibration/fit_split``. ECE is torchmetrics'
 ``MulticlassCalibrationError`` (``n_bins`` equal-width bins, L1 norm); torchmetrics has no
-reliability diagram, so :func:`cnnstress.metrics.reliability_bins` computes its bars, with
+reliability diagram, so :func:`cnnstress.core.metrics.reliability_bins` computes its bars, with
 torchmetrics' bin edges.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
-from cnnstress.metrics import expected_calibration_error, reliability_bins
-from cnnstress.plots.calibration import plot_reliability
-from cnnstress.settings import Integer, Settings, setting
+from cnnstress.core.metrics import expected_calibration_error, reliability_bins
+from cnnstress.core.plots.diagrams import plot_reliability
+from cnnstress.core.rules import Integer
 from cnnstress.stress.context import StressContext
 
 PLOT_FILE = "stress_calibration.png"
 
 
 @dataclasses.dataclass
-class CalibrationSettings(Settings):
+class CalibrationSettings:
     """Knobs of ``stress.calibration`` (conf/stress/calibration.yaml)."""
 
-    KEY: ClassVar[str] = "stress.calibration"
-    n_bins: int = setting(15, Integer(1))
+    n_bins: Annotated[int, Integer(1)] = 15
     # the test half used for fitting when the run has no validation split (fixed across runs)
-    split_seed: int = setting(0, Integer(0))
+    split_seed: Annotated[int, Integer(0)] = 0
     # L-BFGS iterations
-    max_iter: int = setting(100, Integer(1))
+    max_iter: Annotated[int, Integer(1)] = 100
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
@@ -75,7 +73,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 def calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """Expected calibration error (:func:`cnnstress.metrics.expected_calibration_error`) of
+    """Expected calibration error (:func:`cnnstress.core.metrics.expected_calibration_error`) of
     ``softmax(logits)``."""
     return expected_calibration_error(logits.float().softmax(1), labels, n_bins)
 
@@ -86,14 +84,15 @@ def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def logit_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
-    """:func:`cnnstress.metrics.reliability_bins` of ``softmax(logits)``'s top-1 predictions."""
+    """The reliability bins (:func:`~cnnstress.core.metrics.reliability_bins`) of
+    ``softmax(logits)``'s top-1 predictions."""
     confidence, predicted = logits.float().softmax(1).max(1)
     return reliability_bins(confidence.numpy(), (predicted == labels).numpy(), n_bins)
 
 
-def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: CalibrationSettings | None = None) -> dict[str, Any]:
     """Fit a temperature, report ECE/NLL before and after, draw ``stress_calibration.png``."""
-    s = CalibrationSettings.parse(settings)
+    s = settings or CalibrationSettings()
     logits, labels = ctx.clean_logits(), ctx.test.labels
     val = ctx.val_split()
     if val is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -17,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnstress.data.normalize import Normalize
-from cnnstress.data.sources import LabeledImages, load_split
-from cnnstress.errors import ConfigError
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.data.sources import LabeledImages, load_split
+from cnnstress.core.errors import ConfigError
 
 S = TypeVar("S")
+log = logging.getLogger(__name__)
 
 
 class NormalizedModel(nn.Module):
@@ -127,20 +129,21 @@ class StressContext:
         """
         if int(OmegaConf.select(self.cfg, "dataset.val_size", default=0) or 0) <= 0:
             return None
-        from cnnstress.data import CIFARDataModule
+        from cnnstress.core.data import CIFARDataModule
+        from cnnstress.core.data.datamodule import DatasetConfig
 
         ds = self.cfg.dataset
-        module = CIFARDataModule(
-            name=ds.name,
-            root=self.data_root,
-            num_classes=ds.num_classes,
+        config = DatasetConfig(
+            name=str(ds.name),
+            num_classes=int(ds.num_classes),
             mean=list(ds.mean),
             std=list(ds.std),
-            val_size=ds.val_size,
-            val_seed=ds.get("val_seed", 0),
+            root=self.data_root,
             download=False,
-            seed=int(self.cfg.get("seed", 0)),
+            val_size=int(ds.val_size),
+            val_seed=int(ds.get("val_seed", 0)),
         )
+        module = CIFARDataModule(config, seed=int(self.cfg.get("seed", 0)))
         module.setup("validate")
         val = module.val_set
         return LabeledImages(val.images[val.indices], val.labels[val.indices])
@@ -165,7 +168,7 @@ def load_context(
     and ``cfg`` are given, e.g. at the end of training) and its test split."""
     device = resolve_device(device)
     if net is None or cfg is None:
-        from cnnstress.checkpoints import load_backbone
+        from cnnstress.core.checkpoints import load_backbone
 
         net, loaded_cfg = load_backbone(run_dir, device)
         cfg = cfg if cfg is not None else loaded_cfg
@@ -176,10 +179,20 @@ def load_context(
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    """Where the stresses run: ``"auto"`` -> CUDA when available, else the CPU; a CUDA device
+    or the CPU as given; any other device (Apple's MPS, ...) -> the CPU.
+
+    The stresses run on the CPU or CUDA only: they need float64 and the JPEG codec, which MPS
+    lacks, and their numbers are compared across runs (``<stress>/device`` in ``stress.json``
+    says where each ran).
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"invalid device {device!r}: {err}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        log.info("the stresses run on the CPU, not on %s (CPU or CUDA only)", resolved)
+        return torch.device("cpu")
+    return resolved

@@ -26,16 +26,16 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from cnnstress.console import Progress
-from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import DataError
-from cnnstress.plots.stress import plot_corruption_heatmap
-from cnnstress.settings import Either, Integer, ListOf, OneOf, Settings, Text, setting
+from cnnstress.core.console import Progress
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.errors import DataError
+from cnnstress.core.rules import Either, Integer, ListOf, OneOf, Text
+from cnnstress.report.figures.stress import plot_corruption_heatmap
 from cnnstress.stress.context import (
     StressContext,
     accuracy,
@@ -60,28 +60,23 @@ LABELS_FILE = "labels.npy"
 
 
 @dataclasses.dataclass
-class CorruptionSettings(Settings):
+class CorruptionSettings:
     """Knobs of ``stress.corruptions`` (conf/stress/corruptions.yaml)."""
 
-    KEY: ClassVar[str] = "stress.corruptions"
     # folder of the published <type>.npy + labels.npy; null: generate from the test split
-    root: str | None = setting(None, Text(optional=True))
+    root: Annotated[str | None, Text(optional=True)] = None
     # "benchmark" (the paper's 15, those available), "all" (the 4 extra types too), or a list
-    types: str | list[str] = setting(
-        "benchmark", Either((OneOf(("benchmark", "all")), ListOf(Text(), 1), Text()))
+    types: Annotated[Any, Either((OneOf(("benchmark", "all")), ListOf(Text(), 1), Text()))] = (
+        "benchmark"
     )
-    severities: list[int] = setting(
-        rule=ListOf(OneOf(SEVERITIES), 1), factory=lambda: list(SEVERITIES)
+    severities: Annotated[list[int], ListOf(OneOf(SEVERITIES), 1)] = dataclasses.field(
+        default_factory=lambda: list(SEVERITIES)
     )
-    batch_size: int = setting(1000, Integer(1))
+    batch_size: Annotated[int, Integer(1)] = 1000
     # a fixed random subset of this many images (per type and severity); null: all
-    max_images: int | None = setting(None, Integer(1, optional=True))
+    max_images: Annotated[int | None, Integer(1, optional=True)] = None
     # generated corruptions: fixed across runs (like dataset.val_seed), not the run's seed
-    seed: int = setting(0, Integer(0))
-
-    def validate(self) -> None:
-        if isinstance(self.types, str) and self.types not in ("all", "benchmark"):
-            self.types = [self.types]  # one type name
+    seed: Annotated[int, Integer(0)] = 0
 
 
 # -- generated --------------------------------------------------------------------------------
@@ -232,19 +227,20 @@ def _select_types(s: CorruptionSettings, key: str) -> list[str]:
         return available
     if s.types == "benchmark":
         return benchmark
+    names = [s.types] if isinstance(s.types, str) else list(s.types)  # one type, or a list
     if s.root is not None:
-        for name in s.types:
+        for name in names:
             check_type(name, PUBLISHED_TYPES)
             if name not in available:
                 raise DataError(f"{key}.types has {name}, but {s.root}/{name}.npy is missing")
-        return list(s.types)
-    return [check_type(name) for name in s.types]
+        return names
+    return [check_type(name) for name in names]
 
 
-def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: CorruptionSettings | None = None) -> dict[str, Any]:
     """Run the corruption stress on a run and draw ``stress_corruptions.png`` in its directory."""
     key = "stress.corruptions"
-    s = CorruptionSettings.parse(settings)
+    s = settings or CorruptionSettings()
     types = _select_types(s, key)
     start = time.perf_counter()
     out = _from_files(ctx, s, types) if s.root is not None else _generated(ctx, s, types)

@@ -34,12 +34,13 @@ Faithful quirks, kept because the published files have them:
   1e-3 grey-level allowance for float32 rounding), except Pillow-based ``pixelate`` and
   ``jpeg_compression``, which are 8-bit already.
 
-``jpeg_compression`` uses torchvision's libjpeg-turbo bindings (``nvjpeg`` on CUDA) instead
-of Pillow: same quality scale and 4:2:0 chroma subsampling; on the CPU the result is
-bit-identical to Pillow's in the tests (nvjpeg may differ by a few grey levels). JPEG coding
-is inherently per image (entropy coding with per-image tables); torchvision encodes a list of
-images in one call and decodes on the GPU, and a hand-written batched DCT quantiser would not
-match libjpeg.
+``jpeg_compression`` uses torchvision's libjpeg-turbo bindings instead of Pillow: same
+quality scale and 4:2:0 chroma subsampling, bit-identical to Pillow's in the tests. It always
+codes on the CPU, also for images on a GPU: torchvision's nvjpeg (CUDA) differs from libjpeg by
+a few grey levels, and MPS has no codec, so every run gets the same JPEG images wherever its
+stresses run. JPEG coding is inherently per image (entropy coding with per-image tables);
+torchvision codes a list of images in one call, and a hand-written batched DCT quantiser would
+not match libjpeg.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ import numpy as np
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from cnnstress.errors import ConfigError
-from cnnstress.settings import OneOf, check
+from cnnstress.core.devices import exact_float
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.rules import OneOf, check
 from cnnstress.stress import image_ops as ops
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -216,13 +218,13 @@ def contrast(x: torch.Tensor, severity: int, g: Generator) -> torch.Tensor:
 
 
 def jpeg_compression(x: torch.Tensor, severity: int, g: Generator) -> torch.Tensor:
-    """Encode and decode as JPEG of quality ``c`` (torchvision; see the module notes)."""
+    """Encode and decode as JPEG of quality ``c`` (torchvision's libjpeg-turbo on the CPU,
+    whatever ``x``'s device: see the module notes)."""
     quality = [80, 65, 58, 50, 40][severity - 1]
     images = torch.floor(x * 255 + 1e-3).to(torch.uint8)  # the reference passes 8-bit images
-    encoded = encode_jpeg(list(images), quality=quality)  # nvjpeg for CUDA tensors
-    # decode_jpeg takes the bytes on the CPU whatever the target device.
-    decoded = decode_jpeg([e.cpu() for e in encoded], device=x.device)
-    return torch.stack(decoded).to(x.dtype) / 255
+    encoded = encode_jpeg(list(images.to("cpu")), quality=quality)
+    decoded = decode_jpeg(encoded, device="cpu")
+    return torch.stack(decoded).to(x) / 255  # back to x's dtype and device
 
 
 def pixelate(x: torch.Tensor, severity: int, g: Generator) -> torch.Tensor:
@@ -254,7 +256,8 @@ def elastic_core(
                   (0.1, 0.03, 0.03)][severity - 1]
     )  # fmt: skip
     n, _, h, w = x.shape
-    dtype, device = torch.float64, x.device
+    device = x.device
+    dtype = exact_float(device)  # float64, float32 on MPS (no float64 there)
     # Random affine (cv2.getAffineTransform + cv2.warpAffine, BORDER_REFLECT_101): sample the
     # source at the inverse map of every output pixel, i.e. the map from pts2 back to pts1.
     centre, square = h // 2, min(h, w) // 3

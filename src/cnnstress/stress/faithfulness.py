@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -48,39 +48,37 @@ from pytorch_grad_cam.utils.model_targets import (
 from scipy.stats import spearmanr
 from torch import nn
 
-from cnnstress.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
-from cnnstress.data.normalize import Normalize
-from cnnstress.errors import ConfigError
-from cnnstress.metrics import find_failures
-from cnnstress.plots.stress import plot_cascade
-from cnnstress.settings import Integer, ListOf, Number, OneOf, Settings, Text, setting
+from cnnstress.core.cam import METHODS, compute_heatmaps, resolve_layer, run_cam_settings
+from cnnstress.core.data.normalize import Normalize
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.metrics import find_failures
+from cnnstress.core.rules import Integer, ListOf, Number, OneOf, Text
+from cnnstress.report.figures.stress import plot_cascade
 from cnnstress.stress.context import StressContext, seeded_subset
 
 PLOT_FILE = "stress_faithfulness.png"
 
 
 @dataclasses.dataclass
-class FaithfulnessSettings(Settings):
+class FaithfulnessSettings:
     """Knobs of ``stress.faithfulness`` (conf/stress/faithfulness.yaml)."""
 
-    KEY: ClassVar[str] = "stress.faithfulness"
     # null: the run's callbacks.gradcam.method, else gradcam
-    method: str | None = setting(None, OneOf(METHODS, optional=True, casefold=True))
+    method: Annotated[str | None, OneOf(METHODS, optional=True, casefold=True)] = None
     # null: the run's callbacks.gradcam.target_layer, else model.target_layer
-    target_layer: str | None = setting(None, Text(optional=True))
+    target_layer: Annotated[str | None, Text(optional=True)] = None
     # ROAD on this many top failures
-    num_failures: int = setting(32, Integer(0))
-    road_percentiles: list[int] = setting(
-        rule=ListOf(Number(0, 100, low_open=True, high_open=True), 1),
-        factory=lambda: [20, 40, 60, 80],
-    )
+    num_failures: Annotated[int, Integer(0)] = 32
+    road_percentiles: Annotated[
+        list[int], ListOf(Number(0, 100, low_open=True, high_open=True), 1)
+    ] = dataclasses.field(default_factory=lambda: [20, 40, 60, 80])
     # the randomisation cascade runs from the output down to the block of this module
     # (null: the CAM's target layer)
-    randomize_to: str | None = setting(None, Text(optional=True))
+    randomize_to: Annotated[str | None, Text(optional=True)] = None
     # randomisation check on a fixed random subset of the test split of this size
-    num_images: int = setting(64, Integer(0))
-    batch_size: int = setting(64, Integer(1))
-    seed: int = setting(0, Integer(0))
+    num_images: Annotated[int, Integer(0)] = 64
+    batch_size: Annotated[int, Integer(1)] = 64
+    seed: Annotated[int, Integer(0)] = 0
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -147,7 +145,7 @@ def heatmaps(
     layer: str,
     batch_size: int,
 ) -> np.ndarray:
-    """``(N, H, W)`` float32 maps in [0, 1] from :func:`cnnstress.cam.compute_heatmaps`."""
+    """``(N, H, W)`` float32 maps in [0, 1] from :func:`cnnstress.core.cam.compute_heatmaps`."""
     maps = compute_heatmaps(model, images, classes, method, layer, batch_size=batch_size)
     return maps.numpy()
 
@@ -200,17 +198,17 @@ def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _run_cam_settings(ctx: StressContext, s: FaithfulnessSettings) -> tuple[str, str]:
-    key = FaithfulnessSettings.KEY
+    key = "stress.faithfulness"
     method, layer = run_cam_settings(ctx.cfg, s.method, s.target_layer, key=f"{key}.method")
     if not layer:  # the cascade stops at the target layer's block, also for saliency
         raise ConfigError(f"no CAM target layer: set {key}.target_layer")
     return method, layer
 
 
-def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: FaithfulnessSettings | None = None) -> dict[str, Any]:
     """ROAD on the top failures and the randomisation sanity check."""
     key = "stress.faithfulness"
-    s = FaithfulnessSettings.parse(settings)
+    s = settings or FaithfulnessSettings()
     method, layer_path = _run_cam_settings(ctx, s)
     net = ctx.net.eval()
     resolve_layer(net, layer_path, f"{key}.target_layer")

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from cnnstress.errors import ConfigError
-from cnnstress.run_files import write_json
+from cnnstress.core.errors import ConfigError
+from cnnstress.core.run_dir import RunDir, write_json
 from cnnstress.stress import (
     adversarial,
     background,
@@ -29,9 +29,7 @@ from cnnstress.stress import (
 )
 from cnnstress.stress.context import StressContext, load_context
 
-STRESS_FILE = "stress.json"
-
-StressFn = Callable[[StressContext, Mapping[str, Any] | None], dict[str, Any]]
+StressFn = Callable[[StressContext, Any], dict[str, Any]]
 
 # In the order they run when several are asked for.
 STRESSES: dict[str, StressFn] = {
@@ -41,6 +39,15 @@ STRESSES: dict[str, StressFn] = {
     "calibration": calibration.evaluate,
     "faithfulness": faithfulness.evaluate,
     "background": background.evaluate,
+}
+#: Each stress's settings (its config schema, conf/stress/<name>.yaml).
+STRESS_SETTINGS: dict[str, type] = {
+    "corruptions": corruption_suite.CorruptionSettings,
+    "shift": shift.ShiftSettings,
+    "adversarial": adversarial.AdversarialSettings,
+    "calibration": calibration.CalibrationSettings,
+    "faithfulness": faithfulness.FaithfulnessSettings,
+    "background": background.BackgroundSettings,
 }
 
 
@@ -58,7 +65,7 @@ def check_names(names: Sequence[str]) -> list[str]:
 def run_stress(
     run_dir: str | Path,
     names: Sequence[str],
-    stress_cfg: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
     *,
     net: nn.Module | None = None,
@@ -68,50 +75,50 @@ def run_stress(
     """Evaluate a run's checkpoint under the named stresses; update ``stress.json``.
 
     Args:
-        run_dir: the run directory (``.hydra/config.yaml`` and ``checkpoints/``; results and
+        run_dir: the run directory (``run.json`` and its checkpoint; results and
             ``stress_*.png`` are written there).
         names: stresses to run, from :data:`STRESSES` (corruptions, shift, adversarial,
             calibration, faithfulness, background).
-        stress_cfg: ``{name: {knob: value}}``, e.g. the composed ``cfg.stress``; missing
-            stresses or knobs take the defaults of ``conf/stress/<name>.yaml``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
-        net, cfg: an already built backbone and the run's config (e.g. at the end of
-            training); by default rebuilt from the run's checkpoint by
-            :func:`cnnstress.checkpoints.load_backbone`.
+        settings: ``{name: settings}`` (the objects of :data:`STRESS_SETTINGS`, e.g. built
+            from the composed ``cfg.stress``); a stress missing here runs with its defaults.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; any other device (e.g. the
+            ``mps`` a run trained on) means the CPU (:func:`.context.resolve_device`).
+        net, cfg: an already built backbone and the run's config; by default rebuilt from the
+            run's checkpoint by :func:`cnnstress.core.checkpoints.load_backbone`.
         data_root: read the test (and validation) split from here instead of the run's
             ``dataset.root``.
 
     Returns:
         Everything now in ``stress.json``: earlier results of other stresses are kept, those of
         the stresses run now are replaced. Values are numbers (NaN written as null), except a
-        few descriptive strings (``*/source``, ``*/version``, ``calibration/fit_split``,
+        few descriptive strings (``<stress>/device``: ``cpu`` or ``cuda``, where it ran;
+        ``*/source``, ``*/version``, ``calibration/fit_split``,
         ``faithfulness/method``, ``faithfulness/target_layer``, ``background/fill``,
         ``background/cam/method``, ``background/cam/target_layer``).
 
     Raises:
-        ConfigError: unknown stress or knob, or a knob with an invalid value.
+        ConfigError: an unknown stress, or settings of the wrong type.
         DataError: missing or malformed data files.
     """
     names = check_names(names)
-    if isinstance(stress_cfg, DictConfig):
-        stress_cfg = OmegaConf.to_container(stress_cfg, resolve=True)
-    stress_cfg = dict(stress_cfg or {})
-    for name in stress_cfg:
+    settings = dict(settings or {})
+    for name, value in settings.items():
         if name not in STRESSES:
-            raise ConfigError(
-                f"unknown stress section {name!r}; valid stresses: {', '.join(STRESSES)}"
-            )
+            raise ConfigError(f"unknown stress {name!r}; valid stresses: {', '.join(STRESSES)}")
+        if not isinstance(value, STRESS_SETTINGS[name]):
+            raise ConfigError(f"stress.{name} must be a {STRESS_SETTINGS[name].__name__}")
     ctx = load_context(run_dir, device, net=net, cfg=cfg, data_root=data_root)
     results: dict[str, Any] = {}
     for name in STRESSES:
         if name in names:
-            results.update(STRESSES[name](ctx, stress_cfg.get(name)))
+            results.update(STRESSES[name](ctx, settings.get(name)))
+            results[f"{name}/device"] = ctx.device.type  # where it ran: cpu or cuda
     return write_stress(run_dir, results, replace=names)
 
 
 def read_stress(run_dir: str | Path) -> dict[str, Any]:
     """A run's ``stress.json`` (empty when it has none)."""
-    path = Path(run_dir) / STRESS_FILE
+    path = RunDir(run_dir).stress
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -137,5 +144,5 @@ def write_stress(
         k: v for k, v in read_stress(run_dir).items() if k.split("/", 1)[0] not in set(replace)
     }
     merged.update({k: _clean(v) for k, v in results.items()})
-    write_json(Path(run_dir) / STRESS_FILE, merged, sort_keys=True)
+    write_json(RunDir(run_dir).stress, merged, sort_keys=True)
     return dict(sorted(merged.items()))

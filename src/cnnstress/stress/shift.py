@@ -8,34 +8,32 @@ CIFAR-10.1 accuracy; positive = worse on the new images), ``shift/cifar10.1/num_
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from cnnstress.data.sources import LabeledImages
-from cnnstress.errors import ConfigError, DataError
-from cnnstress.settings import OneOf, Settings, Text, setting
+from cnnstress.core.data.sources import LabeledImages
+from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.rules import OneOf, Text
 from cnnstress.stress.context import StressContext, accuracy
 
 VERSIONS = ("v6", "v4")
 
 
 @dataclasses.dataclass
-class ShiftSettings(Settings):
+class ShiftSettings:
     """Knobs of ``stress.shift`` (conf/stress/shift.yaml)."""
 
-    KEY: ClassVar[str] = "stress.shift"
     # folder holding cifar10.1_<version>_data.npy and cifar10.1_<version>_labels.npy
-    root: str | None = setting(None, Text(optional=True))
-    version: str = setting("v6", OneOf(VERSIONS))
+    root: Annotated[str | None, Text(optional=True)] = None
+    version: Annotated[str, OneOf(VERSIONS)] = "v6"
 
-    def validate(self) -> None:
+    def validate(self, key: str) -> None:
         if self.root is None:
             raise ConfigError(
-                f"{self.KEY}.root is not set: point it to the folder holding "
+                f"{key}.root is not set: point it to the folder holding "
                 f"cifar10.1_{self.version}_data.npy and cifar10.1_{self.version}_labels.npy"
             )
 
@@ -63,9 +61,9 @@ def load_cifar101(root: str | Path, version: str = "v6") -> LabeledImages:
     return LabeledImages(images, torch.from_numpy(labels.astype(np.int64)))
 
 
-def evaluate(ctx: StressContext, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(ctx: StressContext, settings: ShiftSettings | None = None) -> dict[str, Any]:
     """Accuracy on CIFAR-10.1 and its drop from the clean test accuracy."""
-    s = ShiftSettings.parse(settings)
+    s = settings or ShiftSettings()
     if ctx.dataset_name != "cifar10":
         raise ConfigError(
             f"stress shift (CIFAR-10.1) needs a cifar10 run, this one is {ctx.dataset_name}"

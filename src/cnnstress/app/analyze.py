@@ -1,0 +1,218 @@
+"""``analyze.py``'s one function: read runs, compare, draw, write the report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from omegaconf import DictConfig
+
+from cnnstress.analysis.compare import Analysis, compare_groups
+from cnnstress.analysis.gradcam import default_filename, side_by_side
+from cnnstress.analysis.runs import collect_runs, latest_multirun
+from cnnstress.analysis.stress import StressSummary, run_stresses, summarise_stress
+from cnnstress.core.cam import METHODS
+from cnnstress.core.config import build, check_group_sections
+from cnnstress.core.console import quiet_library_noise
+from cnnstress.core.errors import UserError
+from cnnstress.core.overrides import check_report_free
+from cnnstress.core.plots.canvas import save_figure
+from cnnstress.core.rules import Integer, ListOf, OneOf, Probability, Rule, Text
+from cnnstress.report.figures import calibration as calibration_plots
+from cnnstress.report.figures import comparison as comparison_plots
+from cnnstress.report.figures import stress as stress_plots
+from cnnstress.report.write import write_report
+
+log = logging.getLogger(__name__)
+
+
+class Device(Rule):
+    """A torch device that exists here (``cpu``, ``cuda``, ``cuda:1``)."""
+
+    def convert(self, value: Any) -> str:
+        try:
+            device = torch.device(str(value))
+        except RuntimeError:  # "Expected one of cpu, cuda, ... device type"
+            raise ValueError from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError
+        return str(value)
+
+    def describe(self) -> str:
+        return "a torch device available here (cpu" + (
+            ", cuda)" if torch.cuda.is_available() else ")"
+        )
+
+
+@dataclass
+class GradCAMFigure:
+    """``gradcam.*`` of conf/analyze.yaml: the side-by-side CAMs of the reference's failures."""
+
+    top_n: Annotated[int, Integer(0)] = 8
+    method: Annotated[str | None, OneOf(METHODS, optional=True, casefold=True)] = None
+    target_layer: Annotated[str | None, Text(optional=True)] = None
+
+
+@dataclass
+class AnalyzeConfig:
+    """The root of conf/analyze.yaml: what to analyse and how (``stress.*`` are the stresses'
+    own settings)."""
+
+    # Run directories (each with run.json once finished) and/or a folder searched for them.
+    runs: Annotated[list[str], ListOf(Text())] = field(default_factory=list)
+    sweep: Annotated[str | None, Text(optional=True)] = None
+    # With neither: the latest-th most recent sweep under outputs/multiruns that holds runs.
+    latest: Annotated[int, Integer(1)] = 1
+    # The group every other group of its dataset/model is compared with: a group name (an
+    # improvement such as baseline, or e.g. '"augmentation=[]"'), a group label
+    # dataset/model/name, or, among same-named groups, the name with some of its [key=value]
+    # items, e.g. "reference='baseline [trainer.precision=32-true]'".
+    reference: Annotated[str, Text()] = "baseline"
+    # Confidence thresholds of the high-confidence error curves (each run's own
+    # confidence_threshold is always added).
+    thresholds: Annotated[list[float], ListOf(Probability(), 1)] = field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    )
+    gradcam: GradCAMFigure = field(default_factory=GradCAMFigure)
+    # Device that runs the checkpoints (Grad-CAM, stresses).
+    device: Annotated[str, Device()] = "cpu"
+    # Stresses on every run's checkpoint (stress=[corruptions,...]): numbers a run already has
+    # for the same settings are reused unless this is true.
+    recompute_stress: bool = False
+    paths: Any = None
+    stress: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def validate_root(cfg: DictConfig) -> None:
+        """Known stresses only."""
+        check_group_sections(cfg, "stress")
+
+
+def _draw(analysis: Analysis, out: Path) -> dict[str, list[str]]:
+    figures: dict[str, list[str]] = {}
+    makers = {
+        "transitions": comparison_plots.transitions_figure,
+        "confidence": comparison_plots.confidence_figure,
+        "high_conf_errors": comparison_plots.high_conf_errors_figure,
+        "per_class_delta": comparison_plots.per_class_delta_figure,
+        "reliability": calibration_plots.reliability_overlay_figure,
+    }
+    for name, make in makers.items():
+        fig = make(analysis)
+        if fig is not None:
+            save_figure(fig, out / f"{name}.png")
+            figures[name] = [f"{name}.png"]
+    return figures
+
+
+def _gradcam(settings: AnalyzeConfig, analysis: Analysis, out: Path) -> tuple[list[str], list[str]]:
+    """Draw the side-by-side CAM figures; return (file names, notes for the report)."""
+    top_n = settings.gradcam.top_n
+    if top_n == 0:
+        return [], ["Grad-CAM figure switched off (gradcam.top_n=0)."]
+    references = sorted({c.reference.key for c in analysis.comparisons})
+    if not references:
+        return [], ["No comparison, so no Grad-CAM figure."]
+    files, notes = [], []
+    for n, reference in enumerate(references):
+        comparisons = [c for c in analysis.comparisons if c.reference.key == reference]
+        try:
+            side = side_by_side(
+                comparisons,
+                top_n,
+                device=settings.device,
+                method=settings.gradcam.method,
+                target_layer=settings.gradcam.target_layer,
+            )
+        except UserError as err:  # a moved dataset or an unreadable checkpoint: say so, go on
+            notes.append(f"{reference.label}: no Grad-CAM figure: {err}")
+            log.warning("no Grad-CAM figure for %s: %s", reference.label, err)
+            continue
+        if side is None:
+            notes.append(f"{reference.label}: the reference has no test failure to show.")
+            continue
+        notes += side.notes
+        name = default_filename(n if len(references) > 1 else None)
+        save_figure(comparison_plots.gradcam_figure(side), out / name)
+        files.append(name)
+        column = side.columns[0]
+        notes.append(
+            f"{reference.label}: {len(side.index)} most confident failures of "
+            f"{column.title}; CAM {column.settings} (as in training "
+            "unless gradcam.method / gradcam.target_layer are set)."
+        )
+    return files, notes
+
+
+def _stress(settings: AnalyzeConfig, analysis: Analysis) -> StressSummary | None:
+    """Run ``stress=[...]`` on every run, aggregate; ``None`` when no stress is asked for."""
+    if not settings.stress:
+        return None
+    results, notes = run_stresses(settings.stress, analysis, settings.device)
+    summary = summarise_stress(analysis, results, list(settings.stress))
+    summary.notes = [*notes, *summary.notes]
+    return summary
+
+
+def _draw_stress(stress: StressSummary, analysis: Analysis, out: Path) -> dict[str, list[str]]:
+    figures: dict[str, list[str]] = {}
+    fig = stress_plots.background_figure(stress, analysis)
+    if fig is not None:
+        save_figure(fig, out / "background.png")
+        figures["background"] = ["background.png"]
+    for name, make in {
+        "stress_corruptions": stress_plots.stress_corruptions_figure,
+        "stress_adversarial": stress_plots.stress_adversarial_figure,
+        "stress_faithfulness": stress_plots.stress_faithfulness_figure,
+    }.items():
+        fig = make(stress)
+        if fig is not None:
+            save_figure(fig, out / f"{name}.png")
+            figures[name] = [f"{name}.png"]
+    return figures
+
+
+def analyze(cfg: DictConfig) -> Path:
+    """Analyse the runs of ``cfg.runs`` and ``cfg.sweep``; return the output directory.
+
+    Writes summary.md, summary.csv, transitions.csv, report.md, report.html and the figures
+    into ``cfg.paths.output_dir``. Never trains; loads checkpoints only for Grad-CAM and for
+    the stresses of ``stress=[...]`` (each run's ``stress.json``; aggregated in stress.csv,
+    ``stress_*.png`` and the reports' "Stress" section).
+
+    Raises:
+        ConfigError: a bad setting (thresholds, device, gradcam.*, reference, stress).
+        DataError: no finished run found.
+    """
+    quiet_library_noise()
+    settings: AnalyzeConfig = build(cfg)
+    out = Path(cfg.paths.output_dir)
+    check_report_free(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, sweep = settings.runs, settings.sweep
+    if not runs and sweep is None:
+        sweep = str(latest_multirun(cfg.paths.log_dir, settings.latest))
+        which = (
+            "the most recent multirun"
+            if settings.latest == 1
+            else (f"multirun {settings.latest} from the end")
+        )
+        log.info("no runs= or sweep= given: analysing %s, %s", which, sweep)
+    collection = collect_runs(runs, sweep, exclude=[out])
+    analysis = compare_groups(collection, settings.reference, settings.thresholds)
+    figures = _draw(analysis, out)
+    gradcam_files, gradcam_notes = _gradcam(settings, analysis, out)
+    if gradcam_files:
+        figures["gradcam"] = gradcam_files
+    stress = _stress(settings, analysis)
+    if stress is not None:
+        figures.update(_draw_stress(stress, analysis, out))
+    sources = [f"runs={runs}"] if runs else []
+    if sweep is not None:
+        sources.append(f"sweep={sweep}")
+    files = write_report(analysis, out, figures, sources, gradcam_notes, stress)
+    log.info("analysis of %d runs written to %s", len(collection.runs), files.report_html)
+    return out
