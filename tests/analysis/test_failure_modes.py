@@ -14,7 +14,6 @@ from cnnstress.analysis.failure_modes import (
     GroupModes,
     analyse_failure_modes,
     cam_agreement,
-    fix_sentence,
     fixes,
     jaccard,
     jaccard_matrix,
@@ -29,6 +28,7 @@ from cnnstress.core.errors import ConfigError
 from cnnstress.core.failure_modes.modes import FailureMode, FailureModes, ModeGrouping, PairCount
 from cnnstress.core.models import SimpleCNN
 from cnnstress.core.plots.canvas import figure_to_array
+from cnnstress.report.failure_modes import agreement_sentence, fix_sentence
 from cnnstress.report.figures.failure_modes import failure_mode_fixes_figure
 from cnnstress.train.training import train
 from tests.conftest import prepared
@@ -273,12 +273,12 @@ def test_the_fixes_figure_draws_the_planted_analysis():
     maps = {s: rng.random((6, 8, 8)) for s in (1, 2, 3)}
     agreement = cam_agreement(maps, np.arange(6), "gradcam", "block3")
     groups = {
-        "baseline": GroupModes(
-            "baseline", (1, 2, 3), {"errors": ref_matching}, (agreement,), "", ()
-        ),
-        "cutout": GroupModes("cutout", (1, 2, 3), {"errors": imp_matching}, (), "", ()),
+        "baseline": GroupModes("baseline", (1, 2, 3), {"errors": ref_matching}, (agreement,), ()),
+        "cutout": GroupModes("cutout", (1, 2, 3), {"errors": imp_matching}, (), ()),
     }
-    analysis = FailureModeAnalysis("baseline", groups, {"cutout": {"errors": result}}, {})
+    analysis = FailureModeAnalysis(
+        "baseline", groups, {"cutout": {"errors": result}}, tuple(CIFAR10_CLASSES)
+    )
     figure = failure_mode_fixes_figure(analysis, "errors")
     image = figure_to_array(figure)
     assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] > 200
@@ -321,9 +321,21 @@ def test_analysis_of_tiny_runs_reads_or_computes_the_modes(make_config, tiny_cif
         assert agreement.index.size == min(4, agreement.index.size) > 0
         assert agreement.judgement in ("reliable", "partly", "unreliable")
     np.testing.assert_array_equal(baseline.cam[0].index, result.groups["cutout"].cam[0].index)
-    assert baseline.cam_sentence.startswith("baseline: two seeds' gradcam maps")
-    assert set(result.sentences["cutout"]) == {"errors", "confident"}
-    assert result.sentences["cutout"]["errors"].startswith("cutout fixes ")
+    assert agreement_sentence("baseline", baseline.cam).startswith(
+        "baseline: two seeds' gradcam maps"
+    )
+    assert set(result.improvements["cutout"]) == {"errors", "confident"}
+    assert fix_sentence(result.improvements["cutout"]["errors"], result.classes).startswith(
+        "cutout fixes "
+    )
+    assert result.classes == tuple(CIFAR10_CLASSES)
+    # untrusted run directories: a malformed failure_modes.json leaves that run out, said why
+    (tmp_path / "cutout2" / "failure_modes.json").write_text('{"version": 1, "errors": 3}')
+    again = analyse_failure_modes(runs, "baseline", cam_top_n=0, compute_missing=False)
+    assert again.groups["cutout"].seeds == (1,)
+    assert "malformed" in again.groups["cutout"].skipped[2]
+    assert again.groups["baseline"].skipped[2].startswith("no failure_modes.json")
+    assert again.groups["baseline"].cam_skipped.startswith("switched off")
     with pytest.raises(ConfigError, match="reference=nope is not one of the groups"):
         analyse_failure_modes(runs, "nope")
 

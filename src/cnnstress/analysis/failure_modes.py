@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from cnnstress.core.cam import SALIENCY, compute_heatmaps, resolve_layer, run_ca
 from cnnstress.core.checkpoints import load_backbone
 from cnnstress.core.data import load_split
 from cnnstress.core.data.normalize import Normalize
-from cnnstress.core.errors import ConfigError, DataError
+from cnnstress.core.errors import ConfigError, DataError, UserError
 from cnnstress.core.failure_modes.modes import FailureMode, FailureModes
 from cnnstress.core.failure_modes.run import failure_modes_of_run, read_failure_modes
 from cnnstress.core.metrics import find_failures
@@ -423,53 +423,6 @@ def fixes(
     )
 
 
-def fix_sentence(result: ImprovementModes, classes: Sequence[str], max_modes: int = 2) -> str:
-    """The verdict's first-screen line, e.g. ``cutout fixes 'ship -> airplane: bright surround'
-    in 3 of 3 seeds, 38% [27, 49] of its images (a re-run: 21%); introduces none``.
-
-    Names the stable modes whose fix beats a re-run in every shared seed (at most
-    ``max_modes``, in the reference's order: largest first); otherwise says that none does.
-    Introduced modes: named up to ``max_modes``, else counted with ``max_modes`` examples.
-    """
-    parts = []
-    for fix in result.fixes:
-        n = len(fix.reseed)
-        if n < 2 or fix.seeds_better < n:
-            continue
-        e = fix.fixed_estimate
-        interval = ""
-        if e.ci_low is not None and e.ci_high is not None:  # a share: shown within [0, 100]
-            low, high = max(e.ci_low, 0.0), min(e.ci_high, 1.0)
-            interval = f" [{100 * low:.0f}, {100 * high:.0f}]"
-        reseed = float(np.nanmean(list(fix.reseed.values())))
-        parts.append(
-            f"'{short_name(fix.family, classes)}' in {fix.seeds_better} of {n} seeds, "
-            f"{100 * e.mean:.0f}%{interval} of its images (a re-run: {100 * reseed:.0f}%)"
-        )
-        if len(parts) == max_modes:
-            break
-    text = f"{result.improvement} fixes " + (
-        "; ".join(parts)
-        if parts
-        else ("no stable failure mode of the reference beyond what a re-run fixes")
-    )
-    introduced = [f"'{short_name(m.family, classes)}'" for m in result.introduced]
-    if len(introduced) > max_modes:
-        introduced = [f"{len(introduced)} modes, e.g. {', '.join(introduced[:max_modes])}"]
-    text += "; introduces " + (", ".join(introduced) if introduced else "none")
-    return text
-
-
-def short_name(family: ModeFamily, classes: Sequence[str]) -> str:
-    """``ship -> airplane: <traits>`` (the description without counts and CAM)."""
-    pair = f"{classes[family.true]} -> {classes[family.predicted]}"
-    _, _, rest = family.description.partition(": ")
-    traits = rest.split("; CAM")[0]
-    if not traits or traits.startswith("no measured"):
-        return pair
-    return f"{pair}: {traits}"
-
-
 # -- Grad-CAM agreement across seeds ---------------------------------------------------------
 
 
@@ -554,33 +507,6 @@ def cam_agreement(
         q25,
         q75,
         judge(median),
-    )
-
-
-def agreement_sentence(group: str, agreements: Sequence[CamAgreement]) -> str:
-    """One line per group, e.g. ``baseline: two seeds' gradcam maps of the same confident
-    failure correlate 0.42 (median Spearman; layercam 0.51): a single-seed Grad-CAM story is
-    partly reliable here: show more than one seed``."""
-    if not agreements:
-        return f"{group}: CAM agreement across seeds not measured"
-    if agreements[0].index.size == 0:
-        return f"{group}: the reference has no confident failure to compare CAMs on"
-    if not agreements[0].per_pair:
-        return f"{group}: one seed only, CAM agreement across seeds unknown"
-    first = agreements[0]
-    others = "; ".join(f"{a.method} {a.median:.2f}" for a in agreements[1:])
-    verdict = {
-        "reliable": "a single-seed Grad-CAM story is reliable here",
-        "partly": "a single-seed Grad-CAM story is only partly reliable here: show more than "
-        "one seed",
-        "unreliable": "a single-seed Grad-CAM story is not reliable here: seeds disagree on "
-        "where the model looks",
-        "unknown": "agreement unknown",
-    }[first.judgement]
-    return (
-        f"{group}: two seeds' {first.method} maps of the same confident failure correlate "
-        f"{first.median:.2f} (median Spearman over {first.index.size} images x "
-        f"{len(first.per_pair)} seed pairs" + (f"; {others}" if others else "") + f"): {verdict}"
     )
 
 
@@ -675,27 +601,30 @@ class GroupModes:
 
     ``matching``: per grouping (``errors``, ``confident``); ``cam``: CAM agreement per method
     (empty when skipped); ``computed``: seeds whose modes were computed from the checkpoint
-    because the run had no ``failure_modes.json``.
+    because the run had no ``failure_modes.json``; ``skipped``: ``{seed: reason}`` of the runs
+    left out (no ``failure_modes.json`` and not computed, or one that is malformed: run
+    directories are untrusted input); ``cam_skipped``: why no CAM agreement was measured.
     """
 
     name: str
     seeds: tuple[int, ...]
     matching: dict[str, SeedMatching]
     cam: tuple[CamAgreement, ...]
-    cam_sentence: str
     computed: tuple[int, ...]
+    skipped: dict[int, str] = field(default_factory=dict)
+    cam_skipped: str | None = None
 
 
 @dataclass(frozen=True)
 class FailureModeAnalysis:
     """The failure modes of one (dataset, model) setting: every group across its seeds, and
-    each improvement against the reference (``improvements[name][grouping]``), with the
-    verdict's first-screen line per improvement and grouping (``sentences``)."""
+    each improvement against the reference (``improvements[name][grouping]``); ``classes``: the
+    setting's class names (for the report's wording)."""
 
     reference: str
     groups: dict[str, GroupModes]
     improvements: dict[str, dict[str, ImprovementModes]]
-    sentences: dict[str, dict[str, str]]
+    classes: tuple[str, ...] = ()
 
 
 def analyse_failure_modes(
@@ -713,7 +642,8 @@ def analyse_failure_modes(
     group's seeds on the reference's ``cam_top_n`` most confident failures (its smallest seed's,
     at its ``confidence_threshold``), loading every checkpoint. Runs without
     ``failure_modes.json`` get their modes computed from their checkpoints
-    (``compute_missing``) or are left out.
+    (``compute_missing``) or are left out; so are runs whose file is malformed or whose
+    checkpoint cannot be read, each with its reason (:attr:`GroupModes.skipped`).
 
     Raises:
         ConfigError: ``reference`` is not one of ``groups``.
@@ -725,39 +655,48 @@ def analyse_failure_modes(
     first = groups[reference][min(groups[reference])]
     threshold_of = run_threshold(OmegaConf.to_container(first.config))
     cam_index, cam_classes = reference_failures(groups[reference], threshold_of, cam_top_n)
+    classes: tuple[str, ...] = ()
     for name, runs in groups.items():
-        found, computed = {}, []
+        found, computed, skipped = {}, [], {}
         for seed, run in sorted(runs.items()):
-            result = read_failure_modes(run.path)
-            if result is None and compute_missing:
-                result = failure_modes_of_run(run.path, device=device)[0]
-                computed.append(seed)
-            if result is not None:
-                found[seed] = result
+            try:
+                result = read_failure_modes(run.path)
+                if result is None and compute_missing:
+                    result = failure_modes_of_run(run.path, device=device)[0]
+                    computed.append(seed)
+            except UserError as err:  # a malformed file, a missing checkpoint: say so, go on
+                skipped[seed] = str(err)
+                continue
+            if result is None:
+                skipped[seed] = "no failure_modes.json (failure_modes.compute_missing=true "
+                skipped[seed] += "computes it from the checkpoint)"
+                continue
+            found[seed] = result
+            classes = classes or tuple(result.classes)
         modes[name] = found
         matching = {g: match_across_seeds(found, g, threshold) for g in ("errors", "confident")}
         cam: list[CamAgreement] = []
+        cam_skipped = None
         if cam_top_n > 0 and found:
-            cam = group_cam_agreement(
-                {s: runs[s] for s in found}, cam_index, cam_classes, cam_methods, device=device
-            )
+            try:
+                cam = group_cam_agreement(
+                    {s: runs[s] for s in found}, cam_index, cam_classes, cam_methods, device=device
+                )
+            except UserError as err:  # a moved dataset or an unreadable checkpoint
+                cam_skipped = str(err)
+        elif cam_top_n == 0:
+            cam_skipped = "switched off (failure_modes.cam_top_n=0)"
         results[name] = GroupModes(
-            name,
-            tuple(sorted(found)),
-            matching,
-            tuple(cam),
-            agreement_sentence(name, cam),
-            tuple(computed),
+            name, tuple(sorted(found)), matching, tuple(cam), tuple(computed), skipped, cam_skipped
         )
     improvements: dict[str, dict[str, ImprovementModes]] = {}
-    sentences: dict[str, dict[str, str]] = {}
     ref = results[reference]
     for name in groups:
         if name == reference:
             continue
-        improvements[name], sentences[name] = {}, {}
+        improvements[name] = {}
         for grouping in ("errors", "confident"):
-            result = fixes(
+            improvements[name][grouping] = fixes(
                 ref.matching[grouping],
                 modes[reference],
                 groups[reference],
@@ -767,6 +706,4 @@ def analyse_failure_modes(
                 reference_name=reference,
                 improvement_name=name,
             )
-            improvements[name][grouping] = result
-            sentences[name][grouping] = fix_sentence(result, ref.matching[grouping].classes)
-    return FailureModeAnalysis(reference, results, improvements, sentences)
+    return FailureModeAnalysis(reference, results, improvements, classes)

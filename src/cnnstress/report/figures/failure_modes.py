@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnstress.analysis.failure_modes import FailureModeAnalysis, short_name
+from cnnstress.analysis.failure_modes import FailureModeAnalysis
 from cnnstress.core.plots.canvas import new_figure
 from cnnstress.core.plots.layout import group_legend, wrap
+from cnnstress.report.failure_modes import short_name
 
 RESEED = "#999999"
 
