@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -362,26 +363,35 @@ def sweep_cost(sweep: Path) -> None:
     from cnnstress.analysis.groups import group_runs
     from cnnstress.analysis.runs import find_run_dirs, load_run
     from cnnstress.core.failure_modes.run import failure_modes_of_run
+    from cnnstress.report.failure_modes import agreement_sentence, fix_sentence
 
     runs = [load_run(p) for p in find_run_dirs(sweep) if (p / "metrics.json").is_file()]
     groups = {key.name: {r.seed: r for r in members} for key, members in group_runs(runs).items()}
     reference = "baseline" if "baseline" in groups else sorted(groups)[0]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = sweep.parent / f"{sweep.name}_analysis_bench"
-    analysis = []
+    analysis, analysis_with = [], []
     fm_with_cam, fm_without_cam, per_run = [], [], []
     # Warm-up, untimed: decodes the test split once (cached, as analyze.py's Grad-CAM figure
     # has it decoded before any failure-mode step would run) and loads the torch kernels.
     analyse_failure_modes(groups, reference)
-    for _ in range(3):  # alternate: the machine's load drifts
+
+    def analyze(*extra: str) -> float:
         start = time.perf_counter()
+        shutil.rmtree(out, ignore_errors=True)
         subprocess.run(
-            [sys.executable, str(ROOT / "analyze.py"), f"sweep={sweep}", f"hydra.run.dir={out}"],
+            [sys.executable, str(ROOT / "analyze.py"), f"sweep={sweep}", f"hydra.run.dir={out}",
+             *extra],
             check=True,
             env=env,
             capture_output=True,
-        )
-        analysis.append(time.perf_counter() - start)
+        )  # fmt: skip
+        return time.perf_counter() - start
+
+    for _ in range(3):  # alternate: the machine's load drifts
+        # the analysis without the step (what the step's share is of), then with it (default)
+        analysis.append(analyze("failure_modes.enabled=false"))
+        analysis_with.append(analyze())
         result, seconds = timed(analyse_failure_modes, groups, reference)
         fm_with_cam.append(seconds)
         fm_without_cam.append(timed(analyse_failure_modes, groups, reference, cam_top_n=0)[1])
@@ -394,9 +404,14 @@ def sweep_cost(sweep: Path) -> None:
         split = load_split(str(cfg.dataset.root), "cifar10", "test")
         forwards.append(timed(predict_with, net, Normalize.of(cfg.dataset), split.images)[1])
     a, w, wo = (float(np.median(x)) for x in (analysis, fm_with_cam, fm_without_cam))
+    a_with = float(np.median(analysis_with))
     total = float(np.sum(per_run))
     print(f"\nsweep {sweep}: {len(runs)} runs in {len(groups)} groups ({', '.join(groups)})")
-    print(f"python analyze.py: {a:.1f} s (runs: {', '.join(f'{x:.1f}' for x in analysis)})")
+    print(
+        f"python analyze.py failure_modes.enabled=false: {a:.1f} s "
+        f"(runs: {', '.join(f'{x:.1f}' for x in analysis)}); with the failure modes (default): "
+        f"{a_with:.1f} s (runs: {', '.join(f'{x:.1f}' for x in analysis_with)})"
+    )
     print(
         f"failure-mode analysis from the runs' failure_modes.json: {wo:.2f} s without the CAM "
         f"agreement ({100 * wo / a:.1f}% of analyze.py), {w:.1f} s with it ({100 * w / a:.1f}%)"
@@ -408,11 +423,11 @@ def sweep_cost(sweep: Path) -> None:
         f"{', '.join(f'{x:.1f}' for x in forwards)} s (median ratio "
         f"{np.median(np.array(per_run) / np.array(forwards)):.1f})"
     )
-    for sentences in result.sentences.values():
-        for grouping, sentence in sentences.items():
-            print(f"  verdict line [{grouping}]: {sentence}")
+    for improvement in result.improvements.values():
+        for grouping, modes in improvement.items():
+            print(f"  verdict line [{grouping}]: {fix_sentence(modes, result.classes)}")
     for group in result.groups.values():
-        print(f"  {group.cam_sentence}")
+        print(f"  {agreement_sentence(group.name, group.cam)}")
         for grouping, matching in group.matching.items():
             print(
                 f"  {group.name} [{grouping}]: {len(matching.stable)} stable modes, "
