@@ -13,6 +13,11 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from cnnstress.analysis.compare import Analysis, compare_groups
+from cnnstress.analysis.failure_modes import (
+    MATCH_THRESHOLD,
+    FailureModeAnalysis,
+    analyse_failure_modes,
+)
 from cnnstress.analysis.gradcam import default_filename, side_by_side
 from cnnstress.analysis.runs import Run, collect_runs, latest_multirun
 from cnnstress.analysis.stress import Stored, StressSummary, read_stress, summarise_stress
@@ -23,9 +28,10 @@ from cnnstress.core.console import Progress, quiet_library_noise
 from cnnstress.core.errors import UserError
 from cnnstress.core.overrides import check_report_free
 from cnnstress.core.plots.canvas import save_figure
-from cnnstress.core.rules import Integer, ListOf, OneOf, Probability, Rule, Text
+from cnnstress.core.rules import Integer, ListOf, Number, OneOf, Probability, Rule, Text
 from cnnstress.report.figures import calibration as calibration_plots
 from cnnstress.report.figures import comparison as comparison_plots
+from cnnstress.report.figures import failure_modes as failure_mode_plots
 from cnnstress.report.figures import stress as stress_plots
 from cnnstress.report.write import write_report
 from cnnstress.stress.results import settings_record
@@ -61,6 +67,24 @@ class GradCAMFigure:
 
 
 @dataclass
+class FailureModesAnalysis:
+    """``failure_modes.*`` of conf/analyze.yaml: the runs' failure modes matched across seeds
+    and improvements (:mod:`cnnstress.analysis.failure_modes`)."""
+
+    # Off: no failure-modes section.
+    enabled: bool = True
+    # Two modes of two seeds match when the Jaccard index of their images is at least this.
+    match_threshold: Annotated[float, Number(0.0, 1.0, low_open=True)] = MATCH_THRESHOLD
+    # Grad-CAM agreement across seeds on the reference's cam_top_n most confident failures
+    # (loads every checkpoint; 0 = not measured).
+    cam_top_n: Annotated[int, Integer(0)] = 16
+    # Runs without failure_modes.json (trained before the callback, or with it off): compute
+    # their modes from the checkpoint (about one analysis' time per run) instead of leaving
+    # them out.
+    compute_missing: bool = False
+
+
+@dataclass
 class AnalyzeConfig:
     """The root of conf/analyze.yaml: what to analyse and how (``stress.*`` are the stresses'
     own settings)."""
@@ -81,6 +105,7 @@ class AnalyzeConfig:
         default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
     )
     gradcam: GradCAMFigure = field(default_factory=GradCAMFigure)
+    failure_modes: FailureModesAnalysis = field(default_factory=FailureModesAnalysis)
     # Device that runs the checkpoints (Grad-CAM, stresses).
     device: Annotated[str, Device()] = "cpu"
     # Stresses on every run's checkpoint (stress=[corruptions,...]): numbers a run already has
@@ -162,6 +187,49 @@ def _gradcam(settings: AnalyzeConfig, analysis: Analysis, out: Path) -> tuple[li
     return files, notes
 
 
+def _failure_modes(
+    settings: AnalyzeConfig, analysis: Analysis, out: Path
+) -> tuple[list[tuple[str, FailureModeAnalysis]], list[str], list[str]]:
+    """Match every setting's failure modes across seeds and improvements and draw what each
+    improvement fixes; return ``([(setting label, analysis)], figure names, notes)``."""
+    knobs = settings.failure_modes
+    if not knobs.enabled:
+        return [], [], ["Failure modes switched off (failure_modes.enabled=false)."]
+    results, files, notes = [], [], []
+    for dataset, model in analysis.dataset_models:
+        label = f"{dataset}/{model}"
+        groups = [g for g in analysis.groups if g.key.dataset_model == (dataset, model)]
+        reference = next((g for g in groups if analysis.is_reference(g.key)), None)
+        if reference is None:
+            notes.append(f"{label}: no reference group, so no failure modes.")
+            continue
+        by_name = {g.key.name: {r.seed: r for r in g.runs} for g in groups}
+        if len(by_name) < len(groups):
+            notes.append(f"{label}: groups share a name; failure modes of the reference only.")
+            by_name = {reference.key.name: by_name[reference.key.name]}
+        try:
+            result = analyse_failure_modes(
+                by_name,
+                reference.key.name,
+                threshold=knobs.match_threshold,
+                cam_top_n=knobs.cam_top_n,
+                compute_missing=knobs.compute_missing,
+                device=settings.device,
+            )
+        except UserError as err:  # e.g. predictions whose images a mode names are missing
+            notes.append(f"{label}: no failure modes: {err}")
+            log.warning("no failure modes for %s: %s", label, err)
+            continue
+        results.append((label, result))
+        suffix = f"_{len(results) - 1}" if len(analysis.dataset_models) > 1 else ""
+        for grouping in ("confident", "errors"):
+            fig = failure_mode_plots.failure_mode_fixes_figure(result, grouping)
+            if fig is not None:
+                save_figure(fig, out / f"failure_modes_{grouping}{suffix}.png")
+                files.append(f"failure_modes_{grouping}{suffix}.png")
+    return results, files, notes
+
+
 def stress_numbers(settings: AnalyzeConfig, runs: Sequence[Run]) -> tuple[Stored, list[str]]:
     """Every run's stored stress numbers, after computing those ``stress=[...]`` asks for that a
     run lacks, or has with other settings (every one with ``recompute_stress=true``); returns
@@ -214,7 +282,9 @@ def analyze(cfg: DictConfig) -> Path:
     Writes summary.md, summary.csv, transitions.csv, report.md, report.html and the figures
     into ``cfg.paths.output_dir``. Never trains; loads checkpoints only for Grad-CAM and for
     the stresses of ``stress=[...]`` (each run's ``stress.json``; aggregated in stress.csv,
-    ``stress_*.png`` and the reports' "Stress" section).
+    ``stress_*.png`` and the reports' "Stress" section), and for the failure modes' Grad-CAM
+    agreement (``failure_modes.*``; the modes themselves come from each run's
+    ``failure_modes.json``).
 
     Raises:
         ConfigError: a bad setting (thresholds, device, gradcam.*, reference, stress).
@@ -241,9 +311,14 @@ def analyze(cfg: DictConfig) -> Path:
     gradcam_files, gradcam_notes = _gradcam(settings, analysis, out)
     if gradcam_files:
         figures["gradcam"] = gradcam_files
+    failure_modes, failure_mode_files, failure_mode_notes = _failure_modes(settings, analysis, out)
+    if failure_mode_files:
+        figures["failure_modes"] = failure_mode_files
     sources = [f"runs={runs}"] if runs else []
     if sweep is not None:
         sources.append(f"sweep={sweep}")
-    files = write_report(analysis, out, figures, sources, gradcam_notes, stress)
+    files = write_report(
+        analysis, out, figures, sources, gradcam_notes, stress, failure_modes, failure_mode_notes
+    )
     log.info("analysis of %d runs written to %s", len(collection.runs), files.report_html)
     return out

@@ -35,7 +35,12 @@ from cnnstress.core.models.registry import BACKBONES, schema_of
 from cnnstress.core.overrides import check_group_choices, check_report_free, parse_overrides
 from cnnstress.core.resolvers import register_resolvers
 from cnnstress.stress.runner import STRESS_SETTINGS
-from cnnstress.train.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
+from cnnstress.train.callbacks import (
+    ConfusionCalibration,
+    FailureModesCallback,
+    GradCAMGrids,
+    HighConfidenceFailures,
+)
 from cnnstress.train.callbacks.weight_averaging import WeightAverage
 from cnnstress.train.optim import (
     AdamConfig,
@@ -64,6 +69,7 @@ SCHEMAS: dict[str, Any] = {
     "schema/callbacks/high_conf_failures": HighConfidenceFailures,
     "schema/callbacks/gradcam": GradCAMGrids,
     "schema/callbacks/evaluation": ConfusionCalibration,
+    "schema/callbacks/failure_modes": FailureModesCallback,
     "schema/callbacks/weight_averaging": WeightAverage,
     "schema/analyze/gradcam": GradCAMFigure,
     **{f"schema/augmentation/{name}": op for name, op in {**IMAGE_OPS, **MIX_OPS}.items()},

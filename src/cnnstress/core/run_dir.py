@@ -14,6 +14,7 @@ Contract (the analysis relies on it)::
     failures/             failures.json, val_failures.json, failures_grid.png
     gradcam/              epoch_XXX.png, test.png
     confusion_matrix.json, confusion_matrix.png, reliability.json, reliability.png
+    failure_modes.json, failure_modes.png   the test errors grouped into modes
 
 Run directories are shared between people, so everything read here is untrusted input:
 :func:`read_record` refuses a record that is not plain data (an OmegaConf interpolation would
@@ -80,6 +81,16 @@ class RunDir:
         return self.path / "gradcam"
 
     @property
+    def failure_modes(self) -> Path:
+        """``failure_modes.json`` (:mod:`cnnstress.core.failure_modes`)."""
+        return self.path / "failure_modes.json"
+
+    @property
+    def failure_modes_figure(self) -> Path:
+        """``failure_modes.png``: a row of the most typical images per mode."""
+        return self.path / "failure_modes.png"
+
+    @property
     def hydra(self) -> Path:
         return self.path / ".hydra"
 
@@ -105,7 +116,8 @@ class RunDir:
         Hydra writes for the attempt under way)."""
         fixed = [
             self.metrics, self.record, self.predictions, self.stress, self.checkpoints,
-            self.tensorboard, self.failures, self.gradcam,
+            self.tensorboard, self.failures, self.gradcam, self.failure_modes,
+            self.failure_modes_figure,
             *(self.file(f"{name}.{ext}") for name in ("confusion_matrix", "reliability")
               for ext in ("json", "png")),
         ]  # fmt: skip

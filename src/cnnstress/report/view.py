@@ -13,6 +13,7 @@ import numpy as np
 from jinja2 import Template
 
 from cnnstress.analysis.compare import Analysis, Comparison, Transitions
+from cnnstress.analysis.failure_modes import FailureModeAnalysis, ModeFix
 from cnnstress.analysis.seed_table import (
     ACCURACY,
     CLEAN_ACCURACY,
@@ -26,6 +27,7 @@ from cnnstress.analysis.stress import Provenance, StressSummary
 from cnnstress.analysis.verdict import SeedsOutcome
 from cnnstress.core.data import class_names
 from cnnstress.core.identity import describe
+from cnnstress.report import failure_modes as mode_sentences
 from cnnstress.report import sentences
 from cnnstress.report.numbers import (
     IDENTICAL,
@@ -93,6 +95,34 @@ class BackgroundView:
     classes: list[ClassesView]
 
 
+@dataclass(frozen=True)
+class FailureModeGroupingView:
+    """One grouping (all errors, or the confident ones) of one setting."""
+
+    title: str
+    sentences: list[str]
+    stable: Table
+    fixes: Table
+    introduced: Table
+
+
+@dataclass(frozen=True)
+class FailureModeSettingView:
+    """The failure modes of one (dataset, model) setting."""
+
+    title: str
+    groups: Table
+    cam: list[str]
+    groupings: list[FailureModeGroupingView]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class FailureModesView:
+    notes: list[str]
+    settings: list[FailureModeSettingView]
+
+
 @dataclass
 class ReportView:
     """Everything the report shows; ``sections``: the present ones, in order, as
@@ -110,6 +140,7 @@ class ReportView:
     high_conf: Table
     stress: StressView | None
     background: BackgroundView | None
+    failure_modes: FailureModesView | None
     gradcam_notes: list[str]
     runs: Table
     skipped: Table
@@ -133,6 +164,11 @@ CAPTIONS = {
     "to the target layer (mean ± std over seeds); it should fall",
     "background": "Accuracy next to the background-reliance numbers (mean ± std over seeds)",
     "gradcam": "Each model's CAM for its own prediction (green: right, red: wrong)",
+    "failure_modes": "Left: share of each stable failure mode of the reference (its images in "
+    "a seed) that each improvement gets right with the same seed (bar: mean, whiskers: 95% "
+    "t-interval over seeds, dots: seeds), and that a re-run of the reference (its other seeds) "
+    "gets right (grey). Right: median Spearman correlation of two seeds' CAMs of the same "
+    "confident failure, with its interquartile range (dotted: 0.4 and 0.7)",
 }
 STRESS_FIGURES = ("stress_corruptions", "stress_adversarial", "stress_faithfulness")
 
@@ -392,6 +428,127 @@ def _background(analysis: Analysis, stress: StressSummary | None) -> BackgroundV
     return BackgroundView([s for s in said if s], summary, classes)
 
 
+GROUPING_TITLES = {"confident": "Confident errors", "errors": "All errors"}
+MODES_SHOWN = 8  # stable modes listed per group and grouping
+
+
+def _share(value: float) -> str:
+    return NA if not np.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def _fix_row(fix: ModeFix, classes: Sequence[str]) -> list[str]:
+    e, test = fix.fixed_estimate, fix.test
+    fixed = f"{100 * e.mean:.0f}%" if np.isfinite(e.mean) else NA
+    if e.ci_low is not None and e.ci_high is not None:  # a share: shown within [0, 100]
+        fixed += f" [{100 * max(e.ci_low, 0):.0f}, {100 * min(e.ci_high, 1):.0f}]"
+    reseed = [v for v in fix.reseed.values() if np.isfinite(v)]
+    d = test.delta
+    delta = (
+        NA
+        if not test.seeds
+        else f"{100 * d.mean:+.0f} pp"
+        + (f" [{100 * d.ci_low:+.0f}, {100 * d.ci_high:+.0f}]" if d.ci_low is not None else "")
+    )
+    p = IDENTICAL if test.identical else NA if test.pvalue is None else pvalue(test.pvalue)
+    return [
+        mode_sentences.short_name(fix.family, classes), fix.improvement,
+        ", ".join(f"{s}: {_share(v)}" for s, v in sorted(fix.fixed.items())), fixed,
+        _share(float(np.mean(reseed))) if reseed else NA, delta, p,
+        f"{fix.seeds_better} of {len(test.seeds)}",
+        ", ".join(map(str, fix.persists)) or "none",
+    ]  # fmt: skip
+
+
+def _failure_mode_setting(label: str, result: FailureModeAnalysis) -> FailureModeSettingView:
+    classes = result.classes
+    groups = Table(
+        ["group", "seeds with modes", "stable modes (confident / all errors)",
+         "seed-specific (confident / all errors)", "median overlap of stable modes",
+         "computed from the checkpoint"],
+        [[name + (" (reference)" if name == result.reference else ""),
+          ", ".join(map(str, g.seeds)) or "none",
+          " / ".join(str(len(g.matching[k].stable)) for k in ("confident", "errors")),
+          " / ".join(str(len(g.matching[k].seed_specific)) for k in ("confident", "errors")),
+          " / ".join(num(float(np.median(m)), 1, 2) if (m := [f.median_overlap for f in
+                     g.matching[k].stable if f.median_overlap is not None]) else NA
+                     for k in ("confident", "errors")),
+          ", ".join(map(str, g.computed)) or "none"]
+         for name, g in result.groups.items()],
+    )  # fmt: skip
+    notes = [f"{name}, seed {seed}: left out: {reason}" for name, g in result.groups.items()
+             for seed, reason in g.skipped.items()]  # fmt: skip
+    cam = []
+    for name, g in result.groups.items():
+        if g.cam_skipped is not None:
+            cam.append(f"{name}: CAM agreement across seeds not measured: {g.cam_skipped}")
+        elif g.seeds:
+            cam.append(mode_sentences.agreement_sentence(name, g.cam))
+    groupings = []
+    for grouping in ("confident", "errors"):
+        reference = result.groups[result.reference].matching[grouping]
+        stable = Table(
+            ["mode (reference)", "found in seeds", "images per seed (mean)",
+             "median overlap (Jaccard)", "description (its largest mode)"],
+            [[mode_sentences.short_name(f, classes), f"{len(f.seeds)} of {f.num_seeds}",
+              f"{f.mean_size:.0f}", num(f.median_overlap, 1, 2) if f.median_overlap else NA,
+              f.description] for f in reference.stable[:MODES_SHOWN]],
+        )  # fmt: skip
+        fixes = [x for imp in result.improvements.values() for x in imp[grouping].fixes]
+        fixes.sort(key=lambda x: (x.family.id, x.improvement))
+        fix_table = Table(
+            ["mode (reference)", "improvement", "its images right, per seed",
+             "mean [95% t-CI]", "a re-run of the reference", "Δ vs re-run [95% t-CI]",
+             "paired t-test p", "seeds better than a re-run", "still a mode in seeds"],
+            [_fix_row(x, classes) for x in fixes if x.family.id < MODES_SHOWN],
+        )  # fmt: skip
+        introduced = Table(
+            ["improvement", "introduced mode", "found in seeds", "reference got right"],
+            [[m.improvement, mode_sentences.short_name(m.family, classes),
+              f"{len(m.family.seeds)} of {m.family.num_seeds}",
+              _share(m.reference_right_estimate.mean)]
+             for imp in result.improvements.values() for m in imp[grouping].introduced],
+        )  # fmt: skip
+        said = [_fix_line(result, name, grouping) for name in result.improvements]
+        title = (
+            f"{GROUPING_TITLES[grouping]}: {len(reference.stable)} stable and "
+            f"{len(reference.seed_specific)} seed-specific modes of {result.reference}"
+        )
+        groupings.append(FailureModeGroupingView(title, said, stable, fix_table, introduced))
+    return FailureModeSettingView(
+        f"{label} (reference: {result.reference})", groups, cam, groupings, notes
+    )
+
+
+def _failure_modes(
+    results: Sequence[tuple[str, FailureModeAnalysis]], notes: Sequence[str]
+) -> FailureModesView | None:
+    if not results and not notes:
+        return None
+    return FailureModesView(list(notes), [_failure_mode_setting(*r) for r in results])
+
+
+def _fix_line(result: FailureModeAnalysis, name: str, grouping: str) -> str:
+    """What improvement ``name`` does to the reference's modes, or why that is unknown: a
+    stable mode needs two seeds with modes, a fix one shared seed."""
+    reference, other = result.groups[result.reference], result.groups[name]
+    if len(reference.seeds) < 2:
+        return (f"{name}: unknown; stable modes need two seeds with failure modes, "
+                f"{result.reference} has {len(reference.seeds)}")  # fmt: skip
+    if not other.seeds:
+        return f"{name}: unknown; none of its runs has failure modes"
+    return mode_sentences.fix_sentence(result.improvements[name][grouping], result.classes)
+
+
+def _failure_mode_verdicts(results: Sequence[tuple[str, FailureModeAnalysis]]) -> list[str]:
+    """The first screen's lines: what each improvement does to the reference's confident
+    failure modes."""
+    return [
+        f"Failure modes ({label}, confident errors): {_fix_line(result, name, 'confident')}"
+        for label, result in results
+        for name in result.improvements
+    ]
+
+
 def _methods() -> str:
     text = resources.files("cnnstress.report").joinpath("templates/methods.md").read_text()
     return Template(text).render(
@@ -407,6 +564,7 @@ SECTIONS = [
     ("confident_errors", "High-confidence errors"), ("confidence", "Confidence"),
     ("calibration", "Calibration"), ("per_class", "Per-class accuracy change"),
     ("stress", "Stress"), ("background", "Background reliance"),
+    ("failure_modes", "Failure modes"),
     ("gradcam", "Grad-CAM: the reference's most confident failures"), ("runs", "Runs"),
     ("skipped", "Skipped run directories"), ("methods", "How the numbers are computed"),
 ]  # fmt: skip
@@ -418,8 +576,11 @@ def build_view(
     sources: Sequence[str],
     gradcam_notes: Sequence[str] = (),
     stress: StressSummary | None = None,
+    failure_modes: Sequence[tuple[str, FailureModeAnalysis]] = (),
+    failure_mode_notes: Sequence[str] = (),
 ) -> ReportView:
-    """The report's content; ``figures`` maps a section (:data:`CAPTIONS`) to PNG names."""
+    """The report's content; ``figures`` maps a section (:data:`CAPTIONS`) to PNG names;
+    ``failure_modes``: ``(setting label, analysis)`` per setting."""
     runs = sum(len(g.runs) for g in analysis.groups)
     label_errors, clean = _label_errors(analysis)
     notes = [*analysis.notes, *(f"{c.other.key.label}: {x}" for c in analysis.comparisons
@@ -434,7 +595,8 @@ def build_view(
         f"{'; '.join(sources)}. Reference: {analysis.reference}. {runs} runs in "
         f"{len(analysis.groups)} groups, {len(analysis.skipped)} skipped.",
         summary_intro=f"Reference: {analysis.reference}. Sources: {'; '.join(sources)}.",
-        verdicts=[sentences.verdict(c) for c in analysis.comparisons],
+        verdicts=[sentences.verdict(c) for c in analysis.comparisons]
+        + _failure_mode_verdicts(failure_modes),
         notes=notes,
         summary=_summary(analysis),
         comparisons=_comparisons(analysis),
@@ -456,6 +618,7 @@ def build_view(
         ),
         stress=None if stress is None else _stress(analysis, stress),
         background=_background(analysis, stress),
+        failure_modes=_failure_modes(failure_modes, failure_mode_notes),
         gradcam_notes=list(gradcam_notes),
         runs=Table(
             ["group", "seed", "test acc %", "ECE", "path"],
@@ -482,6 +645,7 @@ def build_view(
         "per_class": bool(shown.get("per_class_delta")), "stress": stress is not None,
         "background": view.background is not None, "skipped": bool(analysis.skipped),
         "gradcam": bool(shown["gradcam"] or gradcam_notes),
+        "failure_modes": view.failure_modes is not None,
     }  # fmt: skip
     view.sections = [(name, title) for name, title in SECTIONS if present.get(name, True)]
     return view

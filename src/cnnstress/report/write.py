@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markdown.extensions.toc import slugify
 
 from cnnstress.analysis.compare import Analysis
+from cnnstress.analysis.failure_modes import FailureModeAnalysis
 from cnnstress.analysis.stress import StressSummary
 from cnnstress.report import csv_files
 from cnnstress.report.view import Figure, ReportView, Table, build_view
@@ -111,13 +112,17 @@ def write_report(
     sources: Sequence[str],
     gradcam_notes: Sequence[str] = (),
     stress: StressSummary | None = None,
+    failure_modes: Sequence[tuple[str, FailureModeAnalysis]] = (),
+    failure_mode_notes: Sequence[str] = (),
 ) -> ReportFiles:
     """Write every text file of the analysis into ``out_dir`` (figures must already be there);
-    with ``stress`` also ``stress.csv`` and the stress sections."""
+    with ``stress`` also ``stress.csv`` and the stress sections; with ``failure_modes``
+    (``(setting label, analysis)`` per setting) the failure-modes section."""
     out = Path(out_dir)
-    summary, report, page = render(
-        build_view(analysis, figures, sources, gradcam_notes, stress), out
+    view = build_view(
+        analysis, figures, sources, gradcam_notes, stress, failure_modes, failure_mode_notes
     )
+    summary, report, page = render(view, out)
     (out / "summary.md").write_text(summary)
     (out / "report.md").write_text(report)
     (out / "report.html").write_text(page)

@@ -70,6 +70,7 @@ from cnnstress.core.data.classes import class_names
 from cnnstress.core.data.normalize import Normalize
 from cnnstress.core.errors import ConfigError, DataError
 from cnnstress.core.plots.canvas import to_hwc
+from cnnstress.core.regions import centre_mask, outside_share
 from cnnstress.core.rules import Either, Integer, Number, OneOf, Probability, Text, check
 from cnnstress.core.run_dir import run_threshold
 from cnnstress.stress.context import StressContext, seeded_subset, to_unit
@@ -112,22 +113,6 @@ def parse_fill(value: Any, key: str = "fill") -> str | float:
     """``mean``, ``dataset_mean``, or a grey level in [0, 1] (:data:`FILL_RULE`); else one
     :class:`ConfigError` line."""
     return check(FILL_RULE, value, key)
-
-
-def centre_mask(height: int, width: int, size: int, device: Any = "cpu") -> torch.Tensor:
-    """Bool ``(H, W)``, True on the centred ``size`` x ``size`` square.
-
-    The square starts at row ``(H - size) // 2`` and column ``(W - size) // 2``.
-    """
-    if not 1 <= size < min(height, width):
-        raise ConfigError(
-            f"stress.background.centre_size must be between 1 and {min(height, width) - 1} "
-            f"for {height}x{width} images, got {size}"
-        )
-    top, left = (height - size) // 2, (width - size) // 2
-    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
-    mask[top : top + size, left : left + size] = True
-    return mask
 
 
 def keep_region(
@@ -233,18 +218,6 @@ def make_variants(
         b = to_unit(images[partners[name][positions]])
         out[name] = paste_centre(a, b, mask)
     return out
-
-
-def outside_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per map, the share of its mass outside ``mask``: ``sum(map * ~mask) / sum(map)``.
-
-    ``maps``: non-negative ``(N, H, W)``; ``mask``: bool ``(H, W)``. Returns float64 ``(N,)``,
-    NaN for a map with no mass.
-    """
-    maps = maps.double()
-    total = maps.sum((1, 2))
-    outside = (maps * (~mask).to(maps.device)).sum((1, 2))
-    return torch.where(total > 0, outside / total.clamp_min(1e-300), torch.nan)
 
 
 def _mean(values: torch.Tensor) -> float:

@@ -281,6 +281,7 @@ def run_planted_test(make_config, root: Path, dataset: str, *overrides: str):
         "callbacks.gradcam.method=saliency",
         "callbacks.gradcam.target_layer=null",
         "callbacks.high_conf_failures.ncols=1",
+        "callbacks.failure_modes=null",  # PlantedNet has no linear head
         *overrides,
     )
     prepared(cfg)
@@ -399,7 +400,13 @@ def test_planted_cifar100_label_errors(make_config, tmp_path):
 
 
 def test_nothing_label_error_related_without_official_indices(make_config, tiny_cifar10_zip):
-    cfg = prepared(make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null"))
+    cfg = prepared(
+        make_config(
+            f"dataset.root={tiny_cifar10_zip}",
+            "callbacks.gradcam=null",
+            "callbacks.failure_modes=null",
+        )
+    )
     module = build_module(cfg, ConstantLogits())
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=build_datamodule(cfg))

@@ -20,7 +20,14 @@ from tests.train.callbacks.test_failures import ConstantLogits
 
 
 def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip, tmp_path):
-    cfg = prepared(make_config(f"dataset.root={tiny_cifar10_zip}", "callbacks.gradcam=null"))
+    # a test double without a linear head: no failure modes either
+    cfg = prepared(
+        make_config(
+            f"dataset.root={tiny_cifar10_zip}",
+            "callbacks.gradcam=null",
+            "callbacks.failure_modes=null",
+        )
+    )
     module = build_module(cfg, ConstantLogits())
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=build_datamodule(cfg))

@@ -58,7 +58,14 @@ def test_find_failures_threshold_is_inclusive_and_order_is_exact():
 
 
 def run_test_stage(make_config, zip_path, *overrides):
-    cfg = prepared(make_config(f"dataset.root={zip_path}", "callbacks.gradcam=null", *overrides))
+    cfg = prepared(
+        make_config(
+            f"dataset.root={zip_path}",
+            "callbacks.gradcam=null",
+            "callbacks.failure_modes=null",
+            *overrides,
+        )
+    )
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, ConstantLogits())
     trainer = build_trainer(cfg)

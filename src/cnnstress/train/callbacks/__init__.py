@@ -1,6 +1,7 @@
 """Lightning callbacks: training speed, weight averaging, and the stress-test collectors."""
 
 from cnnstress.train.callbacks.evaluation import ConfusionCalibration
+from cnnstress.train.callbacks.failure_modes import FailureModesCallback
 from cnnstress.train.callbacks.failures import HighConfidenceFailures
 from cnnstress.train.callbacks.gradcam import GradCAMGrids
 from cnnstress.train.callbacks.learning_rate import LearningRate
@@ -11,6 +12,7 @@ from cnnstress.train.callbacks.weight_averaging import WeightAverage
 __all__ = [
     "ConfusionCalibration",
     "EpochLog",
+    "FailureModesCallback",
     "GradCAMGrids",
     "HighConfidenceFailures",
     "LearningRate",
