@@ -130,23 +130,20 @@ def test_cli_user_error_is_one_line_without_traceback(tiny_cifar10_zip, tmp_path
 
 
 @pytest.mark.slow
-def test_cli_unknown_option_lists_valid_choices(tmp_path):
-    result = run_train_py("model=resnet1000", f"hydra.run.dir={tmp_path / 'run'}")
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=resnet1000", "unknown model option 'resnet1000'; valid choices: fast_net, "
+         "preact_resnet18, resnet18, simple_cnn, wide_resnet"),
+        ("augmentation=[crop,blur]", "unknown augmentation option 'blur'; valid choices: "
+         "color_jitter, crop, cutmix, cutout, erasing, flip, mixup, rotation"),
+    ],
+    ids=["option", "option in a list"],
+)  # fmt: skip
+def test_cli_unknown_option_lists_valid_choices(tmp_path, override, message):
+    result = run_train_py(override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "cnnstress: error: unknown model option 'resnet1000'; valid choices: fast_net, "
-        "preact_resnet18, resnet18, simple_cnn, wide_resnet"
-    )
-
-
-@pytest.mark.slow
-def test_cli_unknown_option_in_a_list_lists_valid_choices(tmp_path):
-    result = run_train_py("augmentation=[crop,blur]", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "cnnstress: error: unknown augmentation option 'blur'; valid choices: color_jitter, "
-        "crop, cutmix, cutout, erasing, flip, mixup, rotation"
-    )
+    assert result.stderr.strip() == f"cnnstress: error: {message}"
 
 
 @pytest.mark.slow

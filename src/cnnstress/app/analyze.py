@@ -33,6 +33,7 @@ from cnnstress.report.figures import calibration as calibration_plots
 from cnnstress.report.figures import comparison as comparison_plots
 from cnnstress.report.figures import failure_modes as failure_mode_plots
 from cnnstress.report.figures import stress as stress_plots
+from cnnstress.report.view import build_view
 from cnnstress.report.write import write_report
 from cnnstress.stress.results import settings_record
 
@@ -317,8 +318,9 @@ def analyze(cfg: DictConfig) -> Path:
     sources = [f"runs={runs}"] if runs else []
     if sweep is not None:
         sources.append(f"sweep={sweep}")
-    files = write_report(
-        analysis, out, figures, sources, gradcam_notes, stress, failure_modes, failure_mode_notes
+    view = build_view(
+        analysis, figures, sources, gradcam_notes, stress, failure_modes, failure_mode_notes
     )
+    files = write_report(view, analysis, out, stress)
     log.info("analysis of %d runs written to %s", len(collection.runs), files.report_html)
     return out

@@ -12,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from omegaconf import DictConfig
-from torch import nn
 
 from cnnstress.core.plots.canvas import save_figure, save_png
 from cnnstress.report.figures.stress_run import RUN_FIGURES
@@ -37,22 +34,14 @@ def save_run_figures(run_dir: str | Path, name: str, result: StressResult) -> li
 
 
 def stress_run(
-    run_dir: str | Path,
-    settings: Mapping[str, Any],
-    device: str | torch.device = "cpu",
-    *,
-    computed_by: str,
-    net: nn.Module | None = None,
-    cfg: DictConfig | None = None,
-    data_root: str | Path | None = None,
+    run_dir: str | Path, settings: Mapping[str, Any], device: str = "cpu", **options: Any
 ) -> dict[str, StoredStress]:
-    """Evaluate the stresses of ``settings`` on a run (:func:`cnnstress.stress.evaluate_run`:
-    arguments as there; the entries land in its ``stress.json``), save their per-run figures
-    (``stress_corruptions.png``, ``stress_calibration.png``, ``stress_faithfulness.png``,
-    ``stress_background_examples.png``, ``stress_background_classes.png``) in the run
-    directory, and return the stored entries."""
-    evaluated = evaluate_run(run_dir, settings, device, computed_by=computed_by, net=net,
-                             cfg=cfg, data_root=data_root)  # fmt: skip
+    """Evaluate the stresses of ``settings`` on a run (:func:`cnnstress.stress.evaluate_run`,
+    ``options`` as its keywords: ``computed_by``, ``net``, ``cfg``, ``data_root``; the entries
+    land in its ``stress.json``), save their per-run figures (``stress_corruptions.png``,
+    ``stress_calibration.png``, ``stress_faithfulness.png``, ``stress_background_examples.png``,
+    ``stress_background_classes.png``) in the run directory, and return the stored entries."""
+    evaluated = evaluate_run(run_dir, settings, device, **options)
     for name, (_, result) in evaluated.items():
         save_run_figures(run_dir, name, result)
     return {name: stored for name, (stored, _) in evaluated.items()}

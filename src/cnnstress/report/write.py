@@ -17,10 +17,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markdown.extensions.toc import slugify
 
 from cnnstress.analysis.compare import Analysis
-from cnnstress.analysis.failure_modes import FailureModeAnalysis
 from cnnstress.analysis.stress import StressSummary
 from cnnstress.report import csv_files
-from cnnstress.report.view import Figure, ReportView, Table, build_view
+from cnnstress.report.view import Figure, ReportView, Table
 
 #: The sections of summary.md (no figures), with their titles there where they differ.
 SUMMARY_SECTIONS = ("verdict", "warnings", "groups", "comparisons", "label_errors", "stress",
@@ -106,22 +105,12 @@ class ReportFiles:
 
 
 def write_report(
-    analysis: Analysis,
-    out_dir: str | Path,
-    figures: dict[str, list[str]],
-    sources: Sequence[str],
-    gradcam_notes: Sequence[str] = (),
-    stress: StressSummary | None = None,
-    failure_modes: Sequence[tuple[str, FailureModeAnalysis]] = (),
-    failure_mode_notes: Sequence[str] = (),
+    view: ReportView, analysis: Analysis, out_dir: str | Path, stress: StressSummary | None = None
 ) -> ReportFiles:
-    """Write every text file of the analysis into ``out_dir`` (figures must already be there);
-    with ``stress`` also ``stress.csv`` and the stress sections; with ``failure_modes``
-    (``(setting label, analysis)`` per setting) the failure-modes section."""
+    """Write every text file of the analysis into ``out_dir`` (its figures must be there):
+    ``view`` (:func:`~cnnstress.report.view.build_view`) as summary.md, report.md and
+    report.html; the CSV files from ``analysis``, with ``stress`` also ``stress.csv``."""
     out = Path(out_dir)
-    view = build_view(
-        analysis, figures, sources, gradcam_notes, stress, failure_modes, failure_mode_notes
-    )
     summary, report, page = render(view, out)
     (out / "summary.md").write_text(summary)
     (out / "report.md").write_text(report)
@@ -132,7 +121,7 @@ def write_report(
         transitions_csv=csv_files.write_transitions(analysis, out / "transitions.csv"),
         report_md=out / "report.md",
         report_html=out / "report.html",
-        figures=figures,
+        figures={name: [f.filename for f in shown] for name, shown in view.figures.items()},
         per_seed_csv=csv_files.write_seed_table(analysis, out / "per_seed.csv"),
         stress_csv=None
         if stress is None

@@ -26,7 +26,7 @@ from cnnstress.core.run_dir import read_metrics, read_predictions, write_predict
 from cnnstress.train.callbacks import GradCAMGrids, HighConfidenceFailures
 from cnnstress.train.training import build_datamodule, build_module, build_trainer
 from tests.conftest import DATA_DIR, NO_REAL_DATA, REAL_CIFAR10_ZIP, class_pattern_image, prepared
-from tests.train.callbacks.test_failures import ConstantLogits
+from tests.train.callbacks.test_failures import constant_model_trainer
 
 LABELS_DIR = DATA_DIR / "label-errors"
 FIRST20_CIFAR100 = DATA_DIR / "cifar100-test-first20.zip"
@@ -399,20 +399,13 @@ def test_planted_cifar100_label_errors(make_config, tmp_path):
     assert marks == {5: None, 33: {"id": 73, "name": "shark"}}
 
 
-def test_nothing_label_error_related_without_official_indices(make_config, tiny_cifar10_zip):
-    cfg = prepared(
-        make_config(
-            f"dataset.root={tiny_cifar10_zip}",
-            "callbacks.gradcam=null",
-            "callbacks.failure_modes=null",
-        )
-    )
-    module = build_module(cfg, ConstantLogits())
-    trainer = build_trainer(cfg)
-    trainer.test(module, datamodule=build_datamodule(cfg))
+def test_nothing_label_error_related_without_official_indices(
+    make_config, tiny_cifar10_zip, tmp_path
+):
+    trainer = constant_model_trainer(make_config, tiny_cifar10_zip)
     assert not [k for k in trainer.callback_metrics if "clean" in k or "label_error" in k]
     assert "test/acc_corrected" not in trainer.callback_metrics
-    data = json.loads((Path(cfg.paths.output_dir) / "failures" / "failures.json").read_text())
+    data = json.loads((tmp_path / "run" / "failures" / "failures.json").read_text())
     assert data["count"] == 72 and "label_errors" not in data
     assert not any("label_error" in f or "likely_true" in f for f in data["failures"])
 

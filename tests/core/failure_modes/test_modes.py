@@ -16,15 +16,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_planted_slice_is_recovered_and_described():
-    index, target, probs, images, embeddings, planted = planted_split()
+    *split, planted = planted_split()
     result = find_failure_modes(
-        index,
-        target,
-        probs,
-        images,
-        embeddings,
-        classes=CIFAR10_CLASSES,
-        settings=FailureModeSettings(threshold=0.8),
+        *split, classes=CIFAR10_CLASSES, settings=FailureModeSettings(threshold=0.8)
     )
     for grouping in (result.errors, result.confident):  # every error here is confident
         precision, recall = best_match(grouping.modes, planted)
@@ -63,7 +57,8 @@ def test_modes_are_identical_for_identical_inputs_and_survive_json():
 
 
 def test_cam_shares_are_measured_on_the_most_typical_members_only():
-    index, target, probs, images, embeddings, _ = planted_split()
+    *split, _ = planted_split()
+    index = split[0]
     asked = []
 
     def cams(rows: np.ndarray) -> np.ndarray:
@@ -72,14 +67,7 @@ def test_cam_shares_are_measured_on_the_most_typical_members_only():
 
     settings = FailureModeSettings(threshold=0.8, cam_per_mode=4)
     result = find_failure_modes(
-        index,
-        target,
-        probs,
-        images,
-        embeddings,
-        classes=CIFAR10_CLASSES,
-        settings=settings,
-        cam_outside=cams,
+        *split, classes=CIFAR10_CLASSES, settings=settings, cam_outside=cams
     )
     assert len(asked) == 1  # one call for every mode of both groupings
     for mode in result.errors.modes:

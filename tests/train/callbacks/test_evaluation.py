@@ -14,23 +14,12 @@ from torchvision.io import read_image
 from cnnstress.core.data.classes import CIFAR10_CLASSES
 from cnnstress.core.errors import ConfigError
 from cnnstress.core.metrics import binned_calibration_error, reliability_bins
-from cnnstress.train.training import build_datamodule, build_module, build_trainer
-from tests.conftest import prepared
-from tests.train.callbacks.test_failures import ConstantLogits
+from tests.train.callbacks.test_failures import constant_model_trainer
 
 
 def test_constant_model_confusion_accuracy_and_ece(make_config, tiny_cifar10_zip, tmp_path):
     # a test double without a linear head: no failure modes either
-    cfg = prepared(
-        make_config(
-            f"dataset.root={tiny_cifar10_zip}",
-            "callbacks.gradcam=null",
-            "callbacks.failure_modes=null",
-        )
-    )
-    module = build_module(cfg, ConstantLogits())
-    trainer = build_trainer(cfg)
-    trainer.test(module, datamodule=build_datamodule(cfg))
+    trainer = constant_model_trainer(make_config, tiny_cifar10_zip)
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
     # Every image is called "airplane" with probability 0.99; 8 test images per class.
     assert metrics["test/acc_class/airplane"] == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -33,6 +34,17 @@ class ConstantLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.logits * self.scale).expand(x.shape[0], -1)
+
+
+def constant_model_trainer(make_config, data_zip) -> L.Trainer:
+    """A trainer that has tested :class:`ConstantLogits` on ``data_zip`` with the default
+    callbacks but Grad-CAM and failure modes (a test double without a linear head)."""
+    cfg = prepared(make_config(f"dataset.root={data_zip}", "callbacks.gradcam=null",
+                               "callbacks.failure_modes=null"))  # fmt: skip
+    module = build_module(cfg, ConstantLogits())
+    trainer = build_trainer(cfg)
+    trainer.test(module, datamodule=build_datamodule(cfg))
+    return trainer
 
 
 def test_find_failures_threshold_is_inclusive_and_order_is_exact():
