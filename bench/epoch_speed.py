@@ -1,4 +1,4 @@
-"""What a user of the fast recipe waits for: whole epochs through cnnstress, a plain loop, the bare step.
+"""What a fast-recipe user waits for: whole epochs via cnnstress, a plain loop, the bare step.
 
 In one process, interleaved A B C A B C ... for ``--rounds`` rounds, each over ``--epochs``
 whole epochs of the same batches (``--train-images`` of the recipe's training split, default
@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="A B C rounds (interleaved)")
     parser.add_argument("--epochs", type=int, default=1, help="whole epochs per path per round")
     parser.add_argument("--train-images", type=int, default=None,
-                        help="images per epoch (default: the recipe's whole training split)")  # fmt: skip
+                        help="images per epoch (default: the whole training split)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="profile one cnnstress epoch")
     parser.add_argument("--bare-drift", action="store_true",
                         help="the bare step also at the start and the end of the run")  # fmt: skip
