@@ -122,8 +122,8 @@ class EpochProfile(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._profile is not None:
-            self._profile.stop()
             self.seconds = time.perf_counter() - self._start
+            self._profile.stop()  # (processes the trace: not in the window)
             self.events = self._profile.events()
             self._profile = None
 
@@ -157,8 +157,9 @@ def breakdown(events: Any, window_us: float) -> tuple[dict[str, float], Counter]
     ranges = [e for e in ranges if e.thread == thread]
 
     def duration(e: Any) -> float:
-        start = max(e.time_range.start, 0.0)
-        return max(min(e.time_range.end, window_us) - start, 0.0)
+        # Event times count from the trace's start, a little before the caller's window starts:
+        # no clipping to the window (a range open before the profiler started is not recorded).
+        return e.time_range.end - e.time_range.start
 
     component: dict[int, str] = {}
 

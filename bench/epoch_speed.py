@@ -102,11 +102,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # -- the three paths ------------------------------------------------------------------------------
 def cnnstress_fit(
     base: DictConfig, dm: CIFARDataModule, out: Path, epochs: int, n_batches: int,
-    profile: bool = False,
+    profile: bool = False, limit_val_batches: int | None = None,
 ) -> tuple[float, float, EpochProfile | None]:  # fmt: skip
     """A: ``(training images/s by TrainSpeed, fit wall seconds, the profile probe)``."""
     cfg = copy.deepcopy(base)
     with open_dict(cfg):
+        if limit_val_batches is not None:
+            cfg.trainer.limit_val_batches = limit_val_batches
         cfg.paths.output_dir = str(out)
         cfg.trainer.max_epochs = epochs
         cfg.trainer.limit_train_batches = n_batches
@@ -201,10 +203,13 @@ def measure(args: argparse.Namespace, overrides: list[str], tmp: Path) -> None:
         flush=True,
     )
     batches = augmented_batches(cfg, dm, n_batches)
+    # Not timed: oneDNN creates its primitives once per shape, and a process's first fit pays
+    # Lightning's one-off costs (imports, first hooks); round 1 would otherwise carry them.
     warm = PlainRecipe(cfg, dm, total_steps=1)
-    for x, y in batches[:2]:  # oneDNN creates its primitives once per shape: not timed
+    for x, y in batches[:2]:
         warm.model_step(x, y)
     del warm
+    cnnstress_fit(cfg, dm, tmp / "warm-up", 1, min(n_batches, 2), limit_val_batches=1)
     drift = []
     if args.bare_drift:
         drift.append((time.perf_counter(), bare_step(cfg, dm, batches, args.epochs)))
