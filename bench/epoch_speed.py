@@ -148,7 +148,7 @@ def augmented_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first epoch's batches, augmented, normalised and laid out as the recipe's model
     takes them: ``[(x (B, 3, 32, 32) float32, y (B,) int64)]``."""
-    recipe = PlainRecipe(cfg, dm, total_steps=1)
+    recipe = PlainRecipe(cfg, dm, total_steps=n_batches)
     generator = epoch_generator(dm.seed, 0)
     batches = []
     for rows in epoch_rows(dm, 0, n_batches):
@@ -161,8 +161,9 @@ def bare_step(
     cfg: DictConfig, dm: CIFARDataModule, batches: list[tuple[torch.Tensor, torch.Tensor]],
     epochs: int,
 ) -> float:  # fmt: skip
-    """C: images/s of the bare model step over ``epochs`` passes of ``batches``."""
-    recipe = PlainRecipe(cfg, dm, total_steps=1)
+    """C: images/s of the bare model step over ``epochs`` passes of ``batches`` (at the
+    schedule's first learning rate, never stepped)."""
+    recipe = PlainRecipe(cfg, dm, total_steps=epochs * len(batches))
     start = time.perf_counter()
     for _ in range(epochs):
         for x, y in batches:
@@ -205,7 +206,7 @@ def measure(args: argparse.Namespace, overrides: list[str], tmp: Path) -> None:
     batches = augmented_batches(cfg, dm, n_batches)
     # Not timed: oneDNN creates its primitives once per shape, and a process's first fit pays
     # Lightning's one-off costs (imports, first hooks); round 1 would otherwise carry them.
-    warm = PlainRecipe(cfg, dm, total_steps=1)
+    warm = PlainRecipe(cfg, dm, total_steps=args.epochs * n_batches)
     for x, y in batches[:2]:
         warm.model_step(x, y)
     del warm
