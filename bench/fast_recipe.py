@@ -32,70 +32,35 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import open_dict
+from recipe_loop import RECIPE, PlainRecipe
 
 from cnnstress.app.configs import compose_config
 from cnnstress.app.train import run_training
-from cnnstress.core.config import build
-from cnnstress.train.param_groups import parameter_groups
 from cnnstress.train.training import build_datamodule, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ["experiment=fast_cifar10"]
 
 
 def plain_loop(cfg, steps: int, warmup: int = 3) -> float:
-    """Images/s of a hand-written loop running the recipe's training step."""
+    """Images/s of a hand-written loop running the recipe's training step
+    (:class:`recipe_loop.PlainRecipe`) on random batches."""
     resolve_config(cfg)
     torch.manual_seed(cfg.seed)
     dm = build_datamodule(cfg)
     dm.setup()
     train_set = dm.train_set
     images, labels = train_set.images[train_set.indices], train_set.labels[train_set.indices]
-    net = build(cfg.model.net)
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
-    net.init_from_data(dm.normalize(images[order[: net.init_images].sort().values]))
-    channels_last = bool(cfg.module.channels_last)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    net.train()
-    optim = cfg.module.optimizer
-    params = parameter_groups(net, build(cfg.module.param_groups), optim.lr, optim.weight_decay)
-    optimizer = build(cfg.module.optimizer)(params=params)
-    schedule = build(cfg.module.scheduler.schedule)
-    scheduler = schedule(
-        optimizer,
-        max_lr=[cfg.module.optimizer.lr * g["lr_scale"] for g in optimizer.param_groups],
-        total_steps=steps + warmup,
-    )
-    average = {k: v.clone() for k, v in net.state_dict().items()}
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    recipe = PlainRecipe(cfg, dm, total_steps=steps + warmup)
     generator = torch.Generator().manual_seed(cfg.seed)
     batch = cfg.dataset.batch_size
     shuffle = torch.randperm(len(labels))
 
     def step(i: int) -> None:
         idx = shuffle[(i * batch) % (len(labels) - batch) :][:batch]
-        x, y = images[idx], labels[idx]
-        x, _ = dm.augment(x, y, generator)
-        x = dm.normalize(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if (i + 1) % 5 == 0:  # lookahead, as the recipe's WeightAverage callback
-            decay = 0.95**5 * ((i + 1) / (steps + warmup)) ** 3
-            with torch.no_grad():
-                for key, value in net.state_dict().items():
-                    if value.is_floating_point():
-                        average[key].lerp_(value, 1 - decay)
-                        value.copy_(average[key])
+        recipe.step(images[idx], labels[idx], generator)
 
+    recipe.start_epoch(0)
     for i in range(warmup):  # Lightning's first steps also pay one-off costs
         step(i)
     start = time.perf_counter()
