@@ -29,9 +29,9 @@ import torch
 
 from cnnstress.app.configs import compose_config
 from cnnstress.app.train import run_training
-from cnnstress.train.callbacks import ConfusionCalibration, GradCAMGrids, HighConfidenceFailures
+from cnnstress.train.callbacks import EvaluationCallback, GradCAMGrids, HighConfidenceFailures
 
-STRESS = (HighConfidenceFailures, GradCAMGrids, ConfusionCalibration)
+STRESS = (HighConfidenceFailures, GradCAMGrids, EvaluationCallback)
 STRESS_KEYS = ("high_conf_failures", "gradcam", "evaluation")
 HOOKS = ("setup", "on_validation_epoch_end", "on_train_end", "on_test_epoch_end")
 

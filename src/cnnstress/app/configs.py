@@ -36,7 +36,7 @@ from cnnstress.core.overrides import check_group_choices, check_report_free, par
 from cnnstress.core.resolvers import register_resolvers
 from cnnstress.stress.runner import STRESS_SETTINGS
 from cnnstress.train.callbacks import (
-    ConfusionCalibration,
+    EvaluationCallback,
     FailureModesCallback,
     GradCAMGrids,
     HighConfidenceFailures,
@@ -68,7 +68,7 @@ SCHEMAS: dict[str, Any] = {
     "schema/scheduler/none": SchedulerConfig(interval="epoch", schedule=None),
     "schema/callbacks/high_conf_failures": HighConfidenceFailures,
     "schema/callbacks/gradcam": GradCAMGrids,
-    "schema/callbacks/evaluation": ConfusionCalibration,
+    "schema/callbacks/evaluation": EvaluationCallback,
     "schema/callbacks/failure_modes": FailureModesCallback,
     "schema/callbacks/weight_averaging": WeightAverage,
     "schema/analyze/gradcam": GradCAMFigure,

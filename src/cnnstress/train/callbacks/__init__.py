@@ -1,6 +1,6 @@
 """Lightning callbacks: training speed, weight averaging, and the stress-test collectors."""
 
-from cnnstress.train.callbacks.evaluation import ConfusionCalibration
+from cnnstress.train.callbacks.evaluation import EvaluationCallback
 from cnnstress.train.callbacks.failure_modes import FailureModesCallback
 from cnnstress.train.callbacks.failures import HighConfidenceFailures
 from cnnstress.train.callbacks.gradcam import GradCAMGrids
@@ -10,8 +10,8 @@ from cnnstress.train.callbacks.speed import TrainSpeed
 from cnnstress.train.callbacks.weight_averaging import WeightAverage
 
 __all__ = [
-    "ConfusionCalibration",
     "EpochLog",
+    "EvaluationCallback",
     "FailureModesCallback",
     "GradCAMGrids",
     "HighConfidenceFailures",

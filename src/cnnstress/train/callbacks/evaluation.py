@@ -23,7 +23,7 @@ from cnnstress.train.callbacks.context import (
 
 
 @dataclass(eq=False)
-class ConfusionCalibration(L.Callback):
+class EvaluationCallback(L.Callback):
     """At the end of the test, from the whole gathered test split (every rank calls the gather):
 
     * logs ``test/ece`` (expected calibration error, torchmetrics, ``n_bins`` equal-width bins,
