@@ -45,8 +45,13 @@ def test_measure_keeps_plain_numbers_and_sorted_coordinates():
     assert type(m.at("severity")) is int and m.at("eps") is None
     assert measure("acc", float("inf")).value is None and measure("acc", None).value is None
     for bad in (True, [1, 2], None):
-        with pytest.raises(TypeError, match="must be a string or a number"):
+        with pytest.raises(TypeError, match="must be str or int or float"):
+            measure("acc", 0.5, corruption=bad)
+    for bad in (True, "3", 3.0):  # the analysis computes with severities: integers only
+        with pytest.raises(TypeError, match="coordinate severity=.* must be int"):
             measure("acc", 0.5, severity=bad)
+    with pytest.raises(TypeError, match="must be int or float"):
+        measure("acc", 0.5, eps="8/255")
 
 
 def test_entries_round_trip_through_the_file(tmp_path):
@@ -90,6 +95,10 @@ MALFORMED = {
     "a value that is a string": json.dumps(bad_entry(value="0.5")),
     "where with a list": json.dumps(bad_entry(where={"severity": [1, 2]})),
     "a boolean coordinate": json.dumps(bad_entry(where={"severity": True})),
+    # the analysis and its figures compute with these: a text severity or eps is refused here
+    "a text severity": json.dumps(bad_entry(where={"corruption": "fog", "severity": "3"})),
+    "a text eps": json.dumps(bad_entry(where={"attack": "pgd", "eps": "8/255"})),
+    "a float step": json.dumps(bad_entry(where={"step": 1.5, "block": "fc"})),
     "headline not a boolean": json.dumps(bad_entry(headline="yes")),
     "deep nesting": "[" * 100_000 + "]" * 100_000,
     "stresses not a mapping": json.dumps({"format": FORMAT, "stresses": []}),

@@ -269,9 +269,8 @@ def _stress(settings: AnalyzeConfig, analysis: Analysis) -> StressSummary | None
     one the runs have); ``None`` when there are none."""
     stored, notes = stress_numbers(settings, analysis.runs)
     summary = summarise_stress(analysis, stored, list(settings.stress) or None)
-    if summary is None:
-        if settings.stress:
-            analysis.notes.extend(notes)
+    if summary is None:  # an unreadable stress.json is still worth a warning
+        analysis.notes.extend(notes)
         return None
     summary.notes = [*notes, *summary.notes]
     return summary

@@ -74,11 +74,20 @@ def measure(metric: str, value: Any, headline: bool = False, **where: Coordinate
     return Measurement(metric, _number(value), tuple(sorted(coordinates.items())), headline)
 
 
+#: Coordinates the analysis and the figures compute with: their types (any other coordinate is
+#: a string or a number).
+COORDINATE_TYPES: dict[str, tuple[type, ...]] = {
+    "severity": (int,), "step": (int,), "eps": (int, float),
+}  # fmt: skip
+
+
 def _coordinate(name: str, value: Any) -> Coordinate:
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy and torch scalars
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise TypeError(f"coordinate {name}={value!r} must be a string or a number")
+    allowed = COORDINATE_TYPES.get(name, (str, int, float))
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        kinds = " or ".join(t.__name__ for t in allowed)
+        raise TypeError(f"coordinate {name}={value!r} must be {kinds}")
     return value
 
 
@@ -209,9 +218,10 @@ def _measurement(name: str, row: Any) -> Measurement:
     _check(isinstance(metric, str), f"{name}: a measurement's metric must be a string")
     _check(value is None or (isinstance(value, int | float) and not isinstance(value, bool)),
            f"{name}/{metric}: value must be a number or null")  # fmt: skip
-    _check(isinstance(where, dict) and all(isinstance(k, str) and isinstance(v, str | int | float)
-                                           and not isinstance(v, bool) for k, v in where.items()),
+    _check(isinstance(where, dict) and all(isinstance(k, str) for k in where),
            f"{name}/{metric}: where must map names to strings or numbers")  # fmt: skip
+    for key, coordinate in where.items():
+        _coordinate(key, coordinate)  # TypeError: a malformed entry
     _check(
         isinstance(row.get("headline", False), bool), f"{name}/{metric}: headline must be a boolean"
     )
