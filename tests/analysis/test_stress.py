@@ -180,7 +180,7 @@ def test_mce_is_relative_to_the_reference_group(analysed):
 def test_report_has_the_stress_section_and_figures(analysed):
     _, out = analysed
     md = (out / "report.md").read_text()
-    assert "## Stress" in md and "corruptions mce" in md
+    assert "## Stress" in md and "corruptions mce" in md and "mCE / relative mCE" in md
     assert "adversarial acc (attack=pgd, eps=8/255)" in md
     assert "stress_corruptions.png" in md and "stress_adversarial.png" in md
     # where the numbers came from, stress by stress
@@ -349,6 +349,7 @@ def test_train_time_stress_numbers_are_in_the_report_without_stress(trained_run,
     assert (trained_run / "stress.json").read_bytes() == before  # nothing recomputed
     md = (out / "report.md").read_text()
     assert "Stresses: adversarial, calibration." in md
+    assert "mCE / relative mCE" not in md  # method notes only of the stresses shown
     assert "calibration, cifar10/simple_cnn: 1 run, computed by train.py (1) on cpu" in md
     temperature = _stored(trained_run)["calibration"]["measurements"]
     (row,) = [r for r in temperature if r["metric"] == "temperature"]

@@ -324,25 +324,27 @@ def _transitions(analysis: Analysis) -> list[TransitionsView]:
     return views
 
 
+#: The stress section's method notes: (the stress a note is about, None for every stress).
 STRESS_NOTES = [
-    "Numbers are fractions (accuracy 0.91 = 91%), mean ± std (ddof=1) over seeds, n/a for one "
-    "seed; each run's numbers are in its stress.json, all of them in stress.csv.",
-    "Δ vs ref: difference of the group means (other - reference); p: paired t-test over the "
-    "seeds both groups have (n/a with fewer than two or no spread), unadjusted, then "
-    "Holm-adjusted within its family: the headline numbers of one stress of every group "
-    "against one reference. stress.csv has both; its detail rows are unadjusted only.",
-    "mCE / relative mCE (Hendrycks & Dietterich 2019): corruption error summed over severities, "
-    "divided by the reference group's (its errors averaged over its seeds), averaged over the "
-    "benchmark corruption types; 1.0 = as the reference, below 1 = more robust. The paper's "
-    "AlexNet normalisation is not used, so values compare only within this analysis.",
-    "corruptions mean_acc (types=benchmark) and mCE cover the benchmark types only (15 when "
-    "read from the published files, 12 when generated: motion_blur, snow and frost need the "
-    "files); the 4 extra types are apart (types=extra). mCE is not computed between groups that "
-    "cover different types or severities.",
-    "faithfulness randomization_undefined: the share of images whose rank correlation is "
-    "undefined at the last cascade step (a constant map); randomization_spearman averages the "
-    "others only.",
-]
+    (None, "Numbers are fractions (accuracy 0.91 = 91%), mean ± std (ddof=1) over seeds, n/a "
+     "for one seed; each run's numbers are in its stress.json, all of them in stress.csv."),
+    (None, "Δ vs ref: difference of the group means (other - reference); p: paired t-test over "
+     "the seeds both groups have (n/a with fewer than two or no spread), unadjusted, then "
+     "Holm-adjusted within its family: the headline numbers of one stress of every group "
+     "against one reference. stress.csv has both; its detail rows are unadjusted only."),
+    ("corruptions", "mCE / relative mCE (Hendrycks & Dietterich 2019): corruption error summed "
+     "over severities, divided by the reference group's (its errors averaged over its seeds), "
+     "averaged over the benchmark corruption types; 1.0 = as the reference, below 1 = more "
+     "robust. The paper's AlexNet normalisation is not used, so values compare only within "
+     "this analysis."),
+    ("corruptions", "corruptions mean_acc (types=benchmark) and mCE cover the benchmark types "
+     "only (15 when read from the published files, 12 when generated: motion_blur, snow and "
+     "frost need the files); the 4 extra types are apart (types=extra). mCE is not computed "
+     "between groups that cover different types or severities."),
+    ("faithfulness", "faithfulness randomization_undefined: the share of images whose rank "
+     "correlation is undefined at the last cascade step (a constant map); "
+     "randomization_spearman averages the others only."),
+]  # fmt: skip
 
 
 def _settings_text(settings: dict, limit: int = 6) -> str:
@@ -397,7 +399,8 @@ def _stress(analysis: Analysis, stress: StressSummary) -> StressView:
         tables.append(StressTable("/".join(pair), Table(headers, rows)))
     intro = f"Stresses: {', '.join(stress.names)}. Where the numbers come from:"
     origins = [_origin(p) for p in stress.provenance]
-    return StressView(intro, origins, list(stress.notes), tables, STRESS_NOTES)
+    method_notes = [note for about, note in STRESS_NOTES if about in (None, *stress.names)]
+    return StressView(intro, origins, list(stress.notes), tables, method_notes)
 
 
 def _background(analysis: Analysis, stress: StressSummary | None) -> BackgroundView | None:
